@@ -103,6 +103,8 @@ def _describe(cls: type[Section], error: dict[str, Any]) -> str:
         valid = ", ".join(section.model_fields) if isinstance(section, type) and issubclass(section, BaseModel) else ""
         hint = f" (valid keys here: {valid})" if valid else ""
         return f"unknown config key {key!r}{hint}"
+    if not key:  # a check across several keys: its message names them
+        return str(error["msg"]).removeprefix("Value error, ")
     value = error.get("input")
     shown = "" if isinstance(value, dict) else f" = {value!r}"
     return f"config key {key!r}{shown}: {error['msg']}"

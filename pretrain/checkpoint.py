@@ -1,0 +1,160 @@
+"""Crash-safe checkpoints: a checkpoint is complete or invisible.
+
+Layout under ``<run_dir>/checkpoints/``::
+
+    step00000100/            DeepSpeed's files (model, ZeRO partitions, optimizer, scheduler)
+        rank_state_00000.pt  per rank: data position, skipped samples, RNG states (tensors only)
+        run_state.json       step, world size, what the run was trained on (read before loading)
+    latest                   the tag of the newest COMPLETE checkpoint
+
+Saving goes: check every rank can write -> DeepSpeed save (ends in a barrier) -> each rank's own
+state -> every rank confirms (all-reduce) -> rank 0 fsyncs the files, then replaces ``latest``
+atomically (temporary file + ``os.replace``) -> old checkpoints are pruned. DeepSpeed's own
+``latest`` is written before the other ranks finish, so it is disabled (``save_latest=False``).
+A crash at any point leaves ``latest`` naming the previous complete checkpoint; a partial
+directory is never named and is removed by the next save.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from pretrain.fault_injection import crash_point
+
+LATEST = "latest"
+RUN_STATE = "run_state.json"
+_TAG = re.compile(r"^step(\d{8})$")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be written or read; the message says which and what to do."""
+
+
+def tag_for(step: int) -> str:
+    return f"step{step:08d}"
+
+
+def rank_state_path(tag_dir: Path, rank: int) -> Path:
+    return tag_dir / f"rank_state_{rank:05d}.pt"
+
+
+def latest_tag(ckpt_dir: str | Path) -> str | None:
+    """The tag ``latest`` names, or None for a run that never completed a checkpoint."""
+    path = Path(ckpt_dir) / LATEST
+    if not path.is_file():
+        return None
+    tag = path.read_text().strip()
+    if not (Path(ckpt_dir) / tag / RUN_STATE).is_file():
+        raise CheckpointError(f"{path} names {tag!r}, which is missing or incomplete; the checkpoint dir was edited by hand")
+    return tag
+
+
+def read_run_state(ckpt_dir: str | Path, tag: str) -> dict[str, Any]:
+    return json.loads((Path(ckpt_dir) / tag / RUN_STATE).read_text())
+
+
+def _all_ranks_ok(ok: bool) -> bool:
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return ok
+    flag = torch.tensor([0.0 if ok else 1.0])
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return flag.item() == 0.0
+
+
+def _fsync_tree(directory: Path) -> None:
+    for path in sorted(directory.rglob("*")):
+        if path.is_file():
+            with open(path, "rb") as handle:
+                os.fsync(handle.fileno())
+    _fsync_dir(directory)
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _prune(ckpt_dir: Path, keep: list[str]) -> None:
+    """Remove every tag directory not kept: older checkpoints and partial ones from crashed saves."""
+    for child in ckpt_dir.iterdir():
+        if child.is_dir() and _TAG.match(child.name) and child.name not in keep:
+            shutil.rmtree(child, ignore_errors=True)
+
+
+def save(engine, ckpt_dir: str | Path, step: int, run_state: dict[str, Any], rank_state: dict[str, Any],
+         keep_last: int) -> str:
+    """Save a complete checkpoint for ``step`` on every rank; returns its tag. All ranks must call."""
+    ckpt_dir = Path(ckpt_dir)
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    tag = tag_for(step)
+    tag_dir = ckpt_dir / tag
+    try:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        probe = ckpt_dir / f".write_probe_{rank}"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+        ok, problem = True, ""
+    except OSError as err:
+        ok, problem = False, f"{err.strerror} ({err.filename})"
+    if not _all_ranks_ok(ok):
+        raise CheckpointError(f"cannot write checkpoint {tag} under {ckpt_dir}: {problem or 'another rank could not write'}; "
+                              f"the previous checkpoint is intact. Free space or fix permissions, then relaunch to resume")
+    if rank == 0 and tag_dir.exists() and latest_tag(ckpt_dir) != tag:
+        shutil.rmtree(tag_dir)  # left by a save that crashed; never named by `latest`
+    _all_ranks_ok(True)  # barrier: nobody writes into the directory while rank 0 clears it
+    crash_point("save:before_deepspeed")
+    try:
+        engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state={"step": step}, save_latest=False)
+        crash_point("save:after_deepspeed")
+        torch.save(rank_state, rank_state_path(tag_dir, rank))
+        if rank == 0:
+            (tag_dir / RUN_STATE).write_text(json.dumps(run_state, indent=2))
+        ok, problem = True, ""
+    except OSError as err:
+        ok, problem = False, f"{err.strerror} ({err.filename})"
+    crash_point("save:before_commit")
+    if not _all_ranks_ok(ok):
+        raise CheckpointError(f"checkpoint {tag} failed to write: {problem or 'on another rank'}; "
+                              f"`latest` still names the previous complete checkpoint")
+    if rank == 0:
+        _fsync_tree(tag_dir)
+        _write_text_atomic(ckpt_dir / LATEST, tag)
+        crash_point("save:after_commit")
+        kept = sorted((c.name for c in ckpt_dir.iterdir() if _TAG.match(c.name) and (c / RUN_STATE).is_file()
+                       and c.name <= tag), reverse=True)[:keep_last]
+        _prune(ckpt_dir, kept)
+    _all_ranks_ok(True)
+    return tag
+
+
+def load(engine, ckpt_dir: str | Path, tag: str) -> dict[str, Any]:
+    """Load DeepSpeed state (weights, optimizer, scheduler) and return this rank's own state."""
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    load_path, _ = engine.load_checkpoint(str(ckpt_dir), tag=tag, load_optimizer_states=True,
+                                          load_lr_scheduler_states=True)
+    if load_path is None:
+        raise CheckpointError(f"DeepSpeed could not load checkpoint {Path(ckpt_dir) / tag}")
+    path = rank_state_path(Path(ckpt_dir) / tag, rank)
+    # Only tensors and plain containers are stored here, so the safe unpickler suffices.
+    return torch.load(path, map_location="cpu", weights_only=True)

@@ -1,0 +1,128 @@
+"""The pretraining run config: one typed model, loaded from ``configs/pretrain/*.yaml`` + overrides.
+
+``configs/pretrain/demo.yaml`` mirrors these fields with comments. The DeepSpeed JSON is derived
+from this in ``ds_config.build_deepspeed_config``; nothing else builds DeepSpeed settings.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from data_prep.typed_config import Section, load_config
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+MODEL_PRESETS_DIR = REPO_ROOT / "configs" / "model"
+
+
+class OptimizerConfig(Section):
+    name: Literal["adamw", "lamb"] = "adamw"
+    """adamw (torch's fused kernel) or lamb (You et al. 2019; only with zero_stage 0)."""
+    lr: float = Field(1e-4, gt=0)
+    """Peak learning rate, reached at the end of warm-up."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-6
+    weight_decay: float = Field(0.01, ge=0)
+    """Decoupled weight decay on weight matrices; biases and LayerNorm are never decayed."""
+
+
+class ScheduleConfig(Section):
+    warmup_steps: int = Field(100, ge=0)
+    """Linear warm-up from 0 to optimizer.lr over this many optimizer steps."""
+    decay: Literal["linear", "polynomial", "cosine", "constant"] = "linear"
+    """Shape of the decay from the peak to end_lr_ratio * lr at max_steps."""
+    power: float = 1.0
+    """Exponent of the polynomial decay (1.0 = linear)."""
+    end_lr_ratio: float = Field(0.0, ge=0, le=1)
+
+
+class LoaderConfig(Section):
+    workers: int = Field(1, ge=0)
+    """DataLoader worker processes per rank reading shards and masking (0 = in the training process)."""
+    prefetch_batches: int = Field(4, ge=1)
+    """Batches each worker prepares ahead of the trainer."""
+
+
+class PretrainConfig(Section):
+    data_dir: str
+    """A data dir written by data_prep (manifest.json, tokenizer/, shards/)."""
+    run_dir: str
+    """Where checkpoints, metrics, TensorBoard events and the export go; relaunching resumes from it."""
+    model: str = "tiny"
+    """A preset in configs/model (tiny, mini, small, base, large) or a path to a BertConfig JSON."""
+    seq_len: int = Field(128, ge=8)
+    """Must equal the data dir's seq_len."""
+    micro_batch_size: int = Field(32, ge=1)
+    """Sequences per rank per forward pass."""
+    grad_accum: int = Field(1, ge=1)
+    """Micro-batches per optimizer step; global batch = micro_batch_size * grad_accum * ranks."""
+    max_steps: int = Field(1000, ge=1)
+    """Optimizer steps of the whole run (a resumed run continues to this number)."""
+    precision: Literal["fp32", "fp16", "bf16"] = "bf16"
+    zero_stage: int = Field(1, ge=0, le=3)
+    """DeepSpeed ZeRO stage: 0 off, 1 optimizer states, 2 + gradients, 3 + parameters partitioned."""
+    optimizer: OptimizerConfig = OptimizerConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    grad_clip: float = Field(1.0, ge=0)
+    """Clip the global gradient norm to this (0 = off)."""
+    mlm_probability: float = Field(0.15, gt=0, lt=1)
+    """Fraction of non-special tokens selected for MLM; of those 80% [MASK], 10% random, 10% kept."""
+    save_every: int = Field(500, ge=1)
+    """Checkpoint every this many optimizer steps (and always at the end)."""
+    keep_last: int = Field(3, ge=1)
+    """Checkpoints kept on disk; older ones are deleted once a newer one is complete."""
+    eval_every: int = Field(500, ge=1)
+    """Evaluate on the valid split every this many steps (and at the end)."""
+    eval_samples: int = Field(2048, ge=1)
+    """Valid samples per evaluation (the first ones of the split, the same every time)."""
+    log_every: int = Field(10, ge=1)
+    seed: int = 1234
+    loader: LoaderConfig = LoaderConfig()
+    deepspeed_config: str | None = None
+    """Optional DeepSpeed JSON merged over the derived config (offload, bucket sizes, ...)."""
+    threads: int | None = Field(None, ge=1)
+    """torch intra-op threads per rank (default: the cores of this machine divided among its ranks)."""
+    attn_implementation: Literal["sdpa", "eager"] = "sdpa"
+    skip_bad_samples: int = Field(0, ge=0)
+    """Budget of corrupt samples to skip (counted and logged); 0 = stop at the first one."""
+    max_nonfinite_steps: int = Field(5, ge=1)
+    """Stop the run after this many consecutive micro-steps with a NaN/inf loss (each is skipped)."""
+    dist_timeout_s: float = Field(300.0, gt=0)
+    """Bound on every collective: when a rank dies the others fail after this, instead of hanging."""
+    log_samples: bool = False
+    """Write the sample keys of every step to run_dir/samples/rank*.jsonl (to audit exact resume)."""
+    export: bool = True
+    """Write run_dir/export (Hugging Face model + tokenizer) at the end of the run."""
+
+    @model_validator(mode="after")
+    def _check_combinations(self) -> "PretrainConfig":
+        if self.optimizer.name == "lamb" and self.zero_stage > 0:
+            raise ValueError(
+                "optimizer.name=lamb needs zero_stage=0: LAMB's per-tensor trust ratio needs whole "
+                "parameters, which ZeRO partitions"
+            )
+        return self
+
+    @property
+    def global_batch_per_rank(self) -> int:
+        return self.micro_batch_size * self.grad_accum
+
+
+def resolve_model_config_path(model: str) -> Path:
+    """A preset name (``mini``) or a path to a BertConfig JSON."""
+    path = Path(model)
+    if path.suffix == ".json" or path.is_file():
+        if not path.is_file():
+            raise FileNotFoundError(f"model config {model!r} does not exist")
+        return path
+    preset = MODEL_PRESETS_DIR / f"{model}.json"
+    if not preset.is_file():
+        names = ", ".join(sorted(p.stem for p in MODEL_PRESETS_DIR.glob("*.json")))
+        raise FileNotFoundError(f"model preset {model!r} not found; use one of: {names}, or a path to a BertConfig JSON")
+    return preset
+
+
+def load_pretrain_config(path: str | None, overrides: list[str]) -> PretrainConfig:
+    return load_config(PretrainConfig, path, overrides)

@@ -1,0 +1,75 @@
+"""The one place where a run config becomes a DeepSpeed config dict.
+
+Everything DeepSpeed needs to know (batch geometry, precision, ZeRO stage, clipping) is derived
+here from the stage's own typed config; an optional user JSON (``deepspeed_config``) is merged on
+top for knobs this project does not model (offload, bucket sizes, ...). Key names follow
+https://www.deepspeed.ai/docs/config-json/.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+PRECISIONS = ("fp32", "fp16", "bf16")
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def read_user_deepspeed_config(path: str | Path | None) -> dict[str, Any]:
+    """Read a DeepSpeed JSON (comments allowed, as DeepSpeed itself reads it with hjson)."""
+    if not path:
+        return {}
+    import hjson
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"deepspeed_config file {str(path)!r} does not exist (see configs/deepspeed/)")
+    return dict(hjson.loads(path.read_text(encoding="utf-8")))
+
+
+def build_deepspeed_config(
+    *,
+    micro_batch_size: int,
+    grad_accum: int,
+    precision: str,
+    zero_stage: int,
+    grad_clip: float,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """DeepSpeed config for one run; ``extra`` (a user's JSON) wins over the derived values."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    config: dict[str, Any] = {
+        "train_micro_batch_size_per_gpu": micro_batch_size,
+        "gradient_accumulation_steps": grad_accum,
+        "gradient_clipping": grad_clip,
+        "zero_optimization": {"stage": zero_stage},
+        "bf16": {"enabled": precision == "bf16"},
+        # Dynamic loss scaling (loss_scale 0): start at 2^16, halve on overflow (the step is
+        # skipped), double after 1000 clean steps; hysteresis 2 tolerates one isolated overflow.
+        "fp16": {
+            "enabled": precision == "fp16",
+            "loss_scale": 0,
+            "initial_scale_power": 16,
+            "loss_scale_window": 1000,
+            "hysteresis": 2,
+            "min_loss_scale": 1,
+        },
+        # This project logs itself (metrics.jsonl, TensorBoard); keep DeepSpeed's own printing quiet.
+        "steps_per_print": 1 << 30,
+        "wall_clock_breakdown": False,
+    }
+    if precision == "bf16" and zero_stage == 0:
+        # Without ZeRO, DeepSpeed keeps fp32 master weights only when gradients accumulate in the
+        # model dtype; accumulate bf16 grads and let its bf16 wrapper hold the fp32 copy.
+        config["data_types"] = {"grad_accum_dtype": "bf16"}
+    return _merge(config, extra or {})

@@ -1,0 +1,127 @@
+"""Small prepared data dirs (Contract 1) made from generated token streams, for trainer tests.
+
+The text is a random Markov chain over a small word vocabulary (each word has four likely
+successors), so masked tokens are predictable from their neighbours and the MLM loss falls within
+a few dozen steps. Writing goes through the same public pieces data_prep uses (manifest helpers,
+plain tar members), independent of data_prep's pipeline so trainer tests stay fast.
+"""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from pathlib import Path
+
+import numpy as np
+
+from data_prep.manifest import (FORMAT, MANIFEST_NAME, NSP_EXT, SPECIAL_TOKENS, TOKENIZER_DIR, TOKENS_EXT,
+                                sha256_file, sha256_tree, write_json_atomic)
+
+N_SPECIAL = len(SPECIAL_TOKENS)  # [PAD] [UNK] [CLS] [SEP] [MASK] = 0..4
+PAD, UNK, CLS, SEP, MASK = range(N_SPECIAL)
+
+
+def write_tokenizer(directory: Path, vocab_size: int, seq_len: int) -> None:
+    """A word-level HF tokenizer with BERT's special tokens at 0..4 and words w5..w{V-1}."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS)}
+    vocab.update({f"w{i}": i for i in range(N_SPECIAL, vocab_size)})
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", CLS), ("[SEP]", SEP)])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]",
+                                   sep_token="[SEP]", mask_token="[MASK]", model_max_length=seq_len)
+    fast.save_pretrained(str(directory))
+
+
+def markov_tokens(rng: np.random.Generator, vocab_size: int, length: int, successors: np.ndarray) -> np.ndarray:
+    out = np.empty(length, dtype=np.int64)
+    out[0] = rng.integers(N_SPECIAL, vocab_size)
+    for i in range(1, length):
+        out[i] = successors[out[i - 1] - N_SPECIAL, rng.integers(0, successors.shape[1])]
+    return out
+
+
+def make_examples(n: int, *, seed: int, vocab_size: int, seq_len: int, nsp: bool) -> list[tuple[np.ndarray, int | None]]:
+    rng = np.random.default_rng(seed)
+    successors = np.random.default_rng(0).integers(N_SPECIAL, vocab_size, size=(vocab_size - N_SPECIAL, 4))
+    examples = []
+    for _ in range(n):
+        total = int(rng.integers(seq_len // 2, seq_len - 2)) if rng.random() < 0.3 else seq_len - 3
+        if nsp:
+            a_len = int(rng.integers(1, total))
+            a = markov_tokens(rng, vocab_size, a_len, successors)
+            label = int(rng.random() < 0.5)
+            b = markov_tokens(rng, vocab_size, total - a_len, successors)
+            if label == 0:  # B continues A's chain
+                b = markov_tokens(np.random.default_rng(int(a[-1])), vocab_size, total - a_len, successors)
+            ids = np.concatenate([[CLS], a, [SEP], b, [SEP]])
+            examples.append((ids.astype(np.uint16), label))
+        else:
+            ids = np.concatenate([[CLS], markov_tokens(rng, vocab_size, total + 1, successors), [SEP]])
+            examples.append((ids.astype(np.uint16), None))
+    return examples
+
+
+def _member(tar: tarfile.TarFile, name: str, payload: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode = len(payload), 0, 0o644
+    tar.addfile(info, io.BytesIO(payload))
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return buffer.getvalue()
+
+
+def write_shard(path: Path, index: int, examples, extra_members: dict[str, bytes] | None = None) -> dict:
+    """Write one shard; ``extra_members`` (name -> bytes) lets tests plant hostile members."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tokens = 0
+    with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
+        for i, (ids, label) in enumerate(examples):
+            key = f"{index:06d}_{i:06d}"
+            _member(tar, f"{key}.{TOKENS_EXT}", npy_bytes(ids))
+            if label is not None:
+                _member(tar, f"{key}.{NSP_EXT}", str(label).encode())
+            tokens += int(ids.size)
+        for name, payload in (extra_members or {}).items():
+            _member(tar, name, payload)
+    return {"path": "", "samples": len(examples), "tokens": tokens, "bytes": path.stat().st_size,
+            "sha256": sha256_file(path)}
+
+
+def make_data_dir(root: Path, *, train_shards: int = 4, samples_per_shard: int = 64, valid_samples: int = 64,
+                  vocab_size: int = 200, seq_len: int = 64, nsp: bool = True, seed: int = 0) -> Path:
+    """A complete data dir; returns its path."""
+    root.mkdir(parents=True, exist_ok=True)
+    write_tokenizer(root / TOKENIZER_DIR, vocab_size, seq_len)
+    splits = {}
+    for split, count, shards in (("train", train_shards * samples_per_shard, train_shards), ("valid", valid_samples, 1)):
+        examples = make_examples(count, seed=seed + (split == "valid"), vocab_size=vocab_size, seq_len=seq_len, nsp=nsp)
+        per = -(-count // shards)
+        entries = []
+        for index in range(shards):
+            relative = f"shards/{split}/synthetic-{index:06d}.tar"
+            entry = write_shard(root / relative, index, examples[index * per : (index + 1) * per])
+            entry["path"] = relative
+            entries.append(entry)
+        splits[split] = {"shards": entries, "samples": count, "tokens": sum(e["tokens"] for e in entries),
+                         "bytes": sum(e["bytes"] for e in entries), "samples_per_shard": per}
+    manifest = {
+        "format": FORMAT,
+        "objective": "mlm+nsp" if nsp else "mlm",
+        "seq_len": seq_len,
+        "token_dtype": "uint16",
+        "tokenizer": {"path": TOKENIZER_DIR, "vocab_size": vocab_size,
+                      "special_ids": {"pad": PAD, "unk": UNK, "cls": CLS, "sep": SEP, "mask": MASK},
+                      "sha256": sha256_tree(root / TOKENIZER_DIR)},
+        "splits": splits,
+        "prep_config": {"synthetic": True, "seed": seed},
+    }
+    write_json_atomic(root / MANIFEST_NAME, manifest)
+    return root
