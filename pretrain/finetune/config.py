@@ -1,0 +1,103 @@
+"""The fine-tuning stage's typed config; ``configs/finetune/*.yaml`` mirror it, key for key.
+
+Key names shared with the rest of the project are fixed by DESIGN.md ("Config keys other tools
+rely on"): model, train_file, valid_file, test_file, text_column, label_column, out_dir, epochs,
+lr, batch_size, max_len, seed.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from data_prep.typed_config import Section
+
+
+class SplitConfig(Section):
+    """Seeded split of ``train_file`` for the splits that have no file of their own."""
+
+    valid_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    """Fraction of train_file held out for validation when valid_file is not set."""
+    test_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    """Fraction of train_file held out for testing when test_file is not set (0: no test split)."""
+
+
+class FinetuneConfig(Section):
+    """One fine-tuning run: a base checkpoint, a labelled data set, and the training recipe."""
+
+    model: str
+    """Base checkpoint dir: a pretrain run's export/ or any local Hugging Face BERT dir (config.json + tokenizer)."""
+    init: Literal["pretrained", "random"] = "pretrained"
+    """pretrained: load the encoder weights; random: same config and tokenizer, fresh weights (the contrast run)."""
+
+    train_file: str
+    """Labelled training data: .tsv, .csv (both with a header row) or .jsonl (one object per line)."""
+    valid_file: str | None = None
+    """Validation data for early stopping and model selection; unset: split.valid_fraction of train_file."""
+    test_file: str | None = None
+    """Test data, evaluated once with the selected model; unset: split.test_fraction of train_file."""
+    text_column: list[str] = ["text"]
+    """Column holding the text, or a list of candidates of which the first present in each file wins."""
+    text_pair_column: str | None = None
+    """Optional second text column for sentence-pair tasks (encoded as [CLS] text [SEP] pair [SEP])."""
+    label_column: str = "label"
+    """Column holding the label: integers or strings, mapped to class ids in sorted order."""
+    label_names: dict[str, str] = {}
+    """Optional display names for label values, e.g. {0: negative, 1: positive}; saved as the model's id2label."""
+    drop_empty: bool = False
+    """Drop rows whose text is empty (counted and reported) instead of refusing the file."""
+    split: SplitConfig = SplitConfig()
+    max_train_samples: int | None = Field(None, ge=1)
+    """Train on a seeded random subset of this many training rows (quick runs); unset: all."""
+
+    out_dir: str
+    """Output dir: model/ (model + tokenizer), metrics.jsonl, predictions.tsv, config.yaml, eval.json (last)."""
+    epochs: float = Field(3.0, gt=0)
+    """Passes over the training data; fractions allowed (0.5 = half an epoch)."""
+    lr: float = Field(2e-5, gt=0)
+    """Peak learning rate (AdamW); 2e-5..5e-5 for base-size models (BERT paper, appendix A.3), higher for tiny ones."""
+    batch_size: int = Field(32, ge=1)
+    """Global batch size: split evenly across ranks, so results do not depend on the rank count."""
+    eval_batch_size: int = Field(128, ge=1)
+    """Per-rank batch size for evaluation (no gradients, so larger than batch_size is fine)."""
+    max_len: int = Field(128, ge=8)
+    """Longest input in tokens, [CLS] and [SEP] included; longer texts are truncated."""
+    seed: int = 42
+    """Seeds the splits, the subset, the data order, the classifier initialisation and dropout."""
+
+    warmup_ratio: float = Field(0.1, ge=0.0, le=1.0)
+    """Fraction of the training steps spent warming the learning rate up linearly; it then decays linearly to 0."""
+    weight_decay: float = Field(0.01, ge=0.0)
+    """Decoupled weight decay (AdamW) on weight matrices; none on biases and LayerNorm."""
+    dropout: float | None = Field(None, ge=0.0, lt=1.0)
+    """Override the base model's hidden and classifier dropout; unset: keep the base config's."""
+    grad_clip: float = Field(1.0, ge=0.0)
+    """Clip the global gradient norm to this value (0: no clipping)."""
+    precision: Literal["fp32", "bf16", "fp16"] = "bf16"
+    """Training and evaluation precision; fp16 needs an accelerator that DeepSpeed supports it on (not CPU)."""
+    zero_stage: int = Field(0, ge=0, le=3)
+    """DeepSpeed ZeRO stage; 0 is right for models that fit a device, 1-3 shard optimizer state/grads/weights."""
+
+    metric: Literal["accuracy", "macro_f1"] = "accuracy"
+    """Validation metric for model selection and early stopping."""
+    eval_every: int = Field(0, ge=0)
+    """Evaluate on the validation split every this many optimizer steps; 0: at the end of every epoch."""
+    patience: int = Field(0, ge=0)
+    """Stop after this many evaluations without improvement of the metric; 0: never stop early."""
+    log_every: int = Field(50, ge=1)
+    """Write a training row (loss, lr, throughput) to metrics.jsonl every this many steps."""
+    threads: int | None = Field(None, ge=1)
+    """CPU threads per rank; unset: torch's default, divided among the ranks sharing this host."""
+
+    @field_validator("text_column", mode="before")
+    @classmethod
+    def _one_name_is_a_list(cls, value: object) -> object:
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("text_column")
+    @classmethod
+    def _at_least_one_name(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("give at least one column name")
+        return value

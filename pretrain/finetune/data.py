@@ -1,0 +1,249 @@
+"""Labelled text sets: reading TSV/CSV/JSONL with one-line errors, splits, label ids, batches.
+
+Everything here is plain Python and NumPy except ``collate``, which builds the torch tensors.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from pretrain.finetune import InputError
+
+_DELIMITED = {".tsv": "\t", ".csv": ","}
+_JSON_LINES = (".jsonl", ".ndjson")
+_SHOWN_LINES = 5  # how many offending line numbers an error message lists
+
+
+@dataclass(frozen=True)
+class Table:
+    """The rows of one labelled file (or a split of one), in file order."""
+
+    source: str  # "train_file 'data/train.tsv'": how messages name the file
+    text_column: str
+    texts: list[str]
+    pairs: list[str] | None  # the text_pair_column, when configured
+    labels: list[str]  # raw label values as strings ("0", "positive")
+    lines: list[int]  # 1-based line of each row in its file, for messages and predictions
+    dropped_empty: int = 0
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def subset(self, indices: Sequence[int]) -> Table:
+        def pick(values: list) -> list:
+            return [values[i] for i in indices]
+
+        return replace(self, texts=pick(self.texts), pairs=pick(self.pairs) if self.pairs else None,
+                       labels=pick(self.labels), lines=pick(self.lines))
+
+
+def _records(path: Path, source: str) -> Iterator[tuple[int, dict[str, object]]]:
+    """(line number, row as a mapping) for every data row; the header is checked by the caller."""
+    suffix = path.suffix.lower()
+    with path.open(encoding="utf-8-sig", newline="") as handle:  # -sig: tolerate a BOM
+        if suffix in _JSON_LINES:
+            for number, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise InputError(f"{source} line {number} is not valid JSON ({err.msg})") from None
+                if not isinstance(row, dict):
+                    raise InputError(f"{source} line {number} is not a JSON object (one object per line, with named fields)")
+                yield number, row
+            return
+        # GLUE's TSV files are unquoted: a '"' is part of the text, so TSV is read without quoting;
+        # CSV follows RFC 4180 quoting.
+        delimiter = _DELIMITED[suffix]
+        quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
+        reader = csv.reader(handle, delimiter=delimiter, quoting=quoting)
+        header = next(reader, None)
+        if header is None:
+            return
+        header = [name.strip() for name in header]
+        yield 1, {"__header__": header}
+        for fields in reader:
+            if not fields:
+                continue
+            if len(fields) != len(header):
+                sep = "tab" if delimiter == "\t" else "comma"
+                raise InputError(f"{source} line {reader.line_num} has {len(fields)} fields but the header has "
+                                 f"{len(header)} (a {sep} inside the text?); fix that line")
+            yield reader.line_num, dict(zip(header, fields))
+
+
+def _first_lines(lines: list[int]) -> str:
+    shown = ", ".join(str(n) for n in lines[:_SHOWN_LINES])
+    return shown + (f" and {len(lines) - _SHOWN_LINES} more" if len(lines) > _SHOWN_LINES else "")
+
+
+def read_table(path: str | Path, role: str, text_columns: Sequence[str], label_column: str,
+               pair_column: str | None = None, drop_empty: bool = False) -> Table:
+    """Read a labelled file; ``role`` ("train_file", ...) names it in messages as the config key does.
+
+    The text column is the first of ``text_columns`` that the file has, so one config serves files
+    that name it differently (SST-2: ``sentence`` in train.tsv, ``content`` in dev.tsv).
+    """
+    path = Path(path)
+    source = f"{role} {str(path)!r}"
+    if not path.exists():
+        raise InputError(f"{source} does not exist; check the path (relative paths start at the current directory)")
+    if not path.is_file():
+        raise InputError(f"{source} is not a file")
+    if path.suffix.lower() not in (*_DELIMITED, *_JSON_LINES):
+        raise InputError(f"{source}: unknown format {path.suffix!r}; use .tsv or .csv (with a header row) or .jsonl")
+
+    text_column: str | None = None
+    texts: list[str] = []
+    pairs: list[str] = []
+    labels: list[str] = []
+    lines: list[int] = []
+    empty_text: list[int] = []
+    empty_label: list[int] = []
+    try:
+        for number, row in _records(path, source):
+            columns = row.get("__header__", list(row))
+            if text_column is None:  # the header row (or the first JSON object) decides the columns
+                present = [name for name in text_columns if name in columns]
+                if not present:
+                    raise InputError(f"{source} has no text column {' or '.join(map(repr, text_columns))} "
+                                     f"(its columns: {', '.join(map(str, columns))}); set text_column=")
+                text_column = present[0]
+                for key, name in (("label_column", label_column), ("text_pair_column", pair_column)):
+                    if name is not None and name not in columns:
+                        raise InputError(f"{source} has no column {name!r} (its columns: "
+                                         f"{', '.join(map(str, columns))}); set {key}=")
+                if "__header__" in row:
+                    continue
+            missing = [name for name in (text_column, label_column, pair_column) if name and name not in row]
+            if missing:
+                raise InputError(f"{source} line {number} has no field {missing[0]!r}; every row needs it")
+            text = _as_text(row[text_column], source, number, text_column)
+            pair = _as_text(row[pair_column], source, number, pair_column) if pair_column else ""
+            label = row[label_column]
+            label = "" if label is None else str(label).strip()
+            if not text.strip() or (pair_column and not pair.strip()):
+                empty_text.append(number)
+                continue
+            if not label:
+                empty_label.append(number)
+                continue
+            texts.append(text)
+            pairs.append(pair)
+            labels.append(label)
+            lines.append(number)
+    except UnicodeDecodeError as err:
+        raise InputError(f"{source} is not UTF-8 text (byte {err.start}); re-encode it as UTF-8") from None
+    except OSError as err:
+        raise InputError(f"{source} cannot be read: {err.strerror or err}") from None
+    except csv.Error as err:
+        raise InputError(f"{source} is not valid {path.suffix[1:].upper()}: {err}") from None
+
+    if empty_label:
+        raise InputError(f"{source} has {len(empty_label)} rows with an empty {label_column!r} "
+                         f"(lines {_first_lines(empty_label)}); give every row a label")
+    if empty_text and not drop_empty:
+        raise InputError(f"{source} has {len(empty_text)} rows with empty text in {text_column!r} "
+                         f"(lines {_first_lines(empty_text)}); fix them or set drop_empty=true")
+    if not texts:
+        raise InputError(f"{source} has no data rows")
+    return Table(source=source, text_column=text_column or "", texts=texts, pairs=pairs if pair_column else None,
+                 labels=labels, lines=lines, dropped_empty=len(empty_text))
+
+
+def _as_text(value: object, source: str, line: int, column: str) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise InputError(f"{source} line {line}: {column!r} is {type(value).__name__}, not text")
+    return value
+
+
+def label_vocabulary(train: Table) -> list[str]:
+    """The class list, index = class id: integers in numeric order (so SST-2's 0/1 keep their ids),
+    anything else in string order."""
+    values = set(train.labels)
+    if len(values) < 2:
+        raise InputError(f"{train.source} has only the label {next(iter(values))!r}; a classifier needs at least 2")
+    if all(_is_int(value) for value in values):
+        return sorted(values, key=int)
+    return sorted(values)
+
+
+def _is_int(text: str) -> bool:
+    try:
+        int(text)
+    except ValueError:
+        return False
+    return True
+
+
+def check_known_labels(table: Table, vocabulary: Sequence[str]) -> None:
+    """Refuse labels the classifier cannot predict: they would be silently counted wrong."""
+    known = set(vocabulary)
+    unseen = sorted({label for label in table.labels if label not in known})
+    if unseen:
+        rows = sum(label in set(unseen) for label in table.labels)
+        raise InputError(f"{table.source} has labels that the training data never has: "
+                         f"{', '.join(map(repr, unseen))} ({rows} rows); training labels are "
+                         f"{', '.join(map(repr, vocabulary))}; fix the labels or add examples to train_file")
+
+
+def seeded_split(table: Table, fractions: Sequence[float], seed: int, names: Sequence[str]) -> list[Table]:
+    """Cut ``table`` into the rest plus one part per fraction, by a permutation seeded with ``seed``."""
+    order = np.random.default_rng(seed).permutation(len(table))
+    sizes = [max(1, round(fraction * len(table))) for fraction in fractions]
+    if sum(sizes) >= len(table):
+        raise InputError(f"{table.source} has {len(table)} rows, too few to hold out {', '.join(names)}; "
+                         f"give them their own files or lower split.*_fraction")
+    parts, start = [], 0
+    for size, name in zip(sizes, names):
+        part = table.subset(sorted(order[start:start + size]))
+        parts.append(replace(part, source=f"{table.source} ({name} part)"))
+        start += size
+    return [table.subset(sorted(order[start:]))] + parts
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """A tokenized split: unpadded token ids per row and class ids; batches are padded on demand."""
+
+    input_ids: list[list[int]]
+    token_type_ids: list[list[int]]
+    labels: np.ndarray  # int64 [rows]
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+
+def encode(table: Table, tokenizer, vocabulary: Sequence[str], max_len: int) -> Encoded:
+    """Tokenize once up front ([CLS] text [SEP] (pair [SEP])), truncated to ``max_len`` tokens."""
+    ids = {label: index for index, label in enumerate(vocabulary)}
+    encoded = tokenizer(table.texts, table.pairs, truncation=True, max_length=max_len,
+                        return_token_type_ids=True, return_attention_mask=False)
+    return Encoded(input_ids=encoded["input_ids"], token_type_ids=encoded["token_type_ids"],
+                   labels=np.array([ids[label] for label in table.labels], dtype=np.int64))
+
+
+def collate(data: Encoded, indices: Sequence[int], pad_id: int) -> dict:
+    """Rows ``indices`` as a model batch, padded to the longest row in it (not to max_len)."""
+    import torch
+
+    width = max(len(data.input_ids[i]) for i in indices)
+    input_ids = torch.full((len(indices), width), pad_id, dtype=torch.long)
+    token_type_ids = torch.zeros((len(indices), width), dtype=torch.long)
+    attention_mask = torch.zeros((len(indices), width), dtype=torch.long)
+    for row, index in enumerate(indices):
+        length = len(data.input_ids[index])
+        input_ids[row, :length] = torch.tensor(data.input_ids[index])
+        token_type_ids[row, :length] = torch.tensor(data.token_type_ids[index])
+        attention_mask[row, :length] = 1
+    return {"input_ids": input_ids, "token_type_ids": token_type_ids, "attention_mask": attention_mask,
+            "labels": torch.from_numpy(data.labels[list(indices)])}
