@@ -1,0 +1,49 @@
+"""``python -m pretrain.finetune --config configs/finetune/NAME.yaml [key=value ...]``
+
+Also under ``deepspeed [--num_gpus N] --module pretrain.finetune ...`` and ``torchrun -m``.
+A config problem exits 2, a problem with an input file or the base checkpoint exits 1; both print
+one line ``error: ...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+# Before transformers is imported: the base model is always a local dir, never a hub download.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from data_prep.typed_config import ConfigError, exit_on_config_error, load_config  # noqa: E402
+from pretrain.finetune import InputError  # noqa: E402
+from pretrain.finetune.config import FinetuneConfig  # noqa: E402
+
+
+def _is_main_process() -> bool:
+    # Every rank meets the same bad input; one line is enough (the launchers set RANK).
+    return os.environ.get("RANK", "0") == "0"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m pretrain.finetune", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", help="YAML config (see configs/finetune/)")
+    parser.add_argument("--local_rank", type=int, help=argparse.SUPPRESS)  # passed by the deepspeed launcher
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="override a config key (dotted for nesting)")
+    args = parser.parse_args(argv)
+    try:
+        config = load_config(FinetuneConfig, args.config, args.overrides)
+        from pretrain.finetune.train import run
+
+        run(config)
+    except ConfigError as err:
+        if not _is_main_process():
+            raise SystemExit(2) from None
+        exit_on_config_error(err)
+    except InputError as err:
+        if _is_main_process():
+            print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,421 @@
+"""Fine-tuning: ``setup`` (data, labels, tokenizer, model) and ``run`` (the DeepSpeed loop, model
+selection on the validation metric, the final evaluation and the reports).
+
+The same code runs on one rank (plain ``python``) and on N (``deepspeed --module``, ``torchrun``):
+every rank trains on a disjoint, equal slice of each global batch, evaluation shards rows across
+ranks and gathers the predictions to all of them (so every rank takes the same early-stopping
+decision), and only rank 0 writes files.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from data_prep.typed_config import ConfigError, to_yaml
+from pretrain.finetune import InputError
+from pretrain.finetune.config import FinetuneConfig
+from pretrain.finetune.data import (Encoded, Table, check_known_labels, collate, encode, label_vocabulary,
+                                    read_table, seeded_split)
+from pretrain.finetune.metrics import classification_report, format_reports
+from pretrain.finetune.model import check_base_dir, load_classifier, load_tokenizer
+
+EVAL_FORMAT = "bert-finetune-eval/1"
+# AdamW as in BERT's reference optimization.py: betas (0.9, 0.999), epsilon 1e-6.
+ADAM_BETAS = (0.9, 0.999)
+ADAM_EPS = 1e-6
+
+
+@dataclass
+class Split:
+    table: Table
+    data: Encoded
+
+
+@dataclass
+class Job:
+    """Everything ``run`` needs, built without touching the output dir or the process group."""
+
+    config: FinetuneConfig
+    class_names: list[str]  # index = class id; saved as the model's id2label
+    tokenizer: object
+    model: object
+    splits: dict[str, Split]  # "train", "valid", and "test" unless there is no test data
+    notes: list[str]  # one-line facts for the console: rows per split, dropped rows, what was loaded
+
+
+def read_splits(config: FinetuneConfig) -> dict[str, Table]:
+    """Train/valid/test tables: given files, else seeded parts of train_file; then max_train_samples."""
+
+    def read(role: str, path: str) -> Table:
+        return read_table(path, role, config.text_column, config.label_column, config.text_pair_column,
+                          config.drop_empty)
+
+    tables = {"train": read("train_file", config.train_file)}
+    held_out: dict[str, float] = {}
+    for name, fraction in (("valid", config.split.valid_fraction), ("test", config.split.test_fraction)):
+        path = getattr(config, f"{name}_file")
+        if path:
+            tables[name] = read(f"{name}_file", path)
+        elif fraction > 0:
+            held_out[name] = fraction
+        elif name == "valid":
+            raise ConfigError("no validation data: set valid_file, or split.valid_fraction above 0")
+    if held_out:
+        rest, *parts = seeded_split(tables["train"], list(held_out.values()), config.seed, list(held_out))
+        tables.update(train=rest, **dict(zip(held_out, parts)))
+    return {name: tables[name] for name in ("train", "valid", "test") if name in tables}
+
+
+def class_names_for(config: FinetuneConfig, vocabulary: list[str], source: str) -> list[str]:
+    """Display names per class id: ``label_names`` where given, else the raw label value."""
+    unknown = sorted(set(config.label_names) - set(vocabulary))
+    if unknown:
+        raise InputError(f"label_names has {', '.join(map(repr, unknown))}, which {source} never has as a label "
+                         f"(its labels: {', '.join(map(repr, vocabulary))})")
+    names = [config.label_names.get(value, value) for value in vocabulary]
+    if len(set(names)) < len(names):
+        raise InputError(f"label_names gives two labels the same name ({names}); make the names unique")
+    return names
+
+
+def setup(config: FinetuneConfig) -> Job:
+    """Check the base checkpoint, read and tokenize the splits, build the classifier.
+
+    Every user-caused problem surfaces here as an ``InputError`` (or ``ConfigError``), before the
+    output dir is touched.
+    """
+    base = check_base_dir(config.model, need_weights=config.init == "pretrained")
+    tables = read_splits(config)
+    vocabulary = label_vocabulary(tables["train"])
+    for name in ("valid", "test"):
+        if name in tables:
+            check_known_labels(tables[name], vocabulary)
+    class_names = class_names_for(config, vocabulary, tables["train"].source)
+    notes = [f"{name}: {len(table):,} rows from {table.source}"
+             + (f", {table.dropped_empty} empty rows dropped" if table.dropped_empty else "")
+             for name, table in tables.items()]
+    if config.max_train_samples and config.max_train_samples < len(tables["train"]):
+        # Subsample after the split so that valid/test are the same as in the full run.
+        chosen = np.random.default_rng([config.seed, 1]).choice(len(tables["train"]), config.max_train_samples,
+                                                                replace=False)
+        tables["train"] = tables["train"].subset(sorted(chosen))
+        notes.append(f"train: using a seeded subset of {config.max_train_samples:,} rows (max_train_samples)")
+
+    import torch
+
+    tokenizer = load_tokenizer(base)
+    splits = {name: Split(table, encode(table, tokenizer, vocabulary, config.max_len)) for name, table in tables.items()}
+    torch.manual_seed(config.seed)  # the new classifier head (and with init=random, every weight)
+    model, summary = load_classifier(base, config.init, class_names, config.dropout)
+    notes.append(summary)
+    return Job(config=config, class_names=class_names, tokenizer=tokenizer, model=model, splits=splits, notes=notes)
+
+
+def epoch_order(rows: int, global_batch: int, seed: int, epoch: int) -> np.ndarray:
+    """This epoch's seeded permutation, wrapped around to a whole number of global batches so that
+    every rank runs the same number of steps (as torch's DistributedSampler pads)."""
+    order = np.random.default_rng([seed, 2, epoch]).permutation(rows)
+    padding = -rows % global_batch
+    return np.concatenate([order, order[:padding]]) if padding else order
+
+
+def _to_device(batch: dict, device) -> dict:
+    return {key: value.to(device) for key, value in batch.items()}
+
+
+def predict(model, data: Encoded, batch_size: int, pad_id: int, rank: int, world: int, device) -> np.ndarray:
+    """Class probabilities [rows, classes] for every row of ``data``, on every rank.
+
+    Rows are sorted by length (batches of similar lengths pad little) and dealt round-robin to the
+    ranks; each rank gets the same count (the last rows repeat) because under ZeRO-3 a forward pass
+    is a collective that all ranks must join equally often.
+    """
+    import torch
+    import torch.distributed as dist
+
+    order = np.argsort([len(ids) for ids in data.input_ids], kind="stable")
+    per_rank = math.ceil(len(order) / world)
+    dealt = np.resize(order, per_rank * world)  # np.resize repeats from the start to fill
+    mine = dealt[rank::world]
+    was_training = model.training
+    model.eval()
+    chunks = []
+    with torch.no_grad():
+        for start in range(0, per_rank, batch_size):
+            batch = collate(data, mine[start:start + batch_size], pad_id)
+            batch.pop("labels")
+            logits = model(**_to_device(batch, device)).logits
+            chunks.append(torch.softmax(logits.float(), dim=-1))
+    model.train(was_training)
+    local = torch.cat(chunks)  # [per_rank, classes]
+    if world > 1:
+        gathered = [torch.empty_like(local) for _ in range(world)]
+        dist.all_gather(gathered, local)
+        local = torch.stack(gathered, dim=1).flatten(0, 1)  # row j * world + r = rank r's j-th = dealt[j * world + r]
+    probabilities = np.empty((len(order), local.shape[1]), dtype=np.float32)
+    probabilities[dealt] = local.cpu().numpy()
+    return probabilities
+
+
+def evaluate(model, split: Split, job: Job, rank: int, world: int, device) -> tuple[dict, np.ndarray]:
+    """The classification report (plus mean cross-entropy) of ``model`` on ``split``, and its probabilities."""
+    probabilities = predict(model, split.data, job.config.eval_batch_size, job.tokenizer.pad_token_id, rank, world,
+                            device)
+    gold = split.data.labels
+    report = classification_report(gold, probabilities.argmax(axis=1), job.class_names)
+    report["loss"] = float(-np.log(np.maximum(probabilities[np.arange(len(gold)), gold], 1e-12)).mean())
+    return report, probabilities
+
+
+class MetricsLog:
+    """metrics.jsonl: one JSON object per training log step and per evaluation, flushed as written."""
+
+    def __init__(self, path: Path, enabled: bool):
+        self.path = path
+        self.enabled = enabled
+
+    def write(self, row: dict) -> None:
+        if self.enabled:
+            with self.path.open("a", encoding="utf-8") as handle:
+                handle.write(json.dumps(row) + "\n")
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    staging = path.with_name(path.name + ".tmp")
+    staging.write_text(text, encoding="utf-8")
+    os.replace(staging, path)
+
+
+def start_out_dir(out: Path, config: FinetuneConfig) -> None:
+    """Clear what a previous run left and record this run's resolved config (rank 0 only)."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        # The old report goes first: until the new one is written, the dir must not look finished.
+        (out / "eval.json").unlink(missing_ok=True)
+        (out / "predictions.tsv").unlink(missing_ok=True)
+        for stale in ("model", "model.tmp"):
+            shutil.rmtree(out / stale, ignore_errors=True)
+        (out / "config.yaml").write_text(to_yaml(config), encoding="utf-8")
+        (out / "metrics.jsonl").write_text("", encoding="utf-8")
+    except OSError as err:
+        raise InputError(f"out_dir {str(out)!r} cannot be written: {err.strerror or err}") from None
+
+
+def save_model(engine, tokenizer, out: Path, zero_stage: int, is_main: bool) -> None:
+    """Write model + tokenizer to out/model.tmp, then swap it in as out/model: never half a model.
+
+    Saved in the training dtype: these are exactly the weights the selection evaluated. A collective:
+    under ZeRO-3 every rank contributes its shard of the weights.
+    """
+    import deepspeed
+
+    from pretrain.distributed import barrier
+
+    with deepspeed.zero.GatheredParameters(list(engine.module.parameters()), enabled=zero_stage == 3):
+        if is_main:
+            staging, final = out / "model.tmp", out / "model"
+            shutil.rmtree(staging, ignore_errors=True)
+            engine.module.save_pretrained(staging)
+            tokenizer.save_pretrained(staging)
+            shutil.rmtree(final, ignore_errors=True)
+            staging.rename(final)
+    barrier()
+
+
+def write_predictions(path: Path, split: Split, probabilities: np.ndarray, class_names: list[str]) -> None:
+    """One row per test row: its line in the source file, the text, gold and predicted class, P(predicted)."""
+    table = split.table
+    predicted = probabilities.argmax(axis=1)
+    staging = path.with_name(path.name + ".tmp")
+    with staging.open("w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle, delimiter="\t", lineterminator="\n")
+        writer.writerow(["line", "text", *(["text_pair"] if table.pairs else []), "gold", "predicted", "probability"])
+        for row in range(len(table)):
+            pair = [table.pairs[row]] if table.pairs else []
+            writer.writerow([table.lines[row], table.texts[row], *pair, class_names[split.data.labels[row]],
+                             class_names[predicted[row]], f"{probabilities[row, predicted[row]]:.4f}"])
+    os.replace(staging, path)
+
+
+def _check_precision(precision: str, accelerator) -> None:
+    if precision == "fp16" and not accelerator.is_fp16_supported():
+        raise ConfigError(f"precision=fp16 is not supported by DeepSpeed on {accelerator.device_name()}; "
+                          f"use precision=bf16 or precision=fp32")
+
+
+def _set_threads(threads: int | None, device_type: str) -> None:
+    import torch
+
+    if threads is None and device_type == "cpu":
+        # Several ranks on one CPU host would each start one thread per core and fight over them.
+        ranks_here = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("LOCAL_SIZE", "1")))
+        if ranks_here > 1:
+            threads = max(1, (os.cpu_count() or 1) // ranks_here)
+    if threads:
+        torch.set_num_threads(threads)
+
+
+def _engine(model, config: FinetuneConfig, micro_batch: int, total_steps: int, device_type: str):
+    import deepspeed
+    import torch
+
+    from pretrain.ds_config import build_deepspeed_config
+    from pretrain.optim import build_optimizer, param_groups, warmup_decay_schedule
+
+    optimizer = build_optimizer("adamw", param_groups(model, config.weight_decay), config.lr, ADAM_BETAS, ADAM_EPS,
+                                device_type)
+    warmup_steps = round(config.warmup_ratio * total_steps)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_decay_schedule(warmup_steps, total_steps))
+    ds_config = build_deepspeed_config(micro_batch_size=micro_batch, grad_accum=1, precision=config.precision,
+                                       zero_stage=config.zero_stage, grad_clip=config.grad_clip)
+    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=schedule, config=ds_config)
+    return engine
+
+
+def _eval_points(total_steps: int, steps_per_epoch: int, eval_every: int) -> set[int]:
+    """Steps (counted from 1) after which to evaluate; always including the last."""
+    every = eval_every or steps_per_epoch
+    return set(range(every, total_steps + 1, every)) | {total_steps}
+
+
+def run(config: FinetuneConfig) -> dict:
+    """Fine-tune, select the best model on the validation metric, evaluate it, write the outputs.
+
+    Returns the ``eval.json`` report (on every rank). Raises ``InputError``/``ConfigError`` for
+    user-caused problems, before anything is written.
+    """
+    started = time.time()
+    job = setup(config)  # first: bad input fails fast, before DeepSpeed is even imported
+
+    import torch
+    import torch.distributed as dist
+    from deepspeed.accelerator import get_accelerator
+    from tqdm import tqdm
+    from transformers import AutoModelForSequenceClassification
+
+    from pretrain.distributed import barrier, init_distributed
+
+    info = init_distributed()
+    rank, world, is_main = info.rank, info.world_size, info.is_main
+    accelerator = get_accelerator()
+    device = torch.device(accelerator.device_name(info.local_rank))
+    _check_precision(config.precision, accelerator)
+    if config.batch_size % world:
+        raise ConfigError(f"config key 'batch_size' = {config.batch_size} does not split evenly across {world} ranks; "
+                          f"use a multiple of {world}")
+    _set_threads(config.threads, device.type)
+
+    say = tqdm.write if is_main else (lambda _text: None)
+    for note in job.notes:
+        say(note)
+    out = Path(config.out_dir)
+    if is_main:
+        start_out_dir(out, config)
+    barrier()
+    log = MetricsLog(out / "metrics.jsonl", enabled=is_main)
+
+    train, valid = job.splits["train"].data, job.splits["valid"]
+    pad_id = job.tokenizer.pad_token_id
+    micro_batch = config.batch_size // world
+    steps_per_epoch = math.ceil(len(train) / config.batch_size)
+    total_steps = max(1, math.ceil(config.epochs * steps_per_epoch))
+    eval_points = _eval_points(total_steps, steps_per_epoch, config.eval_every)
+    engine = _engine(job.model, config, micro_batch, total_steps, device.type)
+    say(f"training: {total_steps} steps of {config.batch_size} rows ({steps_per_epoch} per epoch) on {world} "
+        f"rank(s), {device.type}, {config.precision}, ZeRO {config.zero_stage}")
+
+    best_value, best_step, evals_since_best, stopped_early = -math.inf, 0, 0, False
+    loss_sum, loss_count, last_log = torch.zeros((), device=device), 0, time.time()
+    bar = tqdm(total=total_steps, unit="step", desc="fine-tune", disable=None if is_main else True)
+    for step in range(1, total_steps + 1):
+        epoch, position = divmod(step - 1, steps_per_epoch)
+        if position == 0:
+            order = epoch_order(len(train), config.batch_size, config.seed, epoch)
+        start = position * config.batch_size + rank * micro_batch
+        batch = _to_device(collate(train, order[start:start + micro_batch], pad_id), device)
+        loss = engine(**batch).loss
+        engine.backward(loss)
+        engine.step()
+        loss_sum += loss.detach().float()
+        loss_count += 1
+        bar.update()
+
+        if step % config.log_every == 0 or step == total_steps:
+            if world > 1:
+                dist.all_reduce(loss_sum)
+            mean_loss = loss_sum.item() / (loss_count * world)
+            now = time.time()
+            log.write({"step": step, "epoch": round(step / steps_per_epoch, 4), "loss": mean_loss,
+                       "lr": engine.get_lr()[0], "samples_per_s": loss_count * config.batch_size / (now - last_log)})
+            bar.set_postfix(loss=f"{mean_loss:.4f}")
+            loss_sum.zero_()
+            loss_count, last_log = 0, now
+
+        if step in eval_points:
+            report, _ = evaluate(engine, valid, job, rank, world, device)
+            value = report[config.metric]
+            improved = value > best_value
+            if improved:
+                best_value, best_step, evals_since_best = value, step, 0
+                save_model(engine, job.tokenizer, out, config.zero_stage, is_main)
+            else:
+                evals_since_best += 1
+            log.write({"step": step, "epoch": round(step / steps_per_epoch, 4), "split": "valid",
+                       **{key: report[key] for key in ("loss", "accuracy", "macro_f1")}})
+            say(f"step {step}/{total_steps} (epoch {step / steps_per_epoch:.2f})  valid loss {report['loss']:.4f}  "
+                f"accuracy {report['accuracy']:.4f}  macro_f1 {report['macro_f1']:.4f}"
+                + ("  [best, saved]" if improved else f"  (best {best_value:.4f} at step {best_step})"))
+            if config.patience and evals_since_best >= config.patience:
+                stopped_early = True
+                say(f"early stop: no better valid {config.metric} in {config.patience} evaluations")
+                break
+            last_log = time.time()  # evaluation time is not training throughput
+    bar.close()
+    train_time = time.time() - started
+
+    # The final numbers come from the saved model reloaded from disk: they describe exactly what a
+    # user of out/model gets.
+    model = AutoModelForSequenceClassification.from_pretrained(out / "model", local_files_only=True).to(device)
+    reports = {}
+    for name in ("valid", "test"):
+        if name not in job.splits:
+            continue
+        reports[name], probabilities = evaluate(model, job.splits[name], job, rank, world, device)
+        log.write({"step": best_step, "split": name, "final": True,
+                   **{key: reports[name][key] for key in ("loss", "accuracy", "macro_f1")}})
+        if name == "test" and is_main:
+            write_predictions(out / "predictions.tsv", job.splits[name], probabilities, job.class_names)
+
+    result = {
+        "format": EVAL_FORMAT,
+        "model": config.model,
+        "init": config.init,
+        "metric": config.metric,
+        "selected": {"step": best_step, "epoch": round(best_step / steps_per_epoch, 4), config.metric: best_value},
+        "steps": step,
+        "total_steps": total_steps,
+        "stopped_early": stopped_early,
+        "train_rows": len(train),
+        "class_names": job.class_names,
+        "precision": config.precision,
+        "ranks": world,
+        "train_time_s": round(train_time, 2),
+        "wall_time_s": round(time.time() - started, 2),
+        "splits": reports,
+    }
+    if is_main:
+        say(format_reports(reports, job.class_names))
+        # Last, atomically: an eval.json in out_dir means the run finished and everything is there.
+        _atomic_write(out / "eval.json", json.dumps(result, indent=2) + "\n")
+        say(f"wrote {out}/: model/, predictions.tsv, metrics.jsonl, eval.json ({result['wall_time_s']:.0f} s)")
+    barrier()
+    return result
