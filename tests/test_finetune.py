@@ -99,6 +99,10 @@ def task(tmp_path_factory) -> dict[str, Path]:
     }
 
 
+def metrics(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
 def make_config(base: Path, task: dict[str, Path], out: Path, **overrides) -> FinetuneConfig:
     values = {"model": base, "train_file": task["train"], "valid_file": task["valid"], "test_file": task["test"],
               "text_column": ["sentence", "content"], "out_dir": out, "lr": 1e-3, "batch_size": 16, "epochs": 3,
@@ -117,9 +121,11 @@ def test_finetune_beats_chance_and_writes_contract_3(base, task, tmp_path):
     test = result["splits"]["test"]
     assert sum(map(sum, test["confusion_matrix"]["rows_gold_columns_predicted"])) == 200
     assert set(test["per_class"]) == {"good", "bad"}
-    evals = [row for row in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "split" in row]
-    assert [row["step"] for row in evals if not row.get("final")] == [25, 50, 75]  # once per epoch
-    assert result["selected"]["accuracy"] == max(row["accuracy"] for row in evals if not row.get("final"))
+    evals = [row for row in metrics(out) if row["kind"] == "eval"]
+    assert [row["step"] for row in evals] == [25, 50, 75]  # once per epoch
+    assert result["selected"]["accuracy"] == max(row["accuracy"] for row in evals)
+    final = {row["split"]: row for row in metrics(out) if row["kind"] == "final"}
+    assert final["test"]["accuracy"] == test["accuracy"] and final["valid"]["step"] == result["selected"]["step"]
     predictions = (out / "predictions.tsv").read_text().splitlines()
     assert predictions[0].split("\t") == ["line", "text", "gold", "predicted", "probability"]
     assert len(predictions) == 201
@@ -300,6 +306,42 @@ def test_cli_bad_input_exits_1_with_one_line(base, task, tmp_path):
     assert result.stderr.strip().splitlines() == [
         f"error: train_file '{train}' has no column 'stars' (its columns: label, sentence); set label_column="]
     assert not (tmp_path / "out").exists()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_ranks_under_deepspeed_match_one_rank(base, task, tmp_path):
+    """Each rank takes its half of every global batch, so with dropout off and fp32 the two-rank
+    run follows the one-rank run step for step; only rank 0 writes."""
+    same = {"precision": "fp32", "dropout": 0, "eval_every": 25, "log_every": 5}
+    single = run(make_config(base, task, tmp_path / "one", **same))
+
+    config = make_config(base, task, tmp_path / "two", **same)
+    overrides = [f"{key}={value}" for key, value in config.model_dump(mode="json").items()
+                 if key not in ("split", "label_names", "text_column")] + ["text_column=[sentence, content]"]
+    launcher = Path(sys.executable).parent / "deepspeed"
+    result = subprocess.run([str(launcher), "--num_gpus", "2", "--master_port", str(free_port()), "--module",
+                             "pretrain.finetune", *[o for o in overrides if not o.endswith("=None")]],
+                            cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"},
+                            capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    double = json.loads((tmp_path / "two" / "eval.json").read_text())
+
+    assert double["ranks"] == 2 and single["ranks"] == 1
+    assert result.stdout.count("training: ") == 1  # rank 1 prints nothing
+    one, two = metrics(tmp_path / "one"), metrics(tmp_path / "two")
+    assert [(row["kind"], row["step"]) for row in two] == [(row["kind"], row["step"]) for row in one]
+    for a, b in zip(one, two):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-3, abs=1e-4), (a, b)
+    assert double["splits"]["test"]["accuracy"] == pytest.approx(single["splits"]["test"]["accuracy"], abs=0.01)
+    assert len((tmp_path / "two" / "predictions.tsv").read_text().splitlines()) == 201
 
 
 def test_cli_config_error_exits_2(tmp_path):

@@ -71,7 +71,7 @@ class FinetuneConfig(Section):
     weight_decay: float = Field(0.01, ge=0.0)
     """Decoupled weight decay (AdamW) on weight matrices; none on biases and LayerNorm."""
     dropout: float | None = Field(None, ge=0.0, lt=1.0)
-    """Override the base model's hidden and classifier dropout; unset: keep the base config's."""
+    """Override the base model's dropout (hidden, attention and classifier); unset: keep the base config's."""
     grad_clip: float = Field(1.0, ge=0.0)
     """Clip the global gradient norm to this value (0: no clipping)."""
     precision: Literal["fp32", "bf16", "fp16"] = "bf16"

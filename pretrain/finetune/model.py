@@ -79,7 +79,7 @@ def load_classifier(path: Path, init: str, class_names: Sequence[str], dropout: 
         "label2id": {name: index for index, name in enumerate(class_names)},
     }
     if dropout is not None:
-        options.update(hidden_dropout_prob=dropout, classifier_dropout=dropout)
+        options.update(hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout, classifier_dropout=dropout)
     try:
         if init == "random":
             config = AutoConfig.from_pretrained(path, local_files_only=True, **options)

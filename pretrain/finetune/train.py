@@ -177,7 +177,8 @@ def evaluate(model, split: Split, job: Job, rank: int, world: int, device) -> tu
 
 
 class MetricsLog:
-    """metrics.jsonl: one JSON object per training log step and per evaluation, flushed as written."""
+    """metrics.jsonl: one JSON object per training log step (kind "train"), per validation (kind "eval")
+    and per split for the selected model (kind "final"), as in the pretraining run dir."""
 
     def __init__(self, path: Path, enabled: bool):
         self.path = path
@@ -354,7 +355,7 @@ def run(config: FinetuneConfig) -> dict:
                 dist.all_reduce(loss_sum)
             mean_loss = loss_sum.item() / (loss_count * world)
             now = time.time()
-            log.write({"step": step, "epoch": round(step / steps_per_epoch, 4), "loss": mean_loss,
+            log.write({"kind": "train", "step": step, "epoch": round(step / steps_per_epoch, 4), "loss": mean_loss,
                        "lr": engine.get_lr()[0], "samples_per_s": loss_count * config.batch_size / (now - last_log)})
             bar.set_postfix(loss=f"{mean_loss:.4f}")
             loss_sum.zero_()
@@ -369,7 +370,7 @@ def run(config: FinetuneConfig) -> dict:
                 save_model(engine, job.tokenizer, out, config.zero_stage, is_main)
             else:
                 evals_since_best += 1
-            log.write({"step": step, "epoch": round(step / steps_per_epoch, 4), "split": "valid",
+            log.write({"kind": "eval", "step": step, "epoch": round(step / steps_per_epoch, 4), "split": "valid",
                        **{key: report[key] for key in ("loss", "accuracy", "macro_f1")}})
             say(f"step {step}/{total_steps} (epoch {step / steps_per_epoch:.2f})  valid loss {report['loss']:.4f}  "
                 f"accuracy {report['accuracy']:.4f}  macro_f1 {report['macro_f1']:.4f}"
@@ -390,7 +391,7 @@ def run(config: FinetuneConfig) -> dict:
         if name not in job.splits:
             continue
         reports[name], probabilities = evaluate(model, job.splits[name], job, rank, world, device)
-        log.write({"step": best_step, "split": name, "final": True,
+        log.write({"kind": "final", "step": best_step, "split": name,
                    **{key: reports[name][key] for key in ("loss", "accuracy", "macro_f1")}})
         if name == "test" and is_main:
             write_predictions(out / "predictions.tsv", job.splits[name], probabilities, job.class_names)
