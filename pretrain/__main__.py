@@ -31,11 +31,13 @@ def main(argv: list[str] | None = None) -> None:
     from data_prep.manifest import ManifestError
     from pretrain.checkpoint import CheckpointError
     from pretrain.data import DataError
+    from pretrain.shards import ShardError
     from pretrain.train import NonFiniteLossError, SetupError, train
 
     try:
         train(cfg)
-    except (ManifestError, DataError, CheckpointError, NonFiniteLossError, SetupError, FileNotFoundError) as err:
+    except (ManifestError, DataError, ShardError, CheckpointError, NonFiniteLossError, SetupError,
+            FileNotFoundError) as err:
         _fail(str(err))
     except RuntimeError as err:
         if _is_lost_rank(err):

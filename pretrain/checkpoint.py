@@ -123,24 +123,24 @@ def save(engine, ckpt_dir: str | Path, step: int, run_state: dict[str, Any], ran
     if rank == 0 and tag_dir.exists() and latest_tag(ckpt_dir) != tag:
         shutil.rmtree(tag_dir)  # left by a save that crashed; never named by `latest`
     _all_ranks_ok(True)  # barrier: nobody writes into the directory while rank 0 clears it
-    crash_point("save:before_deepspeed")
+    crash_point(f"save:before_deepspeed:{step}")
     try:
         engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state={"step": step}, save_latest=False)
-        crash_point("save:after_deepspeed")
+        crash_point(f"save:after_deepspeed:{step}")
         torch.save(rank_state, rank_state_path(tag_dir, rank))
         if rank == 0:
             (tag_dir / RUN_STATE).write_text(json.dumps(run_state, indent=2))
         ok, problem = True, ""
     except OSError as err:
         ok, problem = False, f"{err.strerror} ({err.filename})"
-    crash_point("save:before_commit")
+    crash_point(f"save:before_commit:{step}")
     if not _all_ranks_ok(ok):
         raise CheckpointError(f"checkpoint {tag} failed to write: {problem or 'on another rank'}; "
                               f"`latest` still names the previous complete checkpoint")
     if rank == 0:
         _fsync_tree(tag_dir)
         _write_text_atomic(ckpt_dir / LATEST, tag)
-        crash_point("save:after_commit")
+        crash_point(f"save:after_commit:{step}")
         kept = sorted((c.name for c in ckpt_dir.iterdir() if _TAG.match(c.name) and (c / RUN_STATE).is_file()
                        and c.name <= tag), reverse=True)[:keep_last]
         _prune(ckpt_dir, kept)

@@ -162,7 +162,9 @@ class TrainStream(IterableDataset):
             first_shard = 0
 
     def batches(self) -> Iterator[dict[str, Any]]:
-        """Batches in stream order; each carries ``stream_end`` (the position to resume from)."""
+        """Batches in stream order; each carries ``stream_end`` (the position to resume from) and
+        ``skipped`` (bad samples passed so far). A bad sample beyond the budget ends the stream
+        with ``{"error": message}``."""
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
         skipped, pending, first_position = 0, [], self.start
@@ -171,8 +173,11 @@ class TrainStream(IterableDataset):
             if isinstance(sample, BadSample):
                 skipped += 1
                 if skipped > self.skip_budget:
+                    # Handed to the trainer as a batch, not raised: it reaches the training process
+                    # in stream order with its one-line message, also from a loader worker.
                     budget = f"the skip_bad_samples budget ({self.skip_budget})" if self.skip_budget else "skip_bad_samples=0"
-                    raise DataError(f"{sample.describe()} -- stopping: {skipped} bad sample(s) exceed {budget}")
+                    yield {"error": f"{sample.describe()} -- stopping: {skipped} bad sample(s) exceed {budget}"}
+                    return
                 continue
             if not pending:
                 first_position = position

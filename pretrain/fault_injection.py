@@ -2,8 +2,10 @@
 
 ``PRETRAIN_CRASH_AT=<point>[@<rank>]`` makes the process (of that rank only, if given) SIGKILL
 itself when it reaches ``crash_point("<point>")``: no cleanup, no flush, as a preempted node or
-an OOM kill would. Points: ``step:<N>`` (after optimizer step N), and the phases of a checkpoint
-save, ``save:<phase>`` (see ``pretrain.checkpoint``). Unset, this costs one dict lookup.
+an OOM kill would. Points: ``step:<N>`` (after optimizer step N), and the phases of the checkpoint
+save of step N, ``save:<phase>:<N>`` (see ``pretrain.checkpoint``). A name also matches every point
+it is a prefix of up to a ``:`` (``save:before_commit`` = that phase of any save). Unset, this
+costs one dict lookup.
 """
 
 from __future__ import annotations
@@ -19,5 +21,5 @@ def crash_point(point: str) -> None:
     if not wanted:
         return
     name, _, rank = wanted.partition("@")
-    if name == point and (not rank or rank == os.environ.get("RANK", "0")):
+    if (point == name or point.startswith(name + ":")) and (not rank or rank == os.environ.get("RANK", "0")):
         os.kill(os.getpid(), signal.SIGKILL)

@@ -1,8 +1,8 @@
 """Small prepared data dirs (Contract 1) made from generated token streams, for trainer tests.
 
-The text is a random Markov chain over a small word vocabulary (each word has four likely
-successors), so masked tokens are predictable from their neighbours and the MLM loss falls within
-a few dozen steps. Writing goes through the same public pieces data_prep uses (manifest helpers,
+The text is a random Markov chain over a small word vocabulary (each word has four successors,
+words Zipf-distributed as in natural text), so masked tokens are predictable from their frequency
+and neighbours, and the MLM loss falls within a few dozen steps. Writing goes through the same public pieces data_prep uses (manifest helpers,
 plain tar members), independent of data_prep's pipeline so trainer tests stay fast.
 """
 
@@ -37,9 +37,15 @@ def write_tokenizer(directory: Path, vocab_size: int, seq_len: int) -> None:
     fast.save_pretrained(str(directory))
 
 
+def _zipf_words(rng: np.random.Generator, vocab_size: int, size) -> np.ndarray:
+    """Word ids with Zipf-like frequencies (rank r has weight 1/r), as in natural text."""
+    weights = 1.0 / np.arange(1, vocab_size - N_SPECIAL + 1)
+    return N_SPECIAL + rng.choice(vocab_size - N_SPECIAL, size=size, p=weights / weights.sum())
+
+
 def markov_tokens(rng: np.random.Generator, vocab_size: int, length: int, successors: np.ndarray) -> np.ndarray:
     out = np.empty(length, dtype=np.int64)
-    out[0] = rng.integers(N_SPECIAL, vocab_size)
+    out[0] = _zipf_words(rng, vocab_size, 1)[0]
     for i in range(1, length):
         out[i] = successors[out[i - 1] - N_SPECIAL, rng.integers(0, successors.shape[1])]
     return out
@@ -47,7 +53,7 @@ def markov_tokens(rng: np.random.Generator, vocab_size: int, length: int, succes
 
 def make_examples(n: int, *, seed: int, vocab_size: int, seq_len: int, nsp: bool) -> list[tuple[np.ndarray, int | None]]:
     rng = np.random.default_rng(seed)
-    successors = np.random.default_rng(0).integers(N_SPECIAL, vocab_size, size=(vocab_size - N_SPECIAL, 4))
+    successors = _zipf_words(np.random.default_rng(0), vocab_size, (vocab_size - N_SPECIAL, 4))
     examples = []
     for _ in range(n):
         total = int(rng.integers(seq_len // 2, seq_len - 2)) if rng.random() < 0.3 else seq_len - 3

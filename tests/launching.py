@@ -1,0 +1,52 @@
+"""Launching real pretraining runs from tests: one process, or N ranks through the deepspeed launcher."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+LAUNCHER_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_SIZE", "MASTER_ADDR", "MASTER_PORT", "PRETRAIN_CRASH_AT")
+BIN = Path(sys.executable).parent
+
+# Small, fast, learnable: the tiny model on synthetic Markov-chain data (tests/synthetic_data.py).
+FAST = ["model=tiny", "seq_len=64", "micro_batch_size=8", "log_every=1", "eval_every=1000", "save_every=1000",
+        "schedule.warmup_steps=3", "optimizer.lr=2e-3", "eval_samples=64", "loader.workers=1", "threads=1",
+        "dist_timeout_s=60"]
+
+
+def run_pretrain(data_dir: Path, run_dir: Path, *overrides: str, ranks: int = 2, env: dict | None = None,
+                 timeout: float = 240) -> subprocess.CompletedProcess:
+    args = [f"data_dir={data_dir}", f"run_dir={run_dir}", *FAST, *overrides]
+    if ranks == 1:
+        command = [sys.executable, "-m", "pretrain", *args]
+    else:
+        command = [str(BIN / "deepspeed"), "--num_gpus", str(ranks), "--master_port", str(_free_port()),
+                   "--module", "pretrain", *args]
+    inherited = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARS}
+    full_env = {**inherited, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", **(env or {})}
+    return subprocess.run(command, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def metrics(run_dir: Path, kind: str = "train") -> list[dict]:
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [row for row in rows if row["kind"] == kind]
+
+
+def sample_log(run_dir: Path, rank: int) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "samples" / f"rank{rank}.jsonl").read_text().splitlines()]
+
+
+def explain(result: subprocess.CompletedProcess) -> str:
+    return f"exit {result.returncode}\n--- stdout\n{result.stdout[-4000:]}\n--- stderr\n{result.stderr[-4000:]}"

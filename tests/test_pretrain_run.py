@@ -1,0 +1,136 @@
+"""Real pretraining runs (2 ranks, gloo on CPU): learning, exact resume, crash-safe saves, export."""
+
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from launching import LAUNCHER_VARS, explain, metrics, run_pretrain, sample_log
+from synthetic_data import make_data_dir
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return make_data_dir(tmp_path_factory.mktemp("pretrain") / "data", train_shards=6, samples_per_shard=48)
+
+
+def test_two_ranks_learn_evaluate_checkpoint_and_export(tmp_path, data_dir):
+    run_dir = tmp_path / "run"
+    result = run_pretrain(data_dir, run_dir, "max_steps=40", "eval_every=20", "save_every=10", "keep_last=2",
+                          "zero_stage=2", "precision=bf16")
+    assert result.returncode == 0, explain(result)
+    rows = metrics(run_dir)
+    assert [r["step"] for r in rows] == list(range(1, 41))
+    first, last = sum(r["mlm_loss"] for r in rows[:5]) / 5, sum(r["mlm_loss"] for r in rows[-5:]) / 5
+    assert last < first - 0.5, f"MLM loss did not fall: {first:.3f} -> {last:.3f}"
+    for key in ("tokens", "loss", "mlm_loss", "nsp_loss", "lr", "grad_norm", "tokens_per_s"):
+        assert key in rows[-1]
+    evals = metrics(run_dir, "eval")
+    assert [e["step"] for e in evals] == [20, 40] and evals[-1]["mlm_acc"] > evals[0]["mlm_acc"] * 0.9
+    assert {"mlm_acc", "nsp_acc", "ppl"} <= evals[-1].keys()
+    ckpts = sorted(p.name for p in (run_dir / "checkpoints").iterdir() if p.is_dir())
+    assert ckpts == ["step00000030", "step00000040"]  # keep_last=2
+    assert (run_dir / "checkpoints" / "latest").read_text() == "step00000040"
+    assert (run_dir / "loss.png").stat().st_size > 10_000
+    assert any((run_dir / "tb").iterdir())
+    summary = json.loads((run_dir / "export" / "training_summary.json").read_text())
+    assert summary["step"] == 40 and summary["tokens"] == rows[-1]["tokens"]
+
+
+def test_resume_after_a_crash_is_exact(tmp_path, data_dir):
+    """2N uninterrupted == N, crash two steps later, resume to 2N: same samples, losses, weights."""
+    common = ["max_steps=16", "save_every=8", "log_samples=true", "zero_stage=1", "precision=bf16"]
+    straight = run_pretrain(data_dir, tmp_path / "straight", *common)
+    assert straight.returncode == 0, explain(straight)
+
+    resumed_dir = tmp_path / "resumed"
+    crashed = run_pretrain(data_dir, resumed_dir, *common, env={"PRETRAIN_CRASH_AT": "step:10@1"})
+    assert crashed.returncode != 0
+    assert (resumed_dir / "checkpoints" / "latest").read_text() == "step00000008"
+    resumed = run_pretrain(data_dir, resumed_dir, *common)
+    assert resumed.returncode == 0, explain(resumed)
+    assert "resumed from step00000008" in resumed.stdout
+
+    for rank in range(2):
+        expected, got = sample_log(tmp_path / "straight", rank), sample_log(resumed_dir, rank)
+        assert [r["step"] for r in got] == list(range(1, 17))  # steps 9-10 of the crashed run were dropped
+        assert [r["keys"] for r in got] == [r["keys"] for r in expected]  # no sample repeated or skipped
+        assert [r["loss"] for r in got] == [r["loss"] for r in expected]
+    a = load_file(tmp_path / "straight" / "export" / "model.safetensors")
+    b = load_file(resumed_dir / "export" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_crash_while_saving_keeps_latest_on_the_previous_checkpoint(tmp_path, data_dir):
+    run_dir = tmp_path / "run"
+    common = ["max_steps=8", "save_every=4"]
+    crashed = run_pretrain(data_dir, run_dir, *common, env={"PRETRAIN_CRASH_AT": "save:after_deepspeed@0"})
+    assert crashed.returncode != 0
+    ckpt = run_dir / "checkpoints"
+    # the crash hit the first save: nothing is complete, so `latest` does not exist yet
+    assert not (ckpt / "latest").exists() and (ckpt / "step00000004").is_dir()
+    again = run_pretrain(data_dir, run_dir, *common, env={"PRETRAIN_CRASH_AT": "save:before_commit:8@1"})
+    assert again.returncode != 0
+    assert "fresh start" in again.stdout
+    assert (ckpt / "latest").read_text() == "step00000004"  # the second save (step 8) crashed
+    final = run_pretrain(data_dir, run_dir, *common)
+    assert final.returncode == 0, explain(final)
+    assert "resumed from step00000004" in final.stdout
+    assert (ckpt / "latest").read_text() == "step00000008"
+
+
+def test_export_gives_the_engines_logits(tmp_path, data_dir, monkeypatch):
+    """fp32 run; the engine rebuilt from the checkpoint and the offline export agree on a batch."""
+    from transformers import AutoModelForPreTraining
+
+    from pretrain.config import load_pretrain_config
+    from pretrain.train import prepare_run
+    from launching import FAST
+
+    run_dir = tmp_path / "run"
+    args = [f"data_dir={data_dir}", f"run_dir={run_dir}", *FAST, "max_steps=6", "precision=fp32", "zero_stage=1"]
+    result = run_pretrain(data_dir, run_dir, *args[2:], ranks=1)
+    assert result.returncode == 0, explain(result)
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    for var in LAUNCHER_VARS:  # the in-process rank-0 group sets these; restore them afterwards
+        monkeypatch.setenv(var, "")
+        monkeypatch.delenv(var)
+    exported = AutoModelForPreTraining.from_pretrained(run_dir / "export").eval()
+    run = prepare_run(load_pretrain_config(None, args))
+    try:
+        engine_model = run.engine.module.model.eval()
+        ids = torch.randint(5, 200, (3, 20))
+        with torch.no_grad():
+            expected = engine_model(input_ids=ids).prediction_logits
+            got = exported(input_ids=ids).prediction_logits
+        assert torch.allclose(expected, got, atol=1e-5), (expected - got).abs().max()
+    finally:
+        run.log.close()
+        torch.distributed.destroy_process_group()
+
+
+def test_mismatched_data_dir_is_refused_with_one_line(tmp_path, data_dir):
+    wrong_len = run_pretrain(data_dir, tmp_path / "r1", "max_steps=2", "seq_len=128", ranks=1)
+    assert wrong_len.returncode == 1
+    (line,) = [l for l in wrong_len.stderr.splitlines() if l.startswith("error:")]
+    assert "seq_len=64" in line and "seq_len=128" in line and "data_prep" in line
+
+    other = tmp_path / "other"
+    shutil.copytree(data_dir, other)
+    tokenizer_file = other / "tokenizer" / "tokenizer.json"
+    tokenizer_file.write_text(tokenizer_file.read_text().replace('"w7"', '"w7x"'))
+    swapped = run_pretrain(other, tmp_path / "r2", "max_steps=2", ranks=1)
+    assert swapped.returncode == 1
+    assert "is not the one its shards were made with" in swapped.stderr
+
+    run_dir = tmp_path / "r3"
+    assert run_pretrain(data_dir, run_dir, "max_steps=2", "save_every=2", ranks=1).returncode == 0
+    other_data = make_data_dir(tmp_path / "d2", train_shards=2, samples_per_shard=16, vocab_size=150)
+    refused = run_pretrain(other_data, run_dir, "max_steps=4", ranks=1)
+    assert refused.returncode == 1
+    assert "holds a run with another model.vocab_size" in refused.stderr
