@@ -68,8 +68,29 @@ def build_deepspeed_config(
         "steps_per_print": 1 << 30,
         "wall_clock_breakdown": False,
     }
-    if precision == "bf16" and zero_stage == 0:
-        # Without ZeRO, DeepSpeed keeps fp32 master weights only when gradients accumulate in the
-        # model dtype; accumulate bf16 grads and let its bf16 wrapper hold the fp32 copy.
-        config["data_types"] = {"grad_accum_dtype": "bf16"}
-    return _merge(config, extra or {})
+    extra = extra or {}
+    for path in DERIVED_KEYS:
+        theirs, ours = _get(extra, path), _get(config, path)
+        if theirs is not None and theirs != ours:
+            raise ValueError(f"deepspeed_config sets {'.'.join(path)}={theirs!r} but the run config gives {ours!r}; "
+                             f"set it in the run config (micro_batch_size, grad_accum, grad_clip, zero_stage, precision) instead")
+    return _merge(config, extra)
+
+
+# Settings the run config owns: a user JSON may repeat them but not contradict them.
+DERIVED_KEYS = (
+    ("train_micro_batch_size_per_gpu",),
+    ("gradient_accumulation_steps",),
+    ("gradient_clipping",),
+    ("zero_optimization", "stage"),
+    ("bf16", "enabled"),
+    ("fp16", "enabled"),
+)
+
+
+def _get(tree: dict[str, Any], path: tuple[str, ...]) -> Any:
+    for key in path:
+        if not isinstance(tree, dict) or key not in tree:
+            return None
+        tree = tree[key]
+    return tree

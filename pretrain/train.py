@@ -191,9 +191,12 @@ def prepare_run(cfg: PretrainConfig) -> Run:
     schedule = warmup_decay_schedule(cfg.schedule.warmup_steps, cfg.max_steps, cfg.schedule.decay,
                                      cfg.schedule.power, cfg.schedule.end_lr_ratio)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-    ds_config = build_deepspeed_config(micro_batch_size=cfg.micro_batch_size, grad_accum=cfg.grad_accum,
-                                       precision=cfg.precision, zero_stage=cfg.zero_stage, grad_clip=cfg.grad_clip,
-                                       extra=read_user_deepspeed_config(cfg.deepspeed_config))
+    try:
+        ds_config = build_deepspeed_config(micro_batch_size=cfg.micro_batch_size, grad_accum=cfg.grad_accum,
+                                           precision=cfg.precision, zero_stage=cfg.zero_stage, grad_clip=cfg.grad_clip,
+                                           extra=read_user_deepspeed_config(cfg.deepspeed_config))
+    except ValueError as err:
+        raise SetupError(str(err)) from None
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
 
     progress = Progress()
