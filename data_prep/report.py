@@ -1,0 +1,103 @@
+"""``report.json`` and the summary table: what came in, what was kept, why the rest was dropped,
+what came out, and how fast each stage ran.
+
+The document counts balance by construction, and ``build_report`` checks it: every unit a reader
+produced (a document, or a rejected file or JSON line) is either kept or dropped for one reason.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+REPAIRS = ("repaired_invalid_utf8", "fixed_mojibake")  # counted, but the document is kept
+
+
+def _rate(nbytes: int, seconds: float) -> float:
+    return round(nbytes / 1e6 / seconds, 3) if seconds > 0 else 0.0
+
+
+def build_report(
+    *,
+    out_dir: str,
+    docs_in: int,
+    bytes_in: int,
+    counts: Counter,
+    kept: dict[str, int],
+    tokenizer: dict[str, Any],
+    examples: dict[str, Any],
+    tokens: dict[str, int],
+    shards: dict[str, int],
+    chunks: dict[str, int],
+    stage_seconds: dict[str, float],
+    total_seconds: float,
+    ranks: int,
+    workers: int,
+) -> dict[str, Any]:
+    dropped = {reason: n for reason, n in sorted(counts.items()) if reason not in REPAIRS and n}
+    kept_total = kept["train"] + kept["valid"]
+    if docs_in != kept_total + sum(dropped.values()):
+        raise AssertionError(f"document counts do not balance: {docs_in} in, {kept_total} kept, {dropped} dropped")
+    processes = ranks * workers
+    core = sum(stage_seconds.get(name, 0.0) for name in ("clean", "examples", "shards"))
+    return {
+        "out_dir": out_dir,
+        "documents": {
+            "in": docs_in,
+            "kept": kept_total,
+            "kept_train": kept["train"],
+            "kept_valid": kept["valid"],
+            "dropped_total": sum(dropped.values()),
+            "dropped": dropped,
+        },
+        "bytes_in": bytes_in,
+        "repairs": {name: counts.get(name, 0) for name in REPAIRS},
+        "duplicates": {"exact": counts.get("duplicate_exact", 0), "near": counts.get("duplicate_near", 0)},
+        "tokenizer": tokenizer,
+        "examples": examples,
+        "tokens": tokens,
+        "shards": shards,
+        "chunks": chunks,
+        "stages": {
+            name: {"seconds": round(seconds, 3), "mb_per_s": _rate(bytes_in, seconds)}
+            for name, seconds in stage_seconds.items()
+        },
+        "throughput": {
+            "seconds": round(total_seconds, 3),
+            "mb_per_s": _rate(bytes_in, total_seconds),
+            "ranks": ranks,
+            "workers": workers,
+            "processes": processes,
+            "mb_per_s_per_process": _rate(bytes_in, total_seconds * processes),
+            "clean_tokenize_shard_mb_per_s_per_process": _rate(bytes_in, core * processes),
+        },
+        "rejects_log": "rejects.jsonl",
+    }
+
+
+def summary_table(report: dict[str, Any]) -> str:
+    docs, ex, tok, thr = report["documents"], report["examples"], report["tokens"], report["throughput"]
+    rows = [
+        ("documents in", f"{docs['in']:,}", f"{report['bytes_in'] / 1e6:,.1f} MB"),
+        ("kept", f"{docs['kept']:,}", f"train {docs['kept_train']:,} / valid {docs['kept_valid']:,}"),
+    ]
+    rows += [(f"dropped: {reason}", f"{n:,}", "") for reason, n in docs["dropped"].items()]
+    rows += [(f"repaired: {name}", f"{n:,}", "kept") for name, n in report["repairs"].items() if n]
+    rows += [
+        ("examples train", f"{ex['train']:,}", f"{report['shards']['train']} shards x {report['shards']['samples_per_shard']:,}, "
+                                               f"remainder dropped {ex['dropped_remainder']:,}"),
+        ("examples valid", f"{ex['valid']:,}", f"{report['shards']['valid']} shards"),
+        ("tokens train / valid", f"{tok['train']:,}", f"{tok['valid']:,}"),
+    ]
+    if tok["truncated"] or tok["unpaired"]:
+        rows.append(("tokens cut (pairs)", f"{tok['truncated']:,}", f"unpaired {tok['unpaired']:,}"))
+    rows.append(("", "", ""))
+    rows.append(("stage", "seconds", "MB/s"))
+    rows += [(name, f"{s['seconds']:.1f}", f"{s['mb_per_s']:.2f}") for name, s in report["stages"].items()]
+    rows.append(("total", f"{thr['seconds']:.1f}", f"{thr['mb_per_s']:.2f}"))
+    rows.append((f"per process ({thr['processes']})", "", f"{thr['mb_per_s_per_process']:.2f}"))
+    rows.append(("  clean+tokenize+shard", "", f"{thr['clean_tokenize_shard_mb_per_s_per_process']:.2f}"))
+    width = max(len(r[0]) for r in rows)
+    lines = [f"data_prep summary: {report['out_dir']}"]
+    lines += [f"  {name:<{width}}  {value:>12}  {note}".rstrip() for name, value, note in rows]
+    return "\n".join(lines)
