@@ -16,7 +16,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from data_prep.manifest import (
-    NSP_EXT, SAMPLE_EXTS, SPLITS, TOKENS_EXT, ManifestError, load_manifest, sha256_file, sha256_tree,
+    NSP_EXT, SPLITS, TOKENS_EXT, ManifestError, load_manifest, sha256_file, sha256_tree,
 )
 from data_prep.progress import Progress, bars_wanted
 from data_prep.shards import iter_samples, load_tokens
@@ -62,7 +62,7 @@ def verify_shard(data_dir: Path, entry: dict[str, Any], manifest: dict[str, Any]
             if not key or "." in key or key in keys:
                 problems.append(f"{where}: key is empty, dotted or repeated")
             keys.add(key)
-            if set(members) != wanted or not set(members) <= SAMPLE_EXTS:
+            if set(members) != wanted:
                 problems.append(f"{where}: members {sorted(members)}, expected {sorted(wanted)}")
                 continue
             problem = _check_tokens(members[TOKENS_EXT], manifest)
@@ -104,8 +104,9 @@ def verify(data_dir: Path, show_progress: bool = False) -> tuple[list[str], list
             uneven = sorted({entry["samples"] for entry in info["shards"]} - {info.get("samples_per_shard")})
             if uneven:
                 problems.append(f"train shards hold {uneven} samples, not all samples_per_shard={info.get('samples_per_shard')}")
-        if info["shards"] and samples != info.get("samples"):
-            problems.append(f"{split}: {samples} samples read, manifest total says {info.get('samples')}")
+        listed = sum(entry["samples"] for entry in info["shards"])
+        if info["shards"] and listed != info.get("samples"):
+            problems.append(f"{split}: the manifest's shards hold {listed} samples, its total says {info.get('samples')}")
         lines.append(f"  {split:5s} {len(info['shards']):4d} shards  {samples:>10,} samples  {tokens:>13,} tokens  {total / 1e6:9.1f} MB")
     head = (f"{data_dir}: format {manifest['format']}, objective {manifest['objective']}, seq_len {manifest['seq_len']}, "
             f"vocab {tokenizer['vocab_size']}, {manifest['token_dtype']}")
