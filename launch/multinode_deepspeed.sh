@@ -21,7 +21,7 @@ MASTER_PORT=${MASTER_PORT:-29500}
 DEEPSPEED=${DEEPSPEED:-.venv/bin/deepspeed}
 
 if [[ -n "${NODE_RANK:-}" ]]; then
-    : "${MASTER_ADDR:?set MASTER_ADDR to node 0's address}"
+    : "${MASTER_ADDR:?set MASTER_ADDR to the address of node 0}"
     exec "$DEEPSPEED" --hostfile "$HOSTFILE" --no_ssh --node_rank "$NODE_RANK" \
         --master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT" \
         --module pretrain --config "$CONFIG" "$@"

@@ -163,15 +163,16 @@ class TrainStream(IterableDataset):
 
     def batches(self) -> Iterator[dict[str, Any]]:
         """Batches in stream order; each carries ``stream_end`` (the position to resume from) and
-        ``skipped`` (bad samples passed so far). A bad sample beyond the budget ends the stream
+        ``skipped`` (bad samples passed so far, the last one described in ``skip_reason``). A bad sample beyond the budget ends the stream
         with ``{"error": message}``."""
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
         skipped, pending, first_position = 0, [], self.start
-        batch_number = 0
+        batch_number, last_reason = 0, ""
         for position, sample in self.entries(self.start):
             if isinstance(sample, BadSample):
                 skipped += 1
+                last_reason = sample.describe()
                 if skipped > self.skip_budget:
                     # Handed to the trainer as a batch, not raised: it reaches the training process
                     # in stream order with its one-line message, also from a loader worker.
@@ -187,7 +188,7 @@ class TrainStream(IterableDataset):
             if batch_number % workers == worker:
                 generator = _generator(self.seed, self.rank, first_position)
                 batch = collate(pending, self.layout, self.mlm_probability, generator)
-                batch.update(stream_end=position + 1, skipped=skipped)
+                batch.update(stream_end=position + 1, skipped=skipped, skip_reason=last_reason)
                 yield batch
             pending, batch_number = [], batch_number + 1
 

@@ -1,11 +1,11 @@
-"""Named crash points, for the fault-tolerance tests to kill a process at an exact moment.
+"""Injected faults, for the fault-tolerance tests: crashes at exact moments, non-finite losses.
 
 ``PRETRAIN_CRASH_AT=<point>[@<rank>]`` makes the process (of that rank only, if given) SIGKILL
 itself when it reaches ``crash_point("<point>")``: no cleanup, no flush, as a preempted node or
 an OOM kill would. Points: ``step:<N>`` (after optimizer step N), and the phases of the checkpoint
 save of step N, ``save:<phase>:<N>`` (see ``pretrain.checkpoint``). A name also matches every point
-it is a prefix of up to a ``:`` (``save:before_commit`` = that phase of any save). Unset, this
-costs one dict lookup.
+it is a prefix of up to a ``:`` (``save:before_commit`` = that phase of any save).
+``PRETRAIN_NONFINITE_LOSS_AT`` makes chosen steps' losses NaN. Unset, each check costs one dict lookup.
 """
 
 from __future__ import annotations
@@ -13,13 +13,24 @@ from __future__ import annotations
 import os
 import signal
 
-ENV = "PRETRAIN_CRASH_AT"
+CRASH_ENV = "PRETRAIN_CRASH_AT"
+NONFINITE_ENV = "PRETRAIN_NONFINITE_LOSS_AT"
 
 
 def crash_point(point: str) -> None:
-    wanted = os.environ.get(ENV)
+    wanted = os.environ.get(CRASH_ENV)
     if not wanted:
         return
     name, _, rank = wanted.partition("@")
     if (point == name or point.startswith(name + ":")) and (not rank or rank == os.environ.get("RANK", "0")):
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def nonfinite_loss_injected(step: int) -> bool:
+    """``PRETRAIN_NONFINITE_LOSS_AT=<first>[-[<last>]]``: the loss of optimizer steps first..last
+    (inclusive; open-ended with a trailing ``-``) is replaced by NaN, as a diverging run's would be."""
+    wanted = os.environ.get(NONFINITE_ENV)
+    if not wanted:
+        return False
+    first, dash, last = wanted.partition("-")
+    return int(first) <= step and (not dash or not last or step <= int(last))

@@ -28,7 +28,7 @@ from pretrain.data import DataError, TokenLayout, TrainStream, eval_batches, sha
 from pretrain.distributed import DistInfo, init_distributed
 from pretrain.ds_config import build_deepspeed_config, read_user_deepspeed_config
 from pretrain.export import RUN_MODEL_CONFIG, RUN_TOKENIZER, export_checkpoint
-from pretrain.fault_injection import crash_point
+from pretrain.fault_injection import crash_point, nonfinite_loss_injected
 from pretrain.flops import BertShape, forward_flops
 from pretrain.model import PretrainingObjective, bert_config_from_preset, build_hf_model
 from pretrain.optim import build_optimizer, param_groups, warmup_decay_schedule
@@ -243,8 +243,10 @@ def micro_step(run: Run, batches: Iterator[dict[str, Any]]) -> tuple[dict[str, A
         error = batch.get("error")
         if _any_rank(error is not None, device):
             raise DataError(error or "another rank stopped on a data error (its message names the shard)")
-        progress.position, progress.skipped = batch["stream_end"], run.skipped_at_launch + batch["skipped"]
+        _note_skipped(run, batch)
         out = engine(**_inputs(batch, device))
+        if nonfinite_loss_injected(progress.step + 1):
+            out["loss"] = out["loss"] * float("nan")
         if not _any_rank(not bool(torch.isfinite(out["loss"].detach())), device):
             engine.backward(out["loss"])
             engine.step()
@@ -259,6 +261,17 @@ def micro_step(run: Run, batches: Iterator[dict[str, Any]]) -> tuple[dict[str, A
                 f"loss was NaN/inf for {progress.consecutive_nonfinite} consecutive micro-steps at step {progress.step + 1}; "
                 f"stopped without saving, so the last checkpoint is the last good state. Lower optimizer.lr, "
                 f"raise schedule.warmup_steps or use precision=bf16, then relaunch to resume")
+
+
+def _note_skipped(run: Run, batch: dict[str, Any]) -> None:
+    """Advance this rank's data position; report bad samples the stream skipped (any rank prints)."""
+    progress = run.progress
+    skipped = run.skipped_at_launch + batch["skipped"]
+    if skipped > progress.skipped:
+        print(f"[rank {run.dist.rank}] warning: skipped {skipped - progress.skipped} bad sample(s) "
+              f"({skipped} of the skip_bad_samples budget of {run.cfg.skip_bad_samples}): {batch['skip_reason']}",
+              flush=True)
+    progress.position, progress.skipped = batch["stream_end"], skipped
 
 
 def _reduce_sum(values: list[float], device) -> list[float]:
@@ -319,8 +332,9 @@ def save(run: Run) -> str:
 
 def _log_train(run: Run, window: Window, run_started: float, steps_this_launch: int) -> None:
     engine, device = run.engine, run.engine.device
-    loss, mlm, nsp, micro, tokens, flops = _reduce_sum(
-        [window.loss, window.mlm_loss, window.nsp_loss, window.micro_steps, window.tokens, window.flops], device)
+    loss, mlm, nsp, micro, tokens, flops, skipped = _reduce_sum(
+        [window.loss, window.mlm_loss, window.nsp_loss, window.micro_steps, window.tokens, window.flops,
+         run.progress.skipped], device)
     elapsed = time.perf_counter() - window.started
     grad_norm = engine.get_global_grad_norm()
     row = {"step": run.progress.step, "tokens": run.global_tokens(), "loss": loss / micro, "mlm_loss": mlm / micro,
@@ -333,6 +347,8 @@ def _log_train(run: Run, window: Window, run_started: float, steps_this_launch: 
         row.update(loss_scale=float(scale), overflow_steps=int(engine.skipped_steps))
     if run.progress.nonfinite_skips:
         row["nonfinite_skips"] = run.progress.nonfinite_skips
+    if skipped:
+        row["skipped_samples"] = int(skipped)
     per_step = (time.perf_counter() - run_started) / max(1, steps_this_launch)
     run.log.train(row, eta_s=per_step * (run.cfg.max_steps - run.progress.step))
 
