@@ -39,7 +39,7 @@ class Shingler:
     def __init__(self, config: NearDupConfig):
         self.num_perm = config.num_perm
         self.words = config.shingle_words
-        self.permutations = MinHash(num_perm=config.num_perm, seed=MINHASH_SEED, scheme=MINHASH_SCHEME).permutations
+        self._minhash = MinHash(num_perm=config.num_perm, seed=MINHASH_SEED, hashfunc=_identity, scheme=MINHASH_SCHEME)
 
     def shingle_hashes(self, text: str) -> np.ndarray:
         """32-bit hashes of the lower-cased word n-grams: crc32 per word, then a polynomial over each
@@ -52,10 +52,11 @@ class Shingler:
         return hashes
 
     def signature(self, text: str) -> np.ndarray:
-        """uint32[num_perm]; datasketch re-mixes the input hashes (MurmurHash3 fmix) before permuting."""
-        minhash = MinHash(num_perm=self.num_perm, permutations=self.permutations, hashfunc=_identity, scheme=MINHASH_SCHEME)
-        minhash.update_batch(self.shingle_hashes(text).tolist())
-        return minhash.hashvalues.astype(np.uint32, copy=False)
+        """uint32[num_perm]; datasketch re-mixes the input hashes (MurmurHash3 fmix) before permuting.
+        One MinHash is reused (``clear``): building one costs more than hashing a short document."""
+        self._minhash.clear()
+        self._minhash.update_batch(self.shingle_hashes(text).tolist())
+        return self._minhash.hashvalues.astype(np.uint32)
 
 
 class DuplicateFilter:
@@ -67,7 +68,9 @@ class DuplicateFilter:
         self.near = near
         self.lsh = MinHashLSH(threshold=near.threshold, num_perm=near.num_perm) if near else None
         self.kept_signatures: list[np.ndarray] = []
-        self._permutations = MinHash(num_perm=near.num_perm, seed=MINHASH_SEED, scheme=MINHASH_SCHEME).permutations if near else None
+        # LSH reads only ``hashvalues`` (and the scheme) of what it is given, and keeps band hashes,
+        # not the object: one probe whose values are swapped in saves building a MinHash per document.
+        self._probe = MinHash(num_perm=near.num_perm, seed=MINHASH_SEED, scheme=MINHASH_SCHEME) if near else None
 
     def check(self, fingerprint: str, signature: np.ndarray | None) -> str | None:
         """``duplicate_exact``, ``duplicate_near`` or None (kept, and remembered for later documents)."""
@@ -77,11 +80,10 @@ class DuplicateFilter:
             self.seen.add(fingerprint)
         if self.lsh is None or signature is None:
             return None
-        # Passing the permutations skips datasketch regenerating them (~100 us per object).
-        minhash = MinHash(num_perm=self.near.num_perm, hashvalues=signature, permutations=self._permutations, scheme=MINHASH_SCHEME)
-        for candidate in self.lsh.query(minhash):
+        self._probe.hashvalues = signature
+        for candidate in self.lsh.query(self._probe):
             if np.mean(self.kept_signatures[candidate] == signature) >= self.near.threshold:
                 return "duplicate_near"
-        self.lsh.insert(len(self.kept_signatures), minhash, check_duplication=False)
+        self.lsh.insert(len(self.kept_signatures), self._probe, check_duplication=False)
         self.kept_signatures.append(signature)
         return None

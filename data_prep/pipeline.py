@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import resource
 import shutil
+import sys
 import time
 from collections import Counter
 from contextlib import contextmanager
@@ -32,7 +34,6 @@ from data_prep.manifest import (
 from data_prep.mpi import Cluster, connect, on_root
 from data_prep.planning import check_missing, input_fingerprint, plan_chunks
 from data_prep.progress import Progress, bars_wanted
-from data_prep.pydocs import extract
 from data_prep.report import build_report, summary_table
 from data_prep.shards import ShardEntry, shard_name
 from data_prep.sources import Chunk, InputError, expand_inputs
@@ -42,7 +43,7 @@ from data_prep.stages import (
 )
 from data_prep.tokenizer import TokenizerError, TokenizerInfo, reuse_tokenizer, save_trained_tokenizer, train_sentencepiece
 from data_prep.typed_config import ConfigError
-from data_prep.workdir import WORK_DIR, WorkDir, load_arrays, load_json, work_key
+from data_prep.workdir import WORK_DIR, WorkDir, load_arrays, load_json, save_json, work_key
 
 REJECTS_NAME = "rejects.jsonl"
 REPORT_NAME = "report.json"
@@ -67,6 +68,17 @@ class StageClock:
             yield
         finally:
             self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process and its finished children (the worker pool)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def _cpu_rates(bytes_in: int, cpu_seconds: float) -> dict[str, float]:
+    """MB per CPU second: the per-process rate with other people's jobs on the machine taken out."""
+    return {"cpu_seconds": round(cpu_seconds, 3), "mb_per_cpu_second": round(bytes_in / 1e6 / cpu_seconds, 3) if cpu_seconds else 0.0}
 
 
 def _prepare_out_dir(config: PrepConfig, work: WorkDir) -> bool:
@@ -139,14 +151,16 @@ class Runner:
         config = self.config
         out = Path(config.out_dir)
 
-        def setup() -> tuple[list, str, bool]:
+        def setup() -> tuple[list, str]:
             expanded = expand_inputs(config.inputs)
             check_missing(expanded, config)
             key = work_key(config, input_fingerprint(expanded))
-            return expanded, key, _prepare_out_dir(config, WorkDir(out, key))
+            if _prepare_out_dir(config, WorkDir(out, key)):
+                print(f"resuming the interrupted run in {out / WORK_DIR / key}", file=sys.stderr, flush=True)
+            return expanded, key
 
         with self.clock.stage("plan"):
-            expanded, key, resumed = self._root(setup)
+            expanded, key = self._root(setup)
             work = WorkDir(out, key)
             context = Context(config, str(out), key)
             if config.workers > 1:
@@ -177,13 +191,15 @@ class Runner:
             gathered = self.cluster.gather(entries)
         if self.pool is not None:
             self.pool.close()
-            self.pool.join()
+            self.pool.join()  # before measuring: only joined children count in RUSAGE_CHILDREN
             self.pool = None
+        cpu_seconds = self.cluster.gather(_cpu_seconds())
 
         def finish() -> dict[str, Any]:
             all_entries = [entry for part in gathered for entry in part]
-            report = self._report(work, chunks, cleaned, decided, info, training_sentences, built, layout, all_entries, start)
-            self._write_outputs(work, chunks, decided, info, dtype, all_entries, report)
+            report = self._report(chunks, cleaned, decided, info, training_sentences, built, layout, all_entries, start)
+            report["throughput"].update(_cpu_rates(report["bytes_in"], sum(cpu_seconds)))
+            self._write_outputs(work, chunks, info, dtype, all_entries, report)
             return report
 
         report = self._root(finish)
@@ -220,7 +236,7 @@ class Runner:
             _, c, j = min(flat)  # a small corpus still gets a valid split: the document nearest the cut
             decisions[c][j] = "valid"
         for chunk, chunk_decisions in zip(chunks, decisions):
-            write_json_atomic(work.decisions(chunk.index), chunk_decisions)
+            save_json(work.decisions(chunk.index), chunk_decisions)
         counts = Counter(d for chunk_decisions in decisions for d in chunk_decisions)
         kept_sentences = sum(
             n for d, m in zip(decisions, metas) for decision, n in zip(d, m["sentence_counts"]) if decision in KEPT
@@ -252,7 +268,7 @@ class Runner:
                 print(f"training a {config.tokenizer.model_type} tokenizer on {len(sentences):,} sentences", flush=True)
             model = train_sentencepiece(sentences, config.tokenizer, config.seed)
             info = save_trained_tokenizer(model, directory, config.seq_len)
-            write_json_atomic(work.tokenizer_info, {"info": asdict(info), "sentences": len(sentences)})
+            save_json(work.tokenizer_info, {"info": asdict(info), "sentences": len(sentences)})
             return info, len(sentences)
 
         return self._root(train)
@@ -299,7 +315,7 @@ class Runner:
                     current, filled = [], 0
         return tasks
 
-    def _report(self, work, chunks, cleaned, decided, info, training_sentences, built, layout, entries, start) -> dict[str, Any]:
+    def _report(self, chunks, cleaned, decided, info, training_sentences, built, layout, entries, start) -> dict[str, Any]:
         config = self.config
         counts = Counter()
         for summary in cleaned:
@@ -351,7 +367,7 @@ class Runner:
             workers=config.workers,
         )
 
-    def _write_outputs(self, work, chunks, decided, info, dtype, entries, report) -> None:
+    def _write_outputs(self, work, chunks, info, dtype, entries, report) -> None:
         """rejects.jsonl and report.json, then manifest.json last and atomically, then drop .work."""
         out = Path(self.config.out_dir)
         temporary = out / f".{REJECTS_NAME}.tmp"
@@ -360,8 +376,7 @@ class Runner:
                 meta = load_json(work.clean_meta(chunk.index))
                 for source, line, reason, detail in meta["rejects"]:
                     log.write(json.dumps({"source": source, "line": line, "reason": reason, "detail": detail}) + "\n")
-                docs = load_json(work.clean_docs(chunk.index))["docs"]
-                for (source_id, _), decision in zip(docs, load_json(work.decisions(chunk.index))):
+                for source_id, decision in zip(meta["sources"], load_json(work.decisions(chunk.index))):
                     if decision not in KEPT:
                         log.write(json.dumps({"source": source_id, "line": None, "reason": decision, "detail": ""}) + "\n")
         temporary.replace(out / REJECTS_NAME)

@@ -14,11 +14,10 @@ from dataclasses import asdict
 from typing import Any, Callable, Iterable
 
 from data_prep.config import PrepConfig
-from data_prep.manifest import write_json_atomic
 from data_prep.progress import Progress
 from data_prep.pydocs import Extracted, iter_pydocs, source_roots
 from data_prep.sources import Chunk, ExpandedInput, InputError, Piece, file_kind, file_pieces
-from data_prep.workdir import WorkDir, load_json
+from data_prep.workdir import WorkDir, load_json, save_json
 
 
 def check_missing(expanded: list[ExpandedInput], config: PrepConfig) -> None:
@@ -59,7 +58,7 @@ def _pydocs_pieces(config: PrepConfig, work: WorkDir, map_fn: Callable, chunk_by
     def flush() -> None:
         nonlocal docs, rejects, nbytes
         path = work.pydocs_docs(len(pieces))
-        write_json_atomic(path, {"docs": docs, "rejects": rejects})
+        save_json(path, {"docs": docs, "rejects": rejects})
         pieces.append(Piece("docs_json", str(path), nbytes))
         docs, rejects, nbytes = [], [], 0
 
@@ -112,6 +111,6 @@ def plan_chunks(
             for path in item.files:
                 pieces.extend(file_pieces(path, file_kind(path, config.text.txt_mode), chunk_bytes))
     chunks = _group(pieces, chunk_bytes)
-    write_json_atomic(work.plan, [asdict(chunk) for chunk in chunks])
+    save_json(work.plan, [asdict(chunk) for chunk in chunks])
     return chunks
 

@@ -97,6 +97,8 @@ def summary_table(report: dict[str, Any]) -> str:
     rows.append(("total", f"{thr['seconds']:.1f}", f"{thr['mb_per_s']:.2f}"))
     rows.append((f"per process ({thr['processes']})", "", f"{thr['mb_per_s_per_process']:.2f}"))
     rows.append(("  clean+tokenize+shard", "", f"{thr['clean_tokenize_shard_mb_per_s_per_process']:.2f}"))
+    if "mb_per_cpu_second" in thr:
+        rows.append(("per CPU second", f"{thr['cpu_seconds']:.1f}", f"{thr['mb_per_cpu_second']:.2f}"))
     width = max(len(r[0]) for r in rows)
     lines = [f"data_prep summary: {report['out_dir']}"]
     lines += [f"  {name:<{width}}  {value:>12}  {note}".rstrip() for name, value, note in rows]

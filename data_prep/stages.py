@@ -25,8 +25,7 @@ from data_prep.sentences import split_sentences
 from data_prep.shards import ShardEntry, write_shard
 from data_prep.sources import Chunk, Reject, read_piece
 from data_prep.tokenizer import SentenceEncoder
-from data_prep.workdir import WorkDir, load_arrays, load_json, save_arrays
-from data_prep.manifest import write_json_atomic
+from data_prep.workdir import WorkDir, load_arrays, load_json, save_arrays, save_json
 
 KEPT = ("train", "valid")  # the decision of a kept document; anything else is a drop reason
 
@@ -119,13 +118,14 @@ def clean_chunk(task: tuple[Context, Chunk]) -> CleanSummary:
             uniforms.append(document_uniform(config.seed, item.source_id))
             sentence_counts.append(len(sentences))
             docs.append([item.source_id, sentences])
-    write_json_atomic(work.clean_docs(chunk.index), {"docs": docs})
+    save_json(work.clean_docs(chunk.index), {"docs": docs})
     if shingler is not None:
         stacked = np.stack(signatures) if signatures else np.zeros((0, config.clean.near_dup.num_perm), np.uint32)
         save_arrays(work.clean_signatures(chunk.index), minhash=stacked)
-    write_json_atomic(meta_path, {  # last: its presence marks the chunk done
+    save_json(meta_path, {  # last: its presence marks the chunk done
         "docs_in": summary.docs_in,
         "counts": dict(summary.counts),
+        "sources": [source_id for source_id, _ in docs],
         "fingerprints": fingerprints,
         "uniforms": uniforms,
         "sentence_counts": sentence_counts,
@@ -233,7 +233,7 @@ def example_chunk(task: tuple[Context, Chunk]) -> ExampleSummary:
         examples.tokens_truncated, examples.tokens_unpaired, len(valid_docs),
     )
     meta = {k: v for k, v in summary.__dict__.items() if k != "resumed"}
-    write_json_atomic(meta_path, meta)
+    save_json(meta_path, meta)
     return summary
 
 

@@ -16,7 +16,6 @@ like "========"), which SentencePiece and ``tokenizers`` break differently.
 from __future__ import annotations
 
 import io
-import json
 import os
 import shutil
 from dataclasses import dataclass
@@ -204,10 +203,3 @@ def decoder_for(directory: Path):
     from tokenizers import Tokenizer
 
     return Tokenizer.from_file(str(directory / HF_TOKENIZER_FILE))
-
-
-def tokenizer_summary(directory: Path) -> dict:
-    """Small description for the report: files and the tokenizer_config's class."""
-    config_path = directory / "tokenizer_config.json"
-    config = json.loads(config_path.read_text()) if config_path.is_file() else {}
-    return {"files": sorted(p.name for p in directory.iterdir()), "tokenizer_class": config.get("tokenizer_class")}

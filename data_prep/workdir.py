@@ -43,6 +43,14 @@ def load_arrays(path: Path) -> dict[str, np.ndarray]:
         return {name: stored[name] for name in stored.files}
 
 
+def save_json(path: Path, obj: Any) -> None:
+    """Compact JSON, written whole then renamed (intermediate files: no indentation, no fsync)."""
+    temporary = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(temporary, "w", encoding="utf-8") as handle:
+        json.dump(obj, handle, separators=(",", ":"))  # ASCII: lone surrogates survive the trip
+    os.replace(temporary, path)
+
+
 def load_json(path: Path) -> Any:
     return json.loads(path.read_text(encoding="utf-8"))
 

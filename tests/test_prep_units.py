@@ -104,6 +104,17 @@ def test_sentences_split_on_punctuation_and_paragraphs():
     assert split_sentences(["Dr. Smith went home. He slept!", "no period here", "Last one?"]) == [
         "Dr. Smith went home.", "He slept!", "no period here", "Last one?",
     ]
+    assert split_sentences(["one line\nanother line"]) == ["one line", "another line"]
+    assert split_sentences([]) == []
+
+
+@pytest.mark.parametrize("text", ["", "x", "Hello world. This is Mr. Smith!", "café 😀 東京. Next one", "word " * 20000 + "end."])
+def test_sentence_breaker_matches_blingfires_wrapper(text):
+    import blingfire
+
+    from data_prep.sentences import _break_sentences
+
+    assert _break_sentences(text) == blingfire.text_to_sentences(text)
 
 
 # -------------------------------------------------------------------------------------- dedup
