@@ -70,7 +70,7 @@ def base(tmp_path_factory) -> Path:
     tokenizer.save_pretrained(path)
     torch.manual_seed(0)
     model = BertForPreTraining(BertConfig(vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=2,
-                                          num_attention_heads=2, intermediate_size=128, max_position_embeddings=64))
+                                          num_attention_heads=2, intermediate_size=128, max_position_embeddings=128))
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
     rng = random.Random(1)
     for _ in range(40):
@@ -211,6 +211,8 @@ def write(path: Path, text: str) -> Path:
     ("no weights", "model dir '{tmp}/base' has no weights (model.safetensors missing); use init=random"),
     ("ragged row", "train_file '{tmp}/train.tsv' line 3 has 3 fields but the header has 2 (a tab inside the text?)"),
     ("not utf-8", "train_file '{tmp}/train.tsv' is not UTF-8 text"),
+    ("other tokenizer", "model dir '{tmp}/base': the tokenizer has 165 tokens but the model's vocab_size is 65"),
+    ("max_len too long", "max_len=512 is longer than the model's max_position_embeddings (128); set max_len=128"),
 ])
 def test_bad_input_is_one_line_naming_the_thing(base, task, tmp_path, case, message):
     import shutil
@@ -239,6 +241,10 @@ def test_bad_input_is_one_line_naming_the_thing(base, task, tmp_path, case, mess
     elif case == "not utf-8":
         train = tmp_path / "train.tsv"
         train.write_bytes(b"label\tsentence\n0\tcaf\xe9\n")
+    elif case == "other tokenizer":
+        build_tokenizer(SPECIAL + GOOD + BAD + FILLER + [f"new{i}" for i in range(100)]).save_pretrained(model)
+    elif case == "max_len too long":
+        overrides = {"max_len": 512}
     config = make_config(model, {**task, "train": train}, tmp_path / "out", **overrides)
     with pytest.raises(InputError) as err:
         setup(config)

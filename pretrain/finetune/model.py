@@ -65,11 +65,23 @@ def load_tokenizer(path: Path):
     return tokenizer
 
 
+def check_compatible(path: Path, tokenizer, model, max_len: int) -> None:
+    """Refuse a tokenizer/model pair that would fail mid-run with an index error."""
+    config = model.config
+    if len(tokenizer) > config.vocab_size:
+        raise InputError(f"model dir {str(path)!r}: the tokenizer has {len(tokenizer)} tokens but the model's "
+                         f"vocab_size is {config.vocab_size}; save the tokenizer the model was pretrained with")
+    if max_len > config.max_position_embeddings:
+        raise InputError(f"max_len={max_len} is longer than the model's max_position_embeddings "
+                         f"({config.max_position_embeddings}); set max_len={config.max_position_embeddings} or lower")
+
+
 def load_classifier(path: Path, init: str, class_names: Sequence[str], dropout: float | None) -> tuple[object, str]:
     """The classifier and a one-line summary of what was loaded and what is new.
 
     Seed torch before calling: the new head (and with ``init=random`` everything) is drawn from it.
     """
+    import torch
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
     _quiet_transformers()
@@ -85,16 +97,18 @@ def load_classifier(path: Path, init: str, class_names: Sequence[str], dropout: 
             config = AutoConfig.from_pretrained(path, local_files_only=True, **options)
             model = AutoModelForSequenceClassification.from_config(config)
             return model, f"model: {model.num_parameters():,} parameters, randomly initialised from {path}/config.json"
+        # fp32 whatever the checkpoint's dtype: DeepSpeed casts to bf16/fp16 itself when asked to.
         model, info = AutoModelForSequenceClassification.from_pretrained(
-            path, local_files_only=True, output_loading_info=True, **options)
-    except Exception as err:
+            path, local_files_only=True, output_loading_info=True, dtype=torch.float32, **options)
+    except Exception as err:  # a corrupt or foreign checkpoint: one line, not a library traceback
         raise InputError(f"model dir {str(path)!r} does not load as a sequence classifier "
                          f"({_first_line(err)})") from None
     new = sorted(info["missing_keys"])
     unused = sorted(info["unexpected_keys"])
     summary = f"model: {model.num_parameters():,} parameters from {path}; new: {', '.join(new) or 'none'}"
     if unused:
-        summary += f"; left unused: {len(unused)} checkpoint tensors ({unused[0]}, ...: the pretraining heads)"
+        what = "the MLM/NSP pretraining heads" if all(key.startswith("cls.") for key in unused) else f"{unused[0]}, ..."
+        summary += f"; unused: {len(unused)} checkpoint tensors ({what})"
     encoder_missing = [key for key in new if not key.startswith("classifier.")]
     if encoder_missing:
         # More than the head is new: the checkpoint is not the encoder this config describes.

@@ -9,24 +9,22 @@ decision), and only rank 0 writes files.
 
 from __future__ import annotations
 
-import csv
-import json
 import math
 import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from data_prep.typed_config import ConfigError, to_yaml
+from data_prep.typed_config import ConfigError
 from pretrain.finetune import InputError
 from pretrain.finetune.config import FinetuneConfig
 from pretrain.finetune.data import (Encoded, Table, check_known_labels, collate, encode, label_vocabulary,
                                     read_table, seeded_split)
 from pretrain.finetune.metrics import classification_report, format_reports
-from pretrain.finetune.model import check_base_dir, load_classifier, load_tokenizer
+from pretrain.finetune.model import check_base_dir, check_compatible, load_classifier, load_tokenizer
+from pretrain.finetune.outputs import MetricsLog, save_model, start_out_dir, write_eval_report, write_predictions
 
 EVAL_FORMAT = "bert-finetune-eval/1"
 # AdamW as in BERT's reference optimization.py: betas (0.9, 0.999), epsilon 1e-6.
@@ -50,6 +48,41 @@ class Job:
     model: object
     splits: dict[str, Split]  # "train", "valid", and "test" unless there is no test data
     notes: list[str]  # one-line facts for the console: rows per split, dropped rows, what was loaded
+
+
+@dataclass
+class Selection:
+    """Model selection on the validation metric: the best so far, and early stopping once
+    ``patience`` evaluations in a row (0: never) brought no improvement."""
+
+    patience: int
+    best_value: float = -math.inf
+    best_step: int = 0
+    evals_since_best: int = 0
+
+    def improves(self, value: float, step: int) -> bool:
+        if value > self.best_value:
+            self.best_value, self.best_step, self.evals_since_best = value, step, 0
+            return True
+        self.evals_since_best += 1
+        return False
+
+    @property
+    def exhausted(self) -> bool:
+        return bool(self.patience) and self.evals_since_best >= self.patience
+
+
+@dataclass(frozen=True)
+class Place:
+    """Where this process runs: its rank among ``world`` and its device."""
+
+    rank: int
+    world: int
+    device: object  # torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
 
 
 def read_splits(config: FinetuneConfig) -> dict[str, Table]:
@@ -116,6 +149,7 @@ def setup(config: FinetuneConfig) -> Job:
     splits = {name: Split(table, encode(table, tokenizer, vocabulary, config.max_len)) for name, table in tables.items()}
     torch.manual_seed(config.seed)  # the new classifier head (and with init=random, every weight)
     model, summary = load_classifier(base, config.init, class_names, config.dropout)
+    check_compatible(base, tokenizer, model, config.max_len)
     notes.append(summary)
     return Job(config=config, class_names=class_names, tokenizer=tokenizer, model=model, splits=splits, notes=notes)
 
@@ -132,7 +166,7 @@ def _to_device(batch: dict, device) -> dict:
     return {key: value.to(device) for key, value in batch.items()}
 
 
-def predict(model, data: Encoded, batch_size: int, pad_id: int, rank: int, world: int, device) -> np.ndarray:
+def predict(model, data: Encoded, batch_size: int, pad_id: int, place: Place) -> np.ndarray:
     """Class probabilities [rows, classes] for every row of ``data``, on every rank.
 
     Rows are sorted by length (batches of similar lengths pad little) and dealt round-robin to the
@@ -142,6 +176,7 @@ def predict(model, data: Encoded, batch_size: int, pad_id: int, rank: int, world
     import torch
     import torch.distributed as dist
 
+    rank, world = place.rank, place.world
     order = np.argsort([len(ids) for ids in data.input_ids], kind="stable")
     per_rank = math.ceil(len(order) / world)
     dealt = np.resize(order, per_rank * world)  # np.resize repeats from the start to fill
@@ -153,7 +188,7 @@ def predict(model, data: Encoded, batch_size: int, pad_id: int, rank: int, world
         for start in range(0, per_rank, batch_size):
             batch = collate(data, mine[start:start + batch_size], pad_id)
             batch.pop("labels")
-            logits = model(**_to_device(batch, device)).logits
+            logits = model(**_to_device(batch, place.device)).logits
             chunks.append(torch.softmax(logits.float(), dim=-1))
     model.train(was_training)
     local = torch.cat(chunks)  # [per_rank, classes]
@@ -166,85 +201,13 @@ def predict(model, data: Encoded, batch_size: int, pad_id: int, rank: int, world
     return probabilities
 
 
-def evaluate(model, split: Split, job: Job, rank: int, world: int, device) -> tuple[dict, np.ndarray]:
+def evaluate(model, split: Split, job: Job, place: Place) -> tuple[dict, np.ndarray]:
     """The classification report (plus mean cross-entropy) of ``model`` on ``split``, and its probabilities."""
-    probabilities = predict(model, split.data, job.config.eval_batch_size, job.tokenizer.pad_token_id, rank, world,
-                            device)
+    probabilities = predict(model, split.data, job.config.eval_batch_size, job.tokenizer.pad_token_id, place)
     gold = split.data.labels
     report = classification_report(gold, probabilities.argmax(axis=1), job.class_names)
     report["loss"] = float(-np.log(np.maximum(probabilities[np.arange(len(gold)), gold], 1e-12)).mean())
     return report, probabilities
-
-
-class MetricsLog:
-    """metrics.jsonl: one JSON object per training log step (kind "train"), per validation (kind "eval")
-    and per split for the selected model (kind "final"), as in the pretraining run dir."""
-
-    def __init__(self, path: Path, enabled: bool):
-        self.path = path
-        self.enabled = enabled
-
-    def write(self, row: dict) -> None:
-        if self.enabled:
-            with self.path.open("a", encoding="utf-8") as handle:
-                handle.write(json.dumps(row) + "\n")
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    staging = path.with_name(path.name + ".tmp")
-    staging.write_text(text, encoding="utf-8")
-    os.replace(staging, path)
-
-
-def start_out_dir(out: Path, config: FinetuneConfig) -> None:
-    """Clear what a previous run left and record this run's resolved config (rank 0 only)."""
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        # The old report goes first: until the new one is written, the dir must not look finished.
-        (out / "eval.json").unlink(missing_ok=True)
-        (out / "predictions.tsv").unlink(missing_ok=True)
-        for stale in ("model", "model.tmp"):
-            shutil.rmtree(out / stale, ignore_errors=True)
-        (out / "config.yaml").write_text(to_yaml(config), encoding="utf-8")
-        (out / "metrics.jsonl").write_text("", encoding="utf-8")
-    except OSError as err:
-        raise InputError(f"out_dir {str(out)!r} cannot be written: {err.strerror or err}") from None
-
-
-def save_model(engine, tokenizer, out: Path, zero_stage: int, is_main: bool) -> None:
-    """Write model + tokenizer to out/model.tmp, then swap it in as out/model: never half a model.
-
-    Saved in the training dtype: these are exactly the weights the selection evaluated. A collective:
-    under ZeRO-3 every rank contributes its shard of the weights.
-    """
-    import deepspeed
-
-    from pretrain.distributed import barrier
-
-    with deepspeed.zero.GatheredParameters(list(engine.module.parameters()), enabled=zero_stage == 3):
-        if is_main:
-            staging, final = out / "model.tmp", out / "model"
-            shutil.rmtree(staging, ignore_errors=True)
-            engine.module.save_pretrained(staging)
-            tokenizer.save_pretrained(staging)
-            shutil.rmtree(final, ignore_errors=True)
-            staging.rename(final)
-    barrier()
-
-
-def write_predictions(path: Path, split: Split, probabilities: np.ndarray, class_names: list[str]) -> None:
-    """One row per test row: its line in the source file, the text, gold and predicted class, P(predicted)."""
-    table = split.table
-    predicted = probabilities.argmax(axis=1)
-    staging = path.with_name(path.name + ".tmp")
-    with staging.open("w", encoding="utf-8", newline="") as handle:
-        writer = csv.writer(handle, delimiter="\t", lineterminator="\n")
-        writer.writerow(["line", "text", *(["text_pair"] if table.pairs else []), "gold", "predicted", "probability"])
-        for row in range(len(table)):
-            pair = [table.pairs[row]] if table.pairs else []
-            writer.writerow([table.lines[row], table.texts[row], *pair, class_names[split.data.labels[row]],
-                             class_names[predicted[row]], f"{probabilities[row, predicted[row]]:.4f}"])
-    os.replace(staging, path)
 
 
 def _check_precision(precision: str, accelerator) -> None:
@@ -282,10 +245,98 @@ def _engine(model, config: FinetuneConfig, micro_batch: int, total_steps: int, d
     return engine
 
 
+def step_counts(rows: int, batch_size: int, epochs: float) -> tuple[int, int]:
+    """(steps per epoch, total steps): the last batch of an epoch is filled up by ``epoch_order``."""
+    steps_per_epoch = math.ceil(rows / batch_size)
+    return steps_per_epoch, max(1, math.ceil(epochs * steps_per_epoch))
+
+
 def _eval_points(total_steps: int, steps_per_epoch: int, eval_every: int) -> set[int]:
     """Steps (counted from 1) after which to evaluate; always including the last."""
     every = eval_every or steps_per_epoch
     return set(range(every, total_steps + 1, every)) | {total_steps}
+
+
+def train_loop(engine, job: Job, place: Place, log: MetricsLog, out: Path, say) -> tuple[Selection, int]:
+    """Train for ``epochs``, evaluating at the eval points and saving every new best model.
+
+    Returns the selection state and the number of steps taken (fewer when stopped early).
+    """
+    import torch
+    import torch.distributed as dist
+    from tqdm import tqdm
+
+    config, train = job.config, job.splits["train"].data
+    micro_batch = config.batch_size // place.world
+    steps_per_epoch, total_steps = step_counts(len(train), config.batch_size, config.epochs)
+    eval_points = _eval_points(total_steps, steps_per_epoch, config.eval_every)
+    selection = Selection(config.patience)
+    say(f"training: {total_steps} steps of {config.batch_size} rows ({steps_per_epoch} per epoch) on {place.world} "
+        f"rank(s), {place.device}, {config.precision}, ZeRO {config.zero_stage}")
+
+    loss_sum, loss_count, last_log = torch.zeros((), device=place.device), 0, time.time()
+    bar = tqdm(total=total_steps, unit="step", desc="fine-tune", disable=None if place.is_main else True)
+    for step in range(1, total_steps + 1):
+        epoch, position = divmod(step - 1, steps_per_epoch)
+        if position == 0:
+            order = epoch_order(len(train), config.batch_size, config.seed, epoch)
+        start = position * config.batch_size + place.rank * micro_batch  # this rank's slice of the global batch
+        batch = collate(train, order[start:start + micro_batch], job.tokenizer.pad_token_id)
+        loss = engine(**_to_device(batch, place.device)).loss
+        engine.backward(loss)
+        engine.step()
+        loss_sum += loss.detach().float()
+        loss_count += 1
+        bar.update()
+        epochs_done = round(step / steps_per_epoch, 4)
+
+        if step % config.log_every == 0 or step == total_steps:
+            if place.world > 1:
+                dist.all_reduce(loss_sum)
+            mean_loss = loss_sum.item() / (loss_count * place.world)
+            now = time.time()
+            log.write({"kind": "train", "step": step, "epoch": epochs_done, "loss": mean_loss,
+                       "lr": engine.get_lr()[0], "samples_per_s": loss_count * config.batch_size / (now - last_log)})
+            bar.set_postfix(loss=f"{mean_loss:.4f}")
+            loss_sum.zero_()
+            loss_count, last_log = 0, now
+
+        if step in eval_points:
+            report, _ = evaluate(engine, job.splits["valid"], job, place)
+            improved = selection.improves(report[config.metric], step)
+            if improved:
+                save_model(engine, job.tokenizer, out, config.zero_stage, place.is_main)
+            log.write({"kind": "eval", "step": step, "epoch": epochs_done, "split": "valid",
+                       **{key: report[key] for key in ("loss", "accuracy", "macro_f1")}})
+            say(f"step {step}/{total_steps} (epoch {epochs_done:.2f})  valid loss {report['loss']:.4f}  "
+                f"accuracy {report['accuracy']:.4f}  macro_f1 {report['macro_f1']:.4f}  "
+                + ("[best, saved]" if improved else f"(best {selection.best_value:.4f} at step {selection.best_step})"))
+            if selection.exhausted:
+                say(f"early stop: valid {config.metric} did not improve in {config.patience} evaluations")
+                break
+            last_log = time.time()  # evaluation time is not training throughput
+    bar.close()
+    return selection, step
+
+
+def final_evaluation(job: Job, place: Place, log: MetricsLog, out: Path, selected_step: int) -> dict[str, dict]:
+    """Reports on valid and test from the saved model reloaded from disk, so that they describe
+    exactly what a user of out/model gets; writes predictions.tsv for the test split."""
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(out / "model", local_files_only=True)
+    model.to(place.device)
+    reports = {}
+    for name in ("valid", "test"):
+        if name not in job.splits:
+            continue
+        reports[name], probabilities = evaluate(model, job.splits[name], job, place)
+        log.write({"kind": "final", "step": selected_step, "split": name,
+                   **{key: reports[name][key] for key in ("loss", "accuracy", "macro_f1")}})
+        if name == "test" and place.is_main:
+            split = job.splits[name]
+            write_predictions(out / "predictions.tsv", split.table, split.data.labels, probabilities, job.class_names)
+    return reports
 
 
 def run(config: FinetuneConfig) -> dict:
@@ -298,125 +349,56 @@ def run(config: FinetuneConfig) -> dict:
     job = setup(config)  # first: bad input fails fast, before DeepSpeed is even imported
 
     import torch
-    import torch.distributed as dist
     from deepspeed.accelerator import get_accelerator
     from tqdm import tqdm
-    from transformers import AutoModelForSequenceClassification
 
     from pretrain.distributed import barrier, init_distributed
 
     info = init_distributed()
-    rank, world, is_main = info.rank, info.world_size, info.is_main
     accelerator = get_accelerator()
-    device = torch.device(accelerator.device_name(info.local_rank))
+    place = Place(info.rank, info.world_size, torch.device(accelerator.device_name(info.local_rank)))
     _check_precision(config.precision, accelerator)
-    if config.batch_size % world:
-        raise ConfigError(f"config key 'batch_size' = {config.batch_size} does not split evenly across {world} ranks; "
-                          f"use a multiple of {world}")
-    _set_threads(config.threads, device.type)
+    if config.batch_size % place.world:
+        raise ConfigError(f"config key 'batch_size' = {config.batch_size} does not split evenly across "
+                          f"{place.world} ranks; use a multiple of {place.world}")
+    _set_threads(config.threads, place.device.type)
 
-    say = tqdm.write if is_main else (lambda _text: None)
+    say = tqdm.write if place.is_main else (lambda _text: None)
     for note in job.notes:
         say(note)
     out = Path(config.out_dir)
-    if is_main:
+    if place.is_main:
         start_out_dir(out, config)
     barrier()
-    log = MetricsLog(out / "metrics.jsonl", enabled=is_main)
+    log = MetricsLog(out / "metrics.jsonl", enabled=place.is_main, started=started)
 
-    train, valid = job.splits["train"].data, job.splits["valid"]
-    pad_id = job.tokenizer.pad_token_id
-    micro_batch = config.batch_size // world
-    steps_per_epoch = math.ceil(len(train) / config.batch_size)
-    total_steps = max(1, math.ceil(config.epochs * steps_per_epoch))
-    eval_points = _eval_points(total_steps, steps_per_epoch, config.eval_every)
-    engine = _engine(job.model, config, micro_batch, total_steps, device.type)
-    say(f"training: {total_steps} steps of {config.batch_size} rows ({steps_per_epoch} per epoch) on {world} "
-        f"rank(s), {device.type}, {config.precision}, ZeRO {config.zero_stage}")
-
-    best_value, best_step, evals_since_best, stopped_early = -math.inf, 0, 0, False
-    loss_sum, loss_count, last_log = torch.zeros((), device=device), 0, time.time()
-    bar = tqdm(total=total_steps, unit="step", desc="fine-tune", disable=None if is_main else True)
-    for step in range(1, total_steps + 1):
-        epoch, position = divmod(step - 1, steps_per_epoch)
-        if position == 0:
-            order = epoch_order(len(train), config.batch_size, config.seed, epoch)
-        start = position * config.batch_size + rank * micro_batch
-        batch = _to_device(collate(train, order[start:start + micro_batch], pad_id), device)
-        loss = engine(**batch).loss
-        engine.backward(loss)
-        engine.step()
-        loss_sum += loss.detach().float()
-        loss_count += 1
-        bar.update()
-
-        if step % config.log_every == 0 or step == total_steps:
-            if world > 1:
-                dist.all_reduce(loss_sum)
-            mean_loss = loss_sum.item() / (loss_count * world)
-            now = time.time()
-            log.write({"kind": "train", "step": step, "epoch": round(step / steps_per_epoch, 4), "loss": mean_loss,
-                       "lr": engine.get_lr()[0], "samples_per_s": loss_count * config.batch_size / (now - last_log)})
-            bar.set_postfix(loss=f"{mean_loss:.4f}")
-            loss_sum.zero_()
-            loss_count, last_log = 0, now
-
-        if step in eval_points:
-            report, _ = evaluate(engine, valid, job, rank, world, device)
-            value = report[config.metric]
-            improved = value > best_value
-            if improved:
-                best_value, best_step, evals_since_best = value, step, 0
-                save_model(engine, job.tokenizer, out, config.zero_stage, is_main)
-            else:
-                evals_since_best += 1
-            log.write({"kind": "eval", "step": step, "epoch": round(step / steps_per_epoch, 4), "split": "valid",
-                       **{key: report[key] for key in ("loss", "accuracy", "macro_f1")}})
-            say(f"step {step}/{total_steps} (epoch {step / steps_per_epoch:.2f})  valid loss {report['loss']:.4f}  "
-                f"accuracy {report['accuracy']:.4f}  macro_f1 {report['macro_f1']:.4f}"
-                + ("  [best, saved]" if improved else f"  (best {best_value:.4f} at step {best_step})"))
-            if config.patience and evals_since_best >= config.patience:
-                stopped_early = True
-                say(f"early stop: no better valid {config.metric} in {config.patience} evaluations")
-                break
-            last_log = time.time()  # evaluation time is not training throughput
-    bar.close()
-    train_time = time.time() - started
-
-    # The final numbers come from the saved model reloaded from disk: they describe exactly what a
-    # user of out/model gets.
-    model = AutoModelForSequenceClassification.from_pretrained(out / "model", local_files_only=True).to(device)
-    reports = {}
-    for name in ("valid", "test"):
-        if name not in job.splits:
-            continue
-        reports[name], probabilities = evaluate(model, job.splits[name], job, rank, world, device)
-        log.write({"kind": "final", "step": best_step, "split": name,
-                   **{key: reports[name][key] for key in ("loss", "accuracy", "macro_f1")}})
-        if name == "test" and is_main:
-            write_predictions(out / "predictions.tsv", job.splits[name], probabilities, job.class_names)
+    train_started = time.time()
+    steps_per_epoch, total_steps = step_counts(len(job.splits["train"].data), config.batch_size, config.epochs)
+    engine = _engine(job.model, config, config.batch_size // place.world, total_steps, place.device.type)
+    selection, steps = train_loop(engine, job, place, log, out, say)
+    train_time = time.time() - train_started
+    reports = final_evaluation(job, place, log, out, selection.best_step)
 
     result = {
         "format": EVAL_FORMAT,
         "model": config.model,
         "init": config.init,
         "metric": config.metric,
-        "selected": {"step": best_step, "epoch": round(best_step / steps_per_epoch, 4), config.metric: best_value},
-        "steps": step,
-        "total_steps": total_steps,
-        "stopped_early": stopped_early,
-        "train_rows": len(train),
+        "selected": {"step": selection.best_step, "epoch": round(selection.best_step / steps_per_epoch, 4),
+                     config.metric: selection.best_value},
+        "steps": steps,
+        "stopped_early": selection.exhausted,
+        "train_rows": len(job.splits["train"].data),
         "class_names": job.class_names,
         "precision": config.precision,
-        "ranks": world,
+        "ranks": place.world,
         "train_time_s": round(train_time, 2),
         "wall_time_s": round(time.time() - started, 2),
         "splits": reports,
     }
-    if is_main:
+    if place.is_main:
         say(format_reports(reports, job.class_names))
-        # Last, atomically: an eval.json in out_dir means the run finished and everything is there.
-        _atomic_write(out / "eval.json", json.dumps(result, indent=2) + "\n")
+        write_eval_report(out, result)
         say(f"wrote {out}/: model/, predictions.tsv, metrics.jsonl, eval.json ({result['wall_time_s']:.0f} s)")
     barrier()
     return result

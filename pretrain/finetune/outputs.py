@@ -1,0 +1,98 @@
+"""The fine-tune dir (DESIGN.md, Contract 3), written by rank 0 only:
+
+    <out_dir>/config.yaml       the resolved config of the run
+              metrics.jsonl     training, validation and final rows
+              model/            the selected model + tokenizer (save_pretrained), swapped in whole
+              predictions.tsv   the test split's predictions
+              eval.json         written last: its presence means the run finished
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+from data_prep.typed_config import Section, to_yaml
+from pretrain.finetune import InputError
+from pretrain.finetune.data import Table
+
+
+class MetricsLog:
+    """metrics.jsonl: one JSON object per training log step (kind "train"), per validation (kind "eval")
+    and per split for the selected model (kind "final"), as in the pretraining run dir."""
+
+    def __init__(self, path: Path, enabled: bool, started: float):
+        self.path = path
+        self.enabled = enabled
+        self.started = started
+
+    def write(self, row: dict) -> None:
+        if self.enabled:
+            with self.path.open("a", encoding="utf-8") as handle:
+                handle.write(json.dumps({**row, "elapsed_s": round(time.time() - self.started, 2)}) + "\n")
+
+
+def write_eval_report(out: Path, report: dict) -> None:
+    """eval.json, last and atomically: its presence means the run finished and everything is there."""
+    path = out / "eval.json"
+    text = json.dumps(report, indent=2) + "\n"
+    staging = path.with_name(path.name + ".tmp")
+    staging.write_text(text, encoding="utf-8")
+    os.replace(staging, path)
+
+
+def start_out_dir(out: Path, config: Section) -> None:
+    """Clear what a previous run left and record this run's resolved config (rank 0 only)."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        # The old report goes first: until the new one is written, the dir must not look finished.
+        (out / "eval.json").unlink(missing_ok=True)
+        (out / "predictions.tsv").unlink(missing_ok=True)
+        for stale in ("model", "model.tmp"):
+            shutil.rmtree(out / stale, ignore_errors=True)
+        (out / "config.yaml").write_text(to_yaml(config), encoding="utf-8")
+        (out / "metrics.jsonl").write_text("", encoding="utf-8")
+    except OSError as err:
+        raise InputError(f"out_dir {str(out)!r} cannot be written: {err.strerror or err}") from None
+
+
+def save_model(engine, tokenizer, out: Path, zero_stage: int, is_main: bool) -> None:
+    """Write model + tokenizer to out/model.tmp, then swap it in as out/model: never half a model.
+
+    Saved in the training dtype: these are exactly the weights the selection evaluated. A collective:
+    under ZeRO-3 every rank contributes its shard of the weights.
+    """
+    import deepspeed
+
+    from pretrain.distributed import barrier
+
+    with deepspeed.zero.GatheredParameters(list(engine.module.parameters()), enabled=zero_stage == 3):
+        if is_main:
+            staging, final = out / "model.tmp", out / "model"
+            shutil.rmtree(staging, ignore_errors=True)
+            engine.module.save_pretrained(staging)
+            tokenizer.save_pretrained(staging)
+            shutil.rmtree(final, ignore_errors=True)
+            staging.rename(final)
+    barrier()
+
+
+def write_predictions(path: Path, table: Table, gold: np.ndarray, probabilities: np.ndarray,
+                      class_names: list[str]) -> None:
+    """One row per test row: its line in the source file, the text, gold and predicted class, P(predicted)."""
+    predicted = probabilities.argmax(axis=1)
+    staging = path.with_name(path.name + ".tmp")
+    with staging.open("w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle, delimiter="\t", lineterminator="\n")
+        writer.writerow(["line", "text", *(["text_pair"] if table.pairs else []), "gold", "predicted", "probability"])
+        for row in range(len(table)):
+            pair = [table.pairs[row]] if table.pairs else []
+            writer.writerow([table.lines[row], table.texts[row], *pair, class_names[gold[row]],
+                             class_names[predicted[row]], f"{probabilities[row, predicted[row]]:.4f}"])
+    os.replace(staging, path)
