@@ -202,6 +202,8 @@ def write(path: Path, text: str) -> Path:
 
 @pytest.mark.parametrize("case, message", [
     ("missing file", "train_file '{tmp}/nope.tsv' does not exist"),
+    ("a directory", "train_file '{tmp}' is not a file"),
+    ("bad json", "train_file '{tmp}/train.jsonl' line 2 is not valid JSON"),
     ("no label column", "train_file '{tmp}/train.tsv' has no column 'label' (its columns: sentiment, sentence); set label_column="),
     ("no text column", "train_file '{tmp}/train.tsv' has no text column 'review' or 'body' (its columns: label, sentence)"),
     ("empty text", "train_file '{tmp}/train.tsv' has 2 rows with empty text in 'sentence' (lines 3, 5); fix them or set drop_empty=true"),
@@ -222,6 +224,10 @@ def test_bad_input_is_one_line_naming_the_thing(base, task, tmp_path, case, mess
     train, overrides = task["train"], {}
     if case == "missing file":
         train = tmp_path / "nope.tsv"
+    elif case == "a directory":
+        train = tmp_path
+    elif case == "bad json":
+        train = write(tmp_path / "train.jsonl", '{"sentence": "good1", "label": 0}\n{"sentence": "bad1", label: 1}\n')
     elif case == "no label column":
         train = write(tmp_path / "train.tsv", "sentiment\tsentence\n0\ta\n")
     elif case == "no text column":

@@ -10,13 +10,16 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 
 # Before transformers is imported: the base model is always a local dir, never a hub download.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# DeepSpeed's ZeRO calls a collective that torch renamed; the warning is theirs to fix, not the user's.
+warnings.filterwarnings("ignore", message=r".*all_gather_into_tensor.* is deprecated")
 
 from data_prep.typed_config import ConfigError, exit_on_config_error, load_config  # noqa: E402
 from pretrain.finetune import InputError  # noqa: E402
-from pretrain.finetune.config import FinetuneConfig  # noqa: E402
+from pretrain.finetune.config import FinetuneConfig, SplitConfig  # noqa: E402
 
 
 def _is_main_process() -> bool:
@@ -24,8 +27,20 @@ def _is_main_process() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
+def _config_keys() -> str:
+    """The keys with their documentation, for --help."""
+    lines = ["config keys (configs/finetune/*.yaml, or key=value):"]
+    for prefix, section in (("", FinetuneConfig), ("split.", SplitConfig)):
+        for name, field in section.model_fields.items():
+            if field.description:
+                lines.append(f"  {prefix}{name}: {field.description}")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m pretrain.finetune", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m pretrain.finetune", epilog=_config_keys(),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     description="Fine-tune a pretrained BERT as a text classifier.")
     parser.add_argument("--config", help="YAML config (see configs/finetune/)")
     parser.add_argument("--local_rank", type=int, help=argparse.SUPPRESS)  # passed by the deepspeed launcher
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="override a config key (dotted for nesting)")
@@ -43,6 +58,14 @@ def main(argv: list[str] | None = None) -> None:
         if _is_main_process():
             print(f"error: {err}", file=sys.stderr)
         raise SystemExit(1) from None
+    _shutdown()
+
+
+def _shutdown() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":
