@@ -1,0 +1,132 @@
+"""One sweep point in one rank: the real pretraining step, timed.
+
+``python -m benchmarks.step_worker --out DIR [--warmup-steps N] [--steps N] [--save-initial-weights F] key=value ...``
+(under ``deepspeed --num_gpus R --module benchmarks.step_worker`` for R ranks). The ``key=value``
+overrides build a ``PretrainConfig`` exactly as ``python -m pretrain`` does; the run is set up by
+``pretrain.train.prepare_run`` and every step is ``pretrain.train.micro_step``: the same process
+group, data checks, DeepSpeed engine, streaming loader, collate and masking as training. Each rank
+writes ``DIR/rank<r>.json`` with its step records, peak memory and the initial loss, or the status
+``oom`` / ``error`` when it failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import sys
+import traceback
+import warnings
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# DeepSpeed's ZeRO calls a collective that torch renamed; the warning is theirs to fix.
+warnings.filterwarnings("ignore", message=r".*all_gather_into_tensor.* is deprecated")
+
+
+def initial_loss(run, batch: dict[str, Any]) -> float:
+    """The loss of ``batch`` at the initial weights with dropout off (eval mode): a deterministic
+    function of weights and batch, which the baseline recomputes to show both models agree."""
+    import torch
+
+    from pretrain.train import MODEL_INPUTS
+
+    run.engine.eval()
+    with torch.no_grad():
+        out = run.engine(**{key: batch[key].to(run.engine.device) for key in MODEL_INPUTS if key in batch})
+    run.engine.train()
+    return float(out["loss"])
+
+
+def save_initial_weights(run, path: Path) -> None:
+    """Rank 0 writes the stock ``BertForPreTraining`` state dict (fp32) for the baseline to start from.
+
+    Collective: under ZeRO-3 each rank holds a slice of every parameter, gathered here on all ranks
+    (``GatheredParameters`` is a no-op for stages 0-2).
+    """
+    import deepspeed
+    import torch
+
+    module = run.engine.module
+    with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
+        if run.dist.is_main:
+            state = {name: tensor.detach().float().cpu().clone() for name, tensor in module.model.state_dict().items()}
+            torch.save(state, path)
+
+
+def measure(cfg, warmup: int, steps: int, initial_weights: Path | None) -> dict[str, Any]:
+    import torch
+    from deepspeed.accelerator import get_accelerator
+
+    from benchmarks.step_timing import peak_memory_bytes, synchronizer, time_steps
+    from pretrain.data import TrainStream, shard_specs, train_loader
+    from pretrain.train import micro_step, prepare_run
+
+    run = prepare_run(cfg)
+    device_type = get_accelerator().device_name()
+    if device_type == "cuda":
+        torch.cuda.reset_peak_memory_stats()  # count the step, not model set-up spikes
+    stream = TrainStream(shard_specs(cfg.data_dir, run.manifest, "train"), run.layout, rank=run.dist.rank,
+                         world_size=run.dist.world_size, seed=cfg.seed, micro_batch_size=cfg.micro_batch_size,
+                         mlm_probability=cfg.mlm_probability)
+    batches = iter(train_loader(stream, cfg.loader.workers, cfg.loader.prefetch_batches))
+    first = next(batches)
+    loss = initial_loss(run, first)
+    if initial_weights is not None:
+        save_initial_weights(run, initial_weights)
+    batches = itertools.chain([first], batches)
+    records = time_steps(lambda: micro_step(run, batches)[0], warmup=warmup, steps=steps, shape=run.shape,
+                         full_vocab_head=False, synchronize=synchronizer(device_type))
+    return {
+        "status": "ok",
+        "rank": run.dist.rank,
+        "world_size": run.dist.world_size,
+        "device_type": device_type,
+        "threads": torch.get_num_threads(),
+        "model_parameters": sum(p.numel() for p in run.engine.module.parameters()),
+        "shape": asdict(run.shape),
+        "initial_loss": loss,
+        "peak_memory_bytes": peak_memory_bytes(device_type),
+        "steps": [asdict(record) for record in records],
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.step_worker", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", required=True, type=Path, help="directory for rank<r>.json")
+    parser.add_argument("--warmup-steps", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--save-initial-weights", type=Path, help="where rank 0 saves the initial state dict")
+    parser.add_argument("--local_rank", type=int, help=argparse.SUPPRESS)  # passed by the deepspeed launcher
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="PretrainConfig keys")
+    args = parser.parse_args(argv)
+
+    from benchmarks.step_timing import is_out_of_memory
+    from pretrain.config import load_pretrain_config
+
+    cfg = load_pretrain_config(None, args.overrides)
+    rank = int(os.environ.get("RANK", "0"))
+    args.out.mkdir(parents=True, exist_ok=True)
+    result_path = args.out / f"rank{rank}.json"
+    try:
+        result = measure(cfg, args.warmup_steps, args.steps, args.save_initial_weights)
+    except Exception as err:  # recorded for the sweep, which ends at the first failed point
+        status = "oom" if is_out_of_memory(err) else "error"
+        if status == "error":
+            traceback.print_exc()
+        result_path.write_text(json.dumps({"status": status, "rank": rank, "error": f"{type(err).__name__}: {err}"}) + "\n")
+        print(f"[rank {rank}] {status}: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
+        os._exit(3)  # the other ranks may be blocked in a collective; the launcher ends them
+    result_path.write_text(json.dumps(result) + "\n")
+
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
