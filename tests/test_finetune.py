@@ -207,7 +207,8 @@ def write(path: Path, text: str) -> Path:
     ("no label column", "train_file '{tmp}/train.tsv' has no column 'label' (its columns: sentiment, sentence); set label_column="),
     ("no text column", "train_file '{tmp}/train.tsv' has no text column 'review' or 'body' (its columns: label, sentence)"),
     ("empty text", "train_file '{tmp}/train.tsv' has 2 rows with empty text in 'sentence' (lines 3, 5); fix them or set drop_empty=true"),
-    ("unseen label", "valid_file '{tmp}/dev.tsv' has labels that the training data never has: '2' (1 rows)"),
+    ("empty label", "train_file '{tmp}/train.tsv' has 1 row with an empty 'label' (line 3); give every row a label"),
+    ("unseen label", "valid_file '{tmp}/dev.tsv' has labels that the training data never has: '2' (1 row)"),
     ("no tokenizer", "model dir '{tmp}/base' has no tokenizer (tokenizer.json or vocab.txt missing)"),
     ("no config", "model dir '{tmp}/base' has no config.json"),
     ("no weights", "model dir '{tmp}/base' has no weights (model.safetensors missing); use init=random"),
@@ -234,6 +235,8 @@ def test_bad_input_is_one_line_naming_the_thing(base, task, tmp_path, case, mess
         train, overrides = write(tmp_path / "train.tsv", "label\tsentence\n0\ta\n"), {"text_column": "[review, body]"}
     elif case == "empty text":
         train = write(tmp_path / "train.tsv", "label\tsentence\n0\tgood1\n1\t \n0\tgood2\n1\t\n")
+    elif case == "empty label":
+        train = write(tmp_path / "train.tsv", "label\tsentence\n0\tgood1\n\tbad1\n1\tbad2\n")
     elif case == "unseen label":
         overrides = {"valid_file": write(tmp_path / "dev.tsv", "label\tcontent\n0\tgood1\n2\tbad1\n")}
     elif case == "no tokenizer":

@@ -6,10 +6,11 @@ Everything here is plain Python and NumPy except ``collate``, which builds the t
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterator, Sequence, TextIO
 
 import numpy as np
 
@@ -43,32 +44,27 @@ class Table:
                        labels=pick(self.labels), lines=pick(self.lines))
 
 
-def _records(path: Path, source: str) -> Iterator[tuple[int, dict[str, object]]]:
-    """(line number, row as a mapping) for every data row; the header is checked by the caller."""
-    suffix = path.suffix.lower()
-    with path.open(encoding="utf-8-sig", newline="") as handle:  # -sig: tolerate a BOM
-        if suffix in _JSON_LINES:
-            for number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise InputError(f"{source} line {number} is not valid JSON ({err.msg})") from None
-                if not isinstance(row, dict):
-                    raise InputError(f"{source} line {number} is not a JSON object (one object per line, with named fields)")
-                yield number, row
-            return
-        # GLUE's TSV files are unquoted: a '"' is part of the text, so TSV is read without quoting;
-        # CSV follows RFC 4180 quoting.
-        delimiter = _DELIMITED[suffix]
-        quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
-        reader = csv.reader(handle, delimiter=delimiter, quoting=quoting)
-        header = next(reader, None)
-        if header is None:
-            return
-        header = [name.strip() for name in header]
-        yield 1, {"__header__": header}
+def _json_rows(handle: TextIO, source: str) -> Iterator[tuple[int, dict[str, object]]]:
+    for number, line in enumerate(handle, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise InputError(f"{source} line {number} is not valid JSON ({err.msg})") from None
+        if not isinstance(row, dict):
+            raise InputError(f"{source} line {number} is not a JSON object (one object per line, with named fields)")
+        yield number, row
+
+
+def _delimited_rows(handle: TextIO, source: str, delimiter: str) -> tuple[list[str], Iterator[tuple[int, dict]]]:
+    # GLUE's TSV files are unquoted: a '"' is part of the text, so TSV is read without quoting;
+    # CSV follows RFC 4180 quoting.
+    quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
+    reader = csv.reader(handle, delimiter=delimiter, quoting=quoting)
+    header = [name.strip() for name in next(reader, [])]
+
+    def rows() -> Iterator[tuple[int, dict]]:
         for fields in reader:
             if not fields:
                 continue
@@ -78,10 +74,32 @@ def _records(path: Path, source: str) -> Iterator[tuple[int, dict[str, object]]]
                                  f"{len(header)} (a {sep} inside the text?); fix that line")
             yield reader.line_num, dict(zip(header, fields))
 
+    return header, rows()
+
+
+def _rows(count: int) -> str:
+    return f"{count} row" if count == 1 else f"{count} rows"
+
 
 def _first_lines(lines: list[int]) -> str:
+    """"line 7", "lines 3, 5", "lines 1, 2, 3, 4, 5 and 9 more"."""
     shown = ", ".join(str(n) for n in lines[:_SHOWN_LINES])
-    return shown + (f" and {len(lines) - _SHOWN_LINES} more" if len(lines) > _SHOWN_LINES else "")
+    more = f" and {len(lines) - _SHOWN_LINES} more" if len(lines) > _SHOWN_LINES else ""
+    return f"{'line' if len(lines) == 1 else 'lines'} {shown}{more}"
+
+
+def _choose_text_column(source: str, columns: list[str], text_columns: Sequence[str],
+                        required: dict[str, str | None]) -> str:
+    """The first of ``text_columns`` present; ``required`` maps config keys to columns that must be."""
+    shown = ", ".join(map(str, columns)) or "none"
+    present = [name for name in text_columns if name in columns]
+    if not present:
+        raise InputError(f"{source} has no text column {' or '.join(map(repr, text_columns))} "
+                         f"(its columns: {shown}); set text_column=")
+    for key, name in required.items():
+        if name is not None and name not in columns:
+            raise InputError(f"{source} has no column {name!r} (its columns: {shown}); set {key}=")
+    return present[0]
 
 
 def read_table(path: str | Path, role: str, text_columns: Sequence[str], label_column: str,
@@ -89,18 +107,19 @@ def read_table(path: str | Path, role: str, text_columns: Sequence[str], label_c
     """Read a labelled file; ``role`` ("train_file", ...) names it in messages as the config key does.
 
     The text column is the first of ``text_columns`` that the file has, so one config serves files
-    that name it differently (SST-2: ``sentence`` in train.tsv, ``content`` in dev.tsv).
+    that name it differently (SST-2: ``sentence`` in train.tsv, ``content`` in dev.tsv). The
+    columns of a JSONL file are the fields of its first object.
     """
     path = Path(path)
     source = f"{role} {str(path)!r}"
+    suffix = path.suffix.lower()
     if not path.exists():
         raise InputError(f"{source} does not exist; check the path (relative paths start at the current directory)")
     if not path.is_file():
         raise InputError(f"{source} is not a file")
-    if path.suffix.lower() not in (*_DELIMITED, *_JSON_LINES):
+    if suffix not in (*_DELIMITED, *_JSON_LINES):
         raise InputError(f"{source}: unknown format {path.suffix!r}; use .tsv or .csv (with a header row) or .jsonl")
 
-    text_column: str | None = None
     texts: list[str] = []
     pairs: list[str] = []
     labels: list[str] = []
@@ -108,53 +127,50 @@ def read_table(path: str | Path, role: str, text_columns: Sequence[str], label_c
     empty_text: list[int] = []
     empty_label: list[int] = []
     try:
-        for number, row in _records(path, source):
-            columns = row.get("__header__", list(row))
-            if text_column is None:  # the header row (or the first JSON object) decides the columns
-                present = [name for name in text_columns if name in columns]
-                if not present:
-                    raise InputError(f"{source} has no text column {' or '.join(map(repr, text_columns))} "
-                                     f"(its columns: {', '.join(map(str, columns))}); set text_column=")
-                text_column = present[0]
-                for key, name in (("label_column", label_column), ("text_pair_column", pair_column)):
-                    if name is not None and name not in columns:
-                        raise InputError(f"{source} has no column {name!r} (its columns: "
-                                         f"{', '.join(map(str, columns))}); set {key}=")
-                if "__header__" in row:
-                    continue
-            missing = [name for name in (text_column, label_column, pair_column) if name and name not in row]
-            if missing:
-                raise InputError(f"{source} line {number} has no field {missing[0]!r}; every row needs it")
-            text = _as_text(row[text_column], source, number, text_column)
-            pair = _as_text(row[pair_column], source, number, pair_column) if pair_column else ""
-            label = row[label_column]
-            label = "" if label is None else str(label).strip()
-            if not text.strip() or (pair_column and not pair.strip()):
-                empty_text.append(number)
-                continue
-            if not label:
-                empty_label.append(number)
-                continue
-            texts.append(text)
-            pairs.append(pair)
-            labels.append(label)
-            lines.append(number)
+        with path.open(encoding="utf-8-sig", newline="") as handle:  # -sig: tolerate a byte-order mark
+            if suffix in _JSON_LINES:
+                rows = _json_rows(handle, source)
+                first = next(rows, None)
+                columns = list(first[1]) if first else []
+                rows = itertools.chain([first] if first else [], rows)
+            else:
+                columns, rows = _delimited_rows(handle, source, _DELIMITED[suffix])
+            if not columns:
+                raise InputError(f"{source} is empty")
+            text_column = _choose_text_column(source, columns, text_columns,
+                                              {"label_column": label_column, "text_pair_column": pair_column})
+            for number, row in rows:
+                missing = [name for name in (text_column, label_column, pair_column) if name and name not in row]
+                if missing:
+                    raise InputError(f"{source} line {number} has no field {missing[0]!r}; every row needs it")
+                text = _as_text(row[text_column], source, number, text_column)
+                pair = _as_text(row[pair_column], source, number, pair_column) if pair_column else ""
+                label = "" if row[label_column] is None else str(row[label_column]).strip()
+                if not text.strip() or (pair_column and not pair.strip()):
+                    empty_text.append(number)
+                elif not label:
+                    empty_label.append(number)
+                else:
+                    texts.append(text)
+                    pairs.append(pair)
+                    labels.append(label)
+                    lines.append(number)
     except UnicodeDecodeError as err:
-        raise InputError(f"{source} is not UTF-8 text (byte {err.start}); re-encode it as UTF-8") from None
+        raise InputError(f"{source} is not UTF-8 text ({err.reason}); re-encode it as UTF-8") from None
     except OSError as err:
         raise InputError(f"{source} cannot be read: {err.strerror or err}") from None
     except csv.Error as err:
-        raise InputError(f"{source} is not valid {path.suffix[1:].upper()}: {err}") from None
+        raise InputError(f"{source} is not valid {suffix[1:].upper()}: {err}") from None
 
     if empty_label:
-        raise InputError(f"{source} has {len(empty_label)} rows with an empty {label_column!r} "
-                         f"(lines {_first_lines(empty_label)}); give every row a label")
+        raise InputError(f"{source} has {_rows(len(empty_label))} with an empty {label_column!r} "
+                         f"({_first_lines(empty_label)}); give every row a label")
     if empty_text and not drop_empty:
-        raise InputError(f"{source} has {len(empty_text)} rows with empty text in {text_column!r} "
-                         f"(lines {_first_lines(empty_text)}); fix them or set drop_empty=true")
+        raise InputError(f"{source} has {_rows(len(empty_text))} with empty text in {text_column!r} "
+                         f"({_first_lines(empty_text)}); fix them or set drop_empty=true")
     if not texts:
         raise InputError(f"{source} has no data rows")
-    return Table(source=source, text_column=text_column or "", texts=texts, pairs=pairs if pair_column else None,
+    return Table(source=source, text_column=text_column, texts=texts, pairs=pairs if pair_column else None,
                  labels=labels, lines=lines, dropped_empty=len(empty_text))
 
 
@@ -190,9 +206,9 @@ def check_known_labels(table: Table, vocabulary: Sequence[str]) -> None:
     known = set(vocabulary)
     unseen = sorted({label for label in table.labels if label not in known})
     if unseen:
-        rows = sum(label in set(unseen) for label in table.labels)
+        count = sum(label in set(unseen) for label in table.labels)
         raise InputError(f"{table.source} has labels that the training data never has: "
-                         f"{', '.join(map(repr, unseen))} ({rows} rows); training labels are "
+                         f"{', '.join(map(repr, unseen))} ({_rows(count)}); training labels are "
                          f"{', '.join(map(repr, vocabulary))}; fix the labels or add examples to train_file")
 
 
