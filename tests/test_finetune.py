@@ -164,6 +164,15 @@ def test_string_labels_round_trip_through_the_saved_model(base, tmp_path):
     assert {line[header.index("gold")] for line in lines} == {"negative", "positive"}
 
 
+def test_early_stopping_keeps_the_first_best_model(base, task, tmp_path):
+    """With a learning rate too small to change a prediction, no evaluation beats the first one."""
+    result = run(make_config(base, task, tmp_path / "out", lr=1e-12, eval_every=2, patience=2, test_file=None,
+                             **{"split.test_fraction": 0}))
+    assert result["stopped_early"] and result["steps"] == 6
+    assert result["selected"]["step"] == 2
+    assert set(result["splits"]) == {"valid"} and not (tmp_path / "out" / "predictions.tsv").exists()
+
+
 def test_tsv_csv_and_jsonl_read_the_same_rows(tmp_path):
     rows = [("0", 'he said "fine"'), ("1", "a, b and c")]
     (tmp_path / "d.tsv").write_text("label\ttext\n" + "".join(f"{label}\t{text}\n" for label, text in rows))

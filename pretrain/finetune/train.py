@@ -399,6 +399,7 @@ def run(config: FinetuneConfig) -> dict:
     if place.is_main:
         say(format_reports(reports, job.class_names))
         write_eval_report(out, result)
-        say(f"wrote {out}/: model/, predictions.tsv, metrics.jsonl, eval.json ({result['wall_time_s']:.0f} s)")
+        written = ["model/", "metrics.jsonl", *(["predictions.tsv"] if "test" in reports else []), "eval.json"]
+        say(f"wrote {out}/: {', '.join(written)} ({result['wall_time_s']:.0f} s)")
     barrier()
     return result
