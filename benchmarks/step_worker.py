@@ -62,7 +62,7 @@ def measure(cfg, warmup: int, steps: int, initial_weights: Path | None) -> dict[
     from deepspeed.accelerator import get_accelerator
 
     from benchmarks.step_timing import peak_memory_bytes, synchronizer, time_steps
-    from pretrain.data import TrainStream, shard_specs, train_loader
+    from pretrain.data import DataError, TrainStream, shard_specs, train_loader
     from pretrain.train import micro_step, prepare_run
 
     run = prepare_run(cfg)
@@ -74,6 +74,8 @@ def measure(cfg, warmup: int, steps: int, initial_weights: Path | None) -> dict[
                          mlm_probability=cfg.mlm_probability)
     batches = iter(train_loader(stream, cfg.loader.workers, cfg.loader.prefetch_batches))
     first = next(batches)
+    if "error" in first:  # a corrupt shard: the stream's one-line message names it
+        raise DataError(first["error"])
     loss = initial_loss(run, first)
     if initial_weights is not None:
         save_initial_weights(run, initial_weights)
@@ -86,7 +88,8 @@ def measure(cfg, warmup: int, steps: int, initial_weights: Path | None) -> dict[
         "world_size": run.dist.world_size,
         "device_type": device_type,
         "threads": torch.get_num_threads(),
-        "model_parameters": sum(p.numel() for p in run.engine.module.parameters()),
+        # ZeRO-3 leaves each rank a slice of every parameter; ds_numel is the whole tensor's size.
+        "model_parameters": sum(getattr(p, "ds_numel", p.numel()) for p in run.engine.module.parameters()),
         "shape": asdict(run.shape),
         "initial_loss": loss,
         "peak_memory_bytes": peak_memory_bytes(device_type),

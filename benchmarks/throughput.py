@@ -56,7 +56,8 @@ import torch
 from benchmarks.gemm_probe import Peak, peak_flops
 from benchmarks.loader_bench import loader_samples_per_s
 from benchmarks.synthetic_shards import BERT_VOCAB_SIZE, write_synthetic_data_dir
-from pretrain.config import load_pretrain_config
+from data_prep.manifest import ManifestError, load_manifest
+from pretrain.config import load_pretrain_config, resolve_model_config_path
 from pretrain.flops import utilisation
 
 REPO = Path(__file__).resolve().parents[1]
@@ -64,6 +65,9 @@ BIN = Path(sys.executable).parent
 # Set by an enclosing launcher; a point's own launch must not inherit them.
 LAUNCHER_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 NEVER = 10**9  # save_every / eval_every / log_every / max_steps of a run that must never save, evaluate or decay
+# Exit codes of a point whose process got SIGKILL (on CPU, the kernel's out-of-memory killer): -9 from
+# Python's subprocess, 137 through a shell, 247 through the deepspeed launcher (its sys.exit(-9)).
+KILLED_CODES = (-signal.SIGKILL, 128 + signal.SIGKILL, 256 - signal.SIGKILL)
 CPU_ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_tile")
 
 
@@ -135,7 +139,7 @@ def _failure(code: int | None, results: list[dict[str, Any]], log_path: Path) ->
     failed = [result for result in results if result.get("status") != "ok"]
     if any(result["status"] == "oom" for result in failed):
         return {"status": "oom", "error": next(r["error"] for r in failed if r["status"] == "oom")}
-    if code in (-signal.SIGKILL, 128 + signal.SIGKILL) and not failed:
+    if code in KILLED_CODES and not failed:
         return {"status": "oom", "error": "killed by SIGKILL, most likely by the kernel's out-of-memory killer"}
     if failed:
         return {"status": "error", "error": failed[0]["error"]}
@@ -197,8 +201,9 @@ class Sweep:
         directory = self.work_dir / f"b{micro_batch_size}"
         directory.mkdir()
         weights = directory / "initial_weights.pt"
+        with_baseline = args.baseline and not self.baseline_failed
         steps = ["--warmup-steps", str(args.warmup_steps), "--steps", str(args.steps)]
-        worker = ["--out", str(directory), *steps, *(["--save-initial-weights", str(weights)] if args.baseline else []),
+        worker = ["--out", str(directory), *steps, *(["--save-initial-weights", str(weights)] if with_baseline else []),
                   *self.overrides(micro_batch_size, directory / "run", args.threads)]
         if args.ranks == 1:
             command = [sys.executable, "-m", "benchmarks.step_worker", *worker]
@@ -216,7 +221,7 @@ class Sweep:
                      peak_memory_bytes_all_ranks=sum(rank["peak_memory_bytes"] for rank in ranks),
                      initial_loss=ranks[0]["initial_loss"], model_parameters=ranks[0]["model_parameters"],
                      threads_per_rank=ranks[0]["threads"])
-        if args.baseline and not self.baseline_failed:
+        if with_baseline:
             point.update(self.baseline_point(micro_batch_size, directory, weights, point["tokens_per_s"]))
         return point
 
@@ -234,6 +239,7 @@ class Sweep:
             self.baseline_failed = True  # a larger batch would fail the same way
             return {f"baseline_{key}": value for key, value in _failure(code, results, log).items()}
         result = results[0]
+        # Against the same peak as ours: the baseline runs on the same cores, all of them.
         summary = summarise([result["steps"]], self.peak.flops_per_s)
         fields = {f"baseline_{key}": value for key, value in summary.items()}
         fields.update(baseline_status="ok", baseline_peak_memory_bytes=result["peak_memory_bytes"],
@@ -397,6 +403,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.batch_sizes = [2**k for k in range(args.max_batch_size.bit_length()) if 2**k <= args.max_batch_size]
     if min(args.batch_sizes) < 1 or args.ranks < 1 or args.steps < 1 or args.warmup_steps < 0:
         parser.error("batch sizes, --ranks and --steps must be >= 1 and --warmup-steps >= 0")
+    # Problems a user can cause are refused here, before minutes of probing and launching.
+    try:
+        resolve_model_config_path(args.model)
+        if args.data_dir is not None:
+            prepared_len = load_manifest(args.data_dir)["seq_len"]
+            if prepared_len != args.seq_len:
+                parser.error(f"--data-dir {args.data_dir} was prepared for seq_len {prepared_len}; pass --seq-len {prepared_len}")
+    except (FileNotFoundError, ManifestError) as err:
+        parser.error(str(err))
+    if args.precision == "fp16" and not torch.cuda.is_available():
+        from deepspeed.accelerator import get_accelerator
+
+        if not get_accelerator().is_fp16_supported():  # the trainer's own test (pretrain.train.prepare_run)
+            parser.error("--precision fp16: DeepSpeed supports no fp16 on this CPU (no AVX512-FP16/AMX-FP16); "
+                         "use bf16 or fp32")
     args.cores = len(os.sched_getaffinity(0))
     args.threads = args.threads or max(1, args.cores // args.ranks)
     return args

@@ -113,3 +113,15 @@ def test_sweep_on_tiny_model_writes_valid_results(tmp_path, capsys):
         assert point["speedup"] == pytest.approx(point["tokens_per_s"] / point["baseline_tokens_per_s"])
         # the same batch and initial weights give the same loss, up to bf16 rounding
         assert point["initial_loss"] == pytest.approx(point["baseline_initial_loss"], rel=2e-2)
+
+
+def test_a_failed_point_is_recorded_and_ends_the_sweep(tmp_path):
+    # A point timeout shorter than any launch: the first point fails, its process group is killed,
+    # the sweep stops there and still writes its report.
+    with pytest.raises(SystemExit, match="no point completed"):
+        main(["--model", "tiny", "--seq-len", str(SEQ_LEN), "--batch-sizes", "2,4", "--vocab-size", str(VOCAB),
+              "--point-timeout-s", "0.5", "--out", str(tmp_path)])
+    (json_path,) = tmp_path.glob("*.json")
+    points = json.loads(json_path.read_text())["points"]
+    assert [(point["micro_batch_size"], point["status"]) for point in points] == [(2, "timeout")]
+    assert json_path.with_suffix(".md").is_file()
