@@ -26,7 +26,8 @@ from data_prep.typed_config import ConfigError, exit_on_config_error
 def prep_main(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m data_prep",
-        description="Raw text to BERT pretraining shards (WebDataset). Also: 'verify DATA_DIR', 'inspect DATA_DIR [--n 5]'.",
+        description="Raw text to BERT pretraining shards (WebDataset).",
+        epilog="Also: python -m data_prep verify DATA_DIR | inspect DATA_DIR [--n 5]",
     )
     parser.add_argument("--config", help="a YAML file, e.g. configs/prep/demo.yaml")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, dotted for nesting")

@@ -50,7 +50,9 @@ def split_long_sentences(sentences: TokenDoc, limit: int) -> TokenDoc:
     return pieces
 
 
-def _truncate_pair(a: list[int], b: list[int], max_num_tokens: int, rng: random.Random) -> tuple[list[int], list[int], int]:
+def _truncate_pair(
+    a: list[int], b: list[int], max_num_tokens: int, rng: random.Random
+) -> tuple[list[int], list[int], int]:
     """BERT's truncate_seq_pair with index arithmetic instead of repeated ``del``."""
     a_start, a_end, b_start, b_end = 0, len(a), 0, len(b)
     removed = 0

@@ -28,7 +28,8 @@ def histogram(lengths: np.ndarray, seq_len: int, bins: int = 16, width: int = 50
     edges = np.linspace(0, seq_len, bins + 1).round().astype(int)
     counts, _ = np.histogram(lengths, bins=edges)
     scale = width / max(int(counts.max()), 1)
-    return [f"  {lo + 1:>6}-{hi:<6} {n:>9,} {'#' * int(round(n * scale))}" for lo, hi, n in zip(edges[:-1], edges[1:], counts)]
+    rows = zip(edges[:-1], edges[1:], counts)
+    return [f"  {lo + 1:>6}-{hi:<6} {n:>9,} {'#' * int(round(n * scale))}" for lo, hi, n in rows]
 
 
 def main(argv: Sequence[str]) -> int:
@@ -65,7 +66,7 @@ def main(argv: Sequence[str]) -> int:
         return 0
     lengths = np.array(lengths)
     nsp_note = f", NSP label 1 in {nsp_ones / len(lengths):.1%}" if manifest["objective"] == "mlm+nsp" else ""
-    print(f"\nlengths of {len(lengths):,} {args.split} samples (mean {lengths.mean():.1f}, max {lengths.max()} of seq_len "
-          f"{manifest['seq_len']}{nsp_note}):")
+    print(f"\nlengths of {len(lengths):,} {args.split} samples (mean {lengths.mean():.1f}, "
+          f"max {lengths.max()} of seq_len {manifest['seq_len']}{nsp_note}):")
     print("\n".join(histogram(lengths, manifest["seq_len"])))
     return 0

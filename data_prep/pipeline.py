@@ -21,10 +21,9 @@ import shutil
 import sys
 import time
 from collections import Counter
-from contextlib import contextmanager
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterator
 
 from data_prep.config import PrepConfig
 from data_prep.dedup import DuplicateFilter
@@ -41,7 +40,10 @@ from data_prep.stages import (
     KEPT, CleanSummary, Context, ExampleSummary, ShardTask, build_valid_examples, clean_chunk,
     example_chunk, sample_chunk, write_shard_task,
 )
-from data_prep.tokenizer import TokenizerError, TokenizerInfo, reuse_tokenizer, save_trained_tokenizer, train_sentencepiece
+from data_prep.timing import StageClock, timed_call
+from data_prep.tokenizer import (
+    TokenizerError, TokenizerInfo, reuse_tokenizer, save_trained_tokenizer, train_sentencepiece,
+)
 from data_prep.typed_config import ConfigError
 from data_prep.workdir import WORK_DIR, WorkDir, load_arrays, load_json, save_json, work_key
 
@@ -57,28 +59,16 @@ class PrepError(ValueError):
 USER_ERRORS = (ConfigError, InputError, TokenizerError, PrepError)
 
 
-class StageClock:
-    def __init__(self):
-        self.seconds: dict[str, float] = {}
-
-    @contextmanager
-    def stage(self, name: str) -> Iterator[None]:
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
-
-
 def _cpu_seconds() -> float:
-    """CPU time of this process and its finished children (the worker pool)."""
+    """CPU time of this process and its finished children (the worker pool, start-up included)."""
     own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def _cpu_rates(bytes_in: int, cpu_seconds: float) -> dict[str, float]:
     """MB per CPU second: the per-process rate with other people's jobs on the machine taken out."""
-    return {"cpu_seconds": round(cpu_seconds, 3), "mb_per_cpu_second": round(bytes_in / 1e6 / cpu_seconds, 3) if cpu_seconds else 0.0}
+    rate = round(bytes_in / 1e6 / cpu_seconds, 3) if cpu_seconds else 0.0
+    return {"cpu_seconds": round(cpu_seconds, 3), "mb_per_cpu_second": rate}
 
 
 def _prepare_out_dir(config: PrepConfig, work: WorkDir) -> bool:
@@ -88,11 +78,16 @@ def _prepare_out_dir(config: PrepConfig, work: WorkDir) -> bool:
     if out.exists() and not out.is_dir():
         raise PrepError(f"out_dir {str(out)!r} is a file; choose a directory")
     if out.is_dir() and any(out.iterdir()) and not any((out / name).exists() for name in OUTPUT_NAMES):
-        raise PrepError(f"out_dir {str(out)!r} is not empty and not a data_prep output; choose a new or empty directory")
+        raise PrepError(
+            f"out_dir {str(out)!r} is not empty and not a data_prep output; choose a new or empty directory"
+        )
     if config.tokenizer.path is not None:
         source = Path(config.tokenizer.path).resolve()
         if source == out.resolve() or out.resolve() in source.parents:
-            raise PrepError(f"tokenizer.path {config.tokenizer.path!r} is inside out_dir, which is rewritten; copy it elsewhere first")
+            raise PrepError(
+                f"tokenizer.path {config.tokenizer.path!r} is inside out_dir, which is rewritten; "
+                "copy it elsewhere first"
+            )
     try:
         out.mkdir(parents=True, exist_ok=True)
         (out / MANIFEST_NAME).unlink(missing_ok=True)
@@ -123,20 +118,27 @@ class Runner:
 
     # -- parallel helpers -------------------------------------------------------------------
 
-    def _map(self, fn: Callable, tasks: list, ordered: bool = False) -> Iterable:
+    def _map(self, fn: Callable, tasks: list, ordered: bool = False) -> Iterator:
+        """``fn`` over ``tasks`` on the pool (unordered unless asked), or here when ``workers=1``."""
         if self.pool is None:
-            return map(fn, tasks)
+            yield from map(fn, tasks)  # the CPU time is this process's: the stage clock sees it
+            return
+        calls = [(fn, task) for task in tasks]
         if ordered:
-            return self.pool.imap(fn, tasks, chunksize=8)
-        return self.pool.imap_unordered(fn, tasks, chunksize=1)
+            results = self.pool.imap(timed_call, calls, chunksize=8)
+        else:
+            results = self.pool.imap_unordered(timed_call, calls)
+        for result in results:
+            self.clock.add_worker_cpu(result.cpu_seconds)
+            yield result.value
 
-    def _run_chunks(self, fn: Callable, context: Context, chunks: list[Chunk], label: str, count: Callable) -> list:
-        """``fn`` over this rank's chunks with a progress bar; results of all ranks on rank 0."""
-        progress = Progress(label, sum(c.nbytes for c in chunks), self.show, item="docs" if label == "clean" else "examples")
+    def _run_chunks(self, fn: Callable, context: Context, chunks: list[Chunk], label: str, item: str) -> list:
+        """``fn`` over this rank's chunks with a progress bar counting ``item``; all ranks' results on rank 0."""
+        progress = Progress(label, sum(c.nbytes for c in chunks), self.show, item=item)
         results = []
         for result in self._map(fn, [(context, chunk) for chunk in chunks]):
             results.append(result)
-            progress.update(result.nbytes, count(result))
+            progress.update(result.nbytes, getattr(result, item))
         progress.close()
         gathered = self.cluster.gather(results)
         return sorted((r for part in gathered for r in part), key=lambda r: r.chunk) if self.is_root else []
@@ -165,11 +167,12 @@ class Runner:
             context = Context(config, str(out), key)
             if config.workers > 1:
                 self.pool = multiprocessing.get_context("spawn").Pool(config.workers)
-            chunks = self._root(lambda: plan_chunks(config, expanded, work, lambda fn, items: self._map(fn, items, ordered=True), self.show))
+            ordered_map = lambda fn, items: self._map(fn, items, ordered=True)  # noqa: E731
+            chunks = self._root(lambda: plan_chunks(config, expanded, work, ordered_map, self.show))
         mine = [chunk for chunk in chunks if chunk.index % self.cluster.size == self.cluster.rank]
 
         with self.clock.stage("clean"):
-            cleaned: list[CleanSummary] = self._run_chunks(clean_chunk, context, mine, "clean", lambda r: r.docs_in)
+            cleaned: list[CleanSummary] = self._run_chunks(clean_chunk, context, mine, "clean", "docs_in")
         with self.clock.stage("dedup"):
             decided = self._root(lambda: self._decide(work, chunks, cleaned))
         with self.clock.stage("tokenizer"):
@@ -177,14 +180,15 @@ class Runner:
         dtype = "uint16" if info.vocab_size <= 65536 else "int32"
         context = replace(context, encoder=info.encoder, special_ids=info.special_ids, token_dtype=dtype)
         with self.clock.stage("examples"):
-            built: list[ExampleSummary] = self._run_chunks(example_chunk, context, mine, "examples", lambda r: r.train_examples)
+            built: list[ExampleSummary] = self._run_chunks(example_chunk, context, mine, "examples", "train_examples")
             layout = self._root(lambda: self._layout(work, context, chunks, built))
         with self.clock.stage("shards"):
             tasks = layout["tasks"]
-            share = len(tasks) * self.cluster.rank // self.cluster.size, len(tasks) * (self.cluster.rank + 1) // self.cluster.size
+            rank, ranks = self.cluster.rank, self.cluster.size
+            mine_tasks = tasks[len(tasks) * rank // ranks : len(tasks) * (rank + 1) // ranks]  # contiguous: chunk reuse
             progress = Progress("shards", None, self.show, item="shards")
             entries = []
-            for entry in self._map(write_shard_task, [(context, task) for task in tasks[share[0] : share[1]]]):
+            for entry in self._map(write_shard_task, [(context, task) for task in mine_tasks]):
                 entries.append(entry)
                 progress.update(entry.bytes, 1)
             progress.close()
@@ -193,12 +197,17 @@ class Runner:
             self.pool.close()
             self.pool.join()  # before measuring: only joined children count in RUSAGE_CHILDREN
             self.pool = None
-        cpu_seconds = self.cluster.gather(_cpu_seconds())
+        cpu = self.cluster.gather((_cpu_seconds(), dict(self.clock.cpu)))
 
         def finish() -> dict[str, Any]:
             all_entries = [entry for part in gathered for entry in part]
-            report = self._report(chunks, cleaned, decided, info, training_sentences, built, layout, all_entries, start)
-            report["throughput"].update(_cpu_rates(report["bytes_in"], sum(cpu_seconds)))
+            stage_cpu = Counter()
+            for _, per_stage in cpu:
+                stage_cpu.update(per_stage)
+            report = self._report(
+                chunks, cleaned, decided, info, training_sentences, built, layout, all_entries, start, stage_cpu
+            )
+            report["throughput"].update(_cpu_rates(report["bytes_in"], sum(total for total, _ in cpu)))
             self._write_outputs(work, chunks, info, dtype, all_entries, report)
             return report
 
@@ -231,9 +240,9 @@ class Runner:
                 chunk_decisions.append(reason or ("valid" if uniform < config.valid_fraction else "train"))
             decisions.append(chunk_decisions)
             metas.append({"uniforms": meta["uniforms"], "sentence_counts": meta["sentence_counts"]})
-        flat = [(u, c, j) for c, (d, m) in enumerate(zip(decisions, metas)) for j, u in enumerate(m["uniforms"]) if d[j] in KEPT]
-        if config.valid_fraction > 0 and flat and not any(decisions[c][j] == "valid" for _, c, j in flat):
-            _, c, j = min(flat)  # a small corpus still gets a valid split: the document nearest the cut
+        kept = [(u, c, j) for c, m in enumerate(metas) for j, u in enumerate(m["uniforms"]) if decisions[c][j] in KEPT]
+        if config.valid_fraction > 0 and kept and not any(decisions[c][j] == "valid" for _, c, j in kept):
+            _, c, j = min(kept)  # a small corpus still gets a valid split: the document nearest the cut
             decisions[c][j] = "valid"
         for chunk, chunk_decisions in zip(chunks, decisions):
             save_json(work.decisions(chunk.index), chunk_decisions)
@@ -248,7 +257,9 @@ class Runner:
             )
         return {"counts": dict(counts), "kept_sentences": kept_sentences}
 
-    def _tokenizer(self, work: WorkDir, context: Context, mine: list[Chunk], kept_sentences: int) -> tuple[TokenizerInfo, int]:
+    def _tokenizer(
+        self, work: WorkDir, context: Context, mine: list[Chunk], kept_sentences: int
+    ) -> tuple[TokenizerInfo, int]:
         config = self.config
         directory = Path(config.out_dir) / TOKENIZER_DIR
         if config.tokenizer.path is not None:
@@ -273,7 +284,9 @@ class Runner:
 
         return self._root(train)
 
-    def _layout(self, work: WorkDir, context: Context, chunks: list[Chunk], built: list[ExampleSummary]) -> dict[str, Any]:
+    def _layout(
+        self, work: WorkDir, context: Context, chunks: list[Chunk], built: list[ExampleSummary]
+    ) -> dict[str, Any]:
         """Valid examples, then which examples go into which shard (consecutive windows in chunk order)."""
         config = self.config
         valid = build_valid_examples(context, [chunk.index for chunk in chunks])
@@ -315,7 +328,9 @@ class Runner:
                     current, filled = [], 0
         return tasks
 
-    def _report(self, chunks, cleaned, decided, info, training_sentences, built, layout, entries, start) -> dict[str, Any]:
+    def _report(
+        self, chunks, cleaned, decided, info, training_sentences, built, layout, entries, start, stage_cpu
+    ) -> dict[str, Any]:
         config = self.config
         counts = Counter()
         for summary in cleaned:
@@ -323,7 +338,7 @@ class Runner:
         for decision, n in decided["counts"].items():
             if decision not in KEPT:
                 counts[decision] += n
-        split_entries = {split: [e for e in entries if e.path.startswith(f"shards/{split}/")] for split in ("train", "valid")}
+        split_entries = {s: [e for e in entries if e.path.startswith(f"shards/{s}/")] for s in ("train", "valid")}
         train_examples = sum(e.samples for e in split_entries["train"])
         valid_examples = sum(e.samples for e in split_entries["valid"])
         nsp_random_train = sum(s.nsp_random for s in built)
@@ -362,6 +377,7 @@ class Runner:
             },
             chunks={"total": len(chunks), "resumed": sum(s.resumed for s in cleaned)},
             stage_seconds=dict(self.clock.seconds),
+            stage_cpu=dict(stage_cpu),
             total_seconds=time.perf_counter() - start,
             ranks=self.cluster.size,
             workers=config.workers,
@@ -378,7 +394,8 @@ class Runner:
                     log.write(json.dumps({"source": source, "line": line, "reason": reason, "detail": detail}) + "\n")
                 for source_id, decision in zip(meta["sources"], load_json(work.decisions(chunk.index))):
                     if decision not in KEPT:
-                        log.write(json.dumps({"source": source_id, "line": None, "reason": decision, "detail": ""}) + "\n")
+                        row = {"source": source_id, "line": None, "reason": decision, "detail": ""}
+                        log.write(json.dumps(row) + "\n")
         temporary.replace(out / REJECTS_NAME)
         write_json_atomic(out / REPORT_NAME, report)
         write_json_atomic(out / MANIFEST_NAME, self._manifest(info, dtype, entries))

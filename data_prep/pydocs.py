@@ -27,6 +27,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 TOPICS_MODULE = "pydoc_data.topics"
 SKIPPED_DIRS = frozenset({"__pycache__", "test", "tests", "idle_test"})
+PARSE_BATCH = 256  # module files handed to ``map_fn`` at a time
 
 
 @dataclass(frozen=True)
@@ -172,8 +173,15 @@ def iter_pydocs(
         seen.add(digest)
         return True
 
+    def parsed() -> Iterator[Extracted]:
+        # In batches: a pool's imap queues every task at once, and would go on parsing the whole
+        # environment after max_docs is reached, delaying whatever the pool is given next.
+        files = list_module_files(include, exclude)
+        for start in range(0, len(files), PARSE_BATCH):
+            yield from map_fn(extract, files[start : start + PARSE_BATCH])
+
     produced = 0
-    for result in map_fn(extract, list_module_files(include, exclude)):
+    for result in parsed():
         if result.error is not None:
             if on_skip is not None:
                 on_skip(result)

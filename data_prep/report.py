@@ -30,6 +30,7 @@ def build_report(
     shards: dict[str, int],
     chunks: dict[str, int],
     stage_seconds: dict[str, float],
+    stage_cpu: dict[str, float],
     total_seconds: float,
     ranks: int,
     workers: int,
@@ -39,7 +40,9 @@ def build_report(
     if docs_in != kept_total + sum(dropped.values()):
         raise AssertionError(f"document counts do not balance: {docs_in} in, {kept_total} kept, {dropped} dropped")
     processes = ranks * workers
-    core = sum(stage_seconds.get(name, 0.0) for name in ("clean", "examples", "shards"))
+    core = ("clean", "examples", "shards")  # the "clean+tokenize+shard"
+    core_seconds = sum(stage_seconds.get(name, 0.0) for name in core)
+    core_cpu = sum(stage_cpu.get(name, 0.0) for name in core)
     return {
         "out_dir": out_dir,
         "documents": {
@@ -59,7 +62,12 @@ def build_report(
         "shards": shards,
         "chunks": chunks,
         "stages": {
-            name: {"seconds": round(seconds, 3), "mb_per_s": _rate(bytes_in, seconds)}
+            name: {
+                "seconds": round(seconds, 3),
+                "mb_per_s": _rate(bytes_in, seconds),
+                "cpu_seconds": round(stage_cpu.get(name, 0.0), 3),
+                "mb_per_cpu_second": _rate(bytes_in, stage_cpu.get(name, 0.0)),
+            }
             for name, seconds in stage_seconds.items()
         },
         "throughput": {
@@ -69,7 +77,8 @@ def build_report(
             "workers": workers,
             "processes": processes,
             "mb_per_s_per_process": _rate(bytes_in, total_seconds * processes),
-            "clean_tokenize_shard_mb_per_s_per_process": _rate(bytes_in, core * processes),
+            "clean_tokenize_shard_mb_per_s_per_process": _rate(bytes_in, core_seconds * processes),
+            "clean_tokenize_shard_mb_per_cpu_second": _rate(bytes_in, core_cpu),
         },
         "rejects_log": "rejects.jsonl",
     }
@@ -84,21 +93,26 @@ def summary_table(report: dict[str, Any]) -> str:
     rows += [(f"dropped: {reason}", f"{n:,}", "") for reason, n in docs["dropped"].items()]
     rows += [(f"repaired: {name}", f"{n:,}", "kept") for name, n in report["repairs"].items() if n]
     rows += [
-        ("examples train", f"{ex['train']:,}", f"{report['shards']['train']} shards x {report['shards']['samples_per_shard']:,}, "
-                                               f"remainder dropped {ex['dropped_remainder']:,}"),
+        ("examples train", f"{ex['train']:,}", f"{report['shards']['train']} shards x "
+         f"{report['shards']['samples_per_shard']:,}, remainder dropped {ex['dropped_remainder']:,}"),
         ("examples valid", f"{ex['valid']:,}", f"{report['shards']['valid']} shards"),
         ("tokens train / valid", f"{tok['train']:,}", f"{tok['valid']:,}"),
     ]
     if tok["truncated"] or tok["unpaired"]:
         rows.append(("tokens cut (pairs)", f"{tok['truncated']:,}", f"unpaired {tok['unpaired']:,}"))
     rows.append(("", "", ""))
-    rows.append(("stage", "seconds", "MB/s"))
-    rows += [(name, f"{s['seconds']:.1f}", f"{s['mb_per_s']:.2f}") for name, s in report["stages"].items()]
+    rows.append(("stage", "seconds", "MB/s    CPU s   MB/CPU s"))
+    rows += [
+        (name, f"{s['seconds']:.1f}", f"{s['mb_per_s']:<7.2f} {s['cpu_seconds']:>6.1f}   {s['mb_per_cpu_second']:.2f}")
+        for name, s in report["stages"].items()
+    ]
     rows.append(("total", f"{thr['seconds']:.1f}", f"{thr['mb_per_s']:.2f}"))
     rows.append((f"per process ({thr['processes']})", "", f"{thr['mb_per_s_per_process']:.2f}"))
-    rows.append(("  clean+tokenize+shard", "", f"{thr['clean_tokenize_shard_mb_per_s_per_process']:.2f}"))
+    rows.append(("clean+tokenize+shard", "", f"{thr['clean_tokenize_shard_mb_per_s_per_process']:.2f} per process, "
+                 f"{thr['clean_tokenize_shard_mb_per_cpu_second']:.2f} per CPU second"))
     if "mb_per_cpu_second" in thr:
-        rows.append(("per CPU second", f"{thr['cpu_seconds']:.1f}", f"{thr['mb_per_cpu_second']:.2f}"))
+        rows.append(("all CPU, start-up included", f"{thr['cpu_seconds']:.1f}",
+                     f"{thr['mb_per_cpu_second']:.2f} per CPU second"))
     width = max(len(r[0]) for r in rows)
     lines = [f"data_prep summary: {report['out_dir']}"]
     lines += [f"  {name:<{width}}  {value:>12}  {note}".rstrip() for name, value, note in rows]

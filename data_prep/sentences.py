@@ -29,7 +29,9 @@ class _SentenceBreaker:
         data = text.encode("utf-8")
         if 2 * len(data) + 1 > len(self.buffer):  # blingfire's own wrapper allows 2x the input
             self.buffer = ctypes.create_string_buffer(2 * len(data) + 1)
-        size = blingfire.blingfire.TextToSentences(ctypes.c_char_p(data), ctypes.c_int(len(data)), ctypes.byref(self.buffer), ctypes.c_int(len(self.buffer)))
+        size = blingfire.blingfire.TextToSentences(
+            ctypes.c_char_p(data), ctypes.c_int(len(data)), ctypes.byref(self.buffer), ctypes.c_int(len(self.buffer))
+        )
         if size < 0 or size > len(self.buffer):
             return None
         return ctypes.string_at(self.buffer, max(size - 1, 0)).decode("utf-8")  # size counts the final NUL

@@ -4,7 +4,8 @@ A sample is ``<key>.tokens.npy`` (``np.save`` of the unpadded ids) and, for mlm+
 ``<key>.nsp.cls`` (ASCII "0" or "1"). Every tar header field that could vary between runs is fixed
 (mtime 0, uid/gid 0, no user or group names, mode 0444, ustar format), so the same examples give
 byte-identical shards. The headers are written here rather than through ``tarfile``, whose generic
-header code cost ~50 us per member, most of the shard stage; tests check the bytes are the same. A shard is written under a hidden temporary name and renamed when complete:
+header code cost ~50 us per member, most of the shard stage; tests check the bytes are the same.
+A shard is written under a hidden temporary name and renamed when complete:
 a crash leaves no file that looks finished.
 """
 
@@ -52,7 +53,8 @@ def sample_key(shard_index: int, sample_index: int) -> str:
 def _npy_header(dtype: str, length: int) -> bytes:
     """The .npy v1.0 header of a 1-D array: it depends only on dtype and length, so it is made once."""
     buffer = io.BytesIO()
-    np.lib.format.write_array_header_1_0(buffer, {"descr": np.dtype(dtype).str, "fortran_order": False, "shape": (length,)})
+    header = {"descr": np.dtype(dtype).str, "fortran_order": False, "shape": (length,)}
+    np.lib.format.write_array_header_1_0(buffer, header)
     return buffer.getvalue()
 
 

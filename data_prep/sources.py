@@ -150,7 +150,8 @@ def expand_inputs(inputs: list[str]) -> list[ExpandedInput]:
         elif os.path.isfile(entry):
             if file_kind(entry, "file") is None:
                 raise InputError(
-                    f"input {entry!r} is not a .txt, .jsonl or .jsonl.gz file (convert it, e.g. one document per line to .txt)"
+                    f"input {entry!r} is not a .txt, .jsonl or .jsonl.gz file "
+                    "(convert it, e.g. one document per line to .txt with text.txt_mode=line)"
                 )
             candidates = [os.path.normpath(entry)]
         elif GLOB_CHARS & set(entry):
@@ -229,7 +230,8 @@ def file_pieces(path: str, kind: PieceKind, chunk_bytes: int) -> list[Piece]:
     with open(path, "rb") as handle:
         start, line = 0, 1
         while True:
-            boundary = _next_boundary(handle, start + chunk_bytes, kind == "txt_paragraphs") if start + chunk_bytes < size else None
+            target = start + chunk_bytes
+            boundary = _next_boundary(handle, target, kind == "txt_paragraphs") if target < size else None
             end = size if boundary is None else boundary
             pieces.append(Piece(kind, path, end - start, start, end, line))
             if boundary is None:

@@ -209,6 +209,11 @@ def unpack_documents(arrays: dict[str, np.ndarray]) -> list[TokenDoc]:
     return documents
 
 
+def _build(context: Context, pool: list[TokenDoc], rng: random.Random) -> Examples:
+    config, ids = context.config, context.special_ids
+    return build_examples(pool, config.objective, config.seq_len, config.short_seq_prob, ids["cls"], ids["sep"], rng)
+
+
 def example_chunk(task: tuple[Context, Chunk]) -> ExampleSummary:
     """Tokenize the chunk's kept documents; build its train examples; keep its valid documents
     (valid examples are built from all valid documents together, see ``build_valid_examples``)."""
@@ -224,7 +229,7 @@ def example_chunk(task: tuple[Context, Chunk]) -> ExampleSummary:
     train_pool = [doc for doc, (_, decision) in zip(tokenized, kept) if decision == "train" and doc]
     valid_docs = [doc for doc, (_, decision) in zip(tokenized, kept) if decision == "valid" and doc]
     rng = random.Random(f"{config.seed}:examples:{chunk.index}")
-    examples = build_examples(train_pool, config.objective, config.seq_len, config.short_seq_prob, context.special_ids["cls"], context.special_ids["sep"], rng)
+    examples = _build(context, train_pool, rng)
     arrays = pack(examples, np.dtype(context.token_dtype))
     save_arrays(work.train_examples(chunk.index), **arrays)
     save_arrays(work.valid_documents(chunk.index), **pack_documents(valid_docs, context.token_dtype))
@@ -245,7 +250,7 @@ def build_valid_examples(context: Context, chunks: list[int]) -> Examples:
     for chunk in chunks:
         pool.extend(unpack_documents(load_arrays(work.valid_documents(chunk))))
     rng = random.Random(f"{config.seed}:examples:valid")
-    examples = build_examples(pool, config.objective, config.seq_len, config.short_seq_prob, context.special_ids["cls"], context.special_ids["sep"], rng)
+    examples = _build(context, pool, rng)
     save_arrays(work.valid_examples, **pack(examples, np.dtype(context.token_dtype)))
     return examples
 

@@ -150,7 +150,9 @@ def reuse_tokenizer(source: Path, directory: Path) -> TokenizerInfo:
         ) from None
     backend = getattr(hf, "backend_tokenizer", None)
     if backend is None:
-        raise TokenizerError(f"tokenizer.path {str(source)!r} has no fast (tokenizers) version; save it with a fast tokenizer")
+        raise TokenizerError(
+            f"tokenizer.path {str(source)!r} has no fast (tokenizers) version; save it with a fast tokenizer"
+        )
     ids = {name: getattr(hf, f"{name}_token_id") for name in SPECIAL_NAMES}
     missing = [name for name in ("cls", "sep", "pad", "mask") if ids[name] is None]
     if missing:

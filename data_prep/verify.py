@@ -51,7 +51,10 @@ def verify_shard(data_dir: Path, entry: dict[str, Any], manifest: dict[str, Any]
         problems.append(f"{name}: {path.stat().st_size} bytes, manifest says {entry['bytes']}")
     digest = sha256_file(path)
     if digest != entry["sha256"]:
-        problems.append(f"{name}: sha256 {digest[:16]}... differs from the manifest's {entry['sha256'][:16]}... (corrupt or modified)")
+        problems.append(
+            f"{name}: sha256 {digest[:16]}... differs from the manifest's {entry['sha256'][:16]}... "
+            "(corrupt or modified)"
+        )
     wanted = {TOKENS_EXT, NSP_EXT} if manifest["objective"] == "mlm+nsp" else {TOKENS_EXT}
     samples = tokens = 0
     keys: set[str] = set()
@@ -100,21 +103,22 @@ def verify(data_dir: Path, show_progress: bool = False) -> tuple[list[str], list
             samples, tokens = samples + n, tokens + t
             progress.update(entry["bytes"], 1)
         progress.close()
-        if split == "train":
-            uneven = sorted({entry["samples"] for entry in info["shards"]} - {info.get("samples_per_shard")})
-            if uneven:
-                problems.append(f"train shards hold {uneven} samples, not all samples_per_shard={info.get('samples_per_shard')}")
+        wanted = info.get("samples_per_shard")
+        uneven = sorted({entry["samples"] for entry in info["shards"]} - {wanted})
+        if split == "train" and uneven:
+            problems.append(f"train shards hold {uneven} samples, not all samples_per_shard={wanted}")
         listed = sum(entry["samples"] for entry in info["shards"])
         if info["shards"] and listed != info.get("samples"):
-            problems.append(f"{split}: the manifest's shards hold {listed} samples, its total says {info.get('samples')}")
-        lines.append(f"  {split:5s} {len(info['shards']):4d} shards  {samples:>10,} samples  {tokens:>13,} tokens  {total / 1e6:9.1f} MB")
-    head = (f"{data_dir}: format {manifest['format']}, objective {manifest['objective']}, seq_len {manifest['seq_len']}, "
-            f"vocab {tokenizer['vocab_size']}, {manifest['token_dtype']}")
+            problems.append(f"{split}: the manifest's shards hold {listed} samples, its total {info.get('samples')}")
+        lines.append(f"  {split:5s} {len(info['shards']):4d} shards  {samples:>10,} samples  "
+                     f"{tokens:>13,} tokens  {total / 1e6:9.1f} MB")
+    head = (f"{data_dir}: format {manifest['format']}, objective {manifest['objective']}, "
+            f"seq_len {manifest['seq_len']}, vocab {tokenizer['vocab_size']}, {manifest['token_dtype']}")
     return problems, [head, *lines]
 
 
 def main(argv: Sequence[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m data_prep verify", description="Re-read and check every shard of a data dir.")
+    parser = argparse.ArgumentParser(prog="python -m data_prep verify", description=__doc__.splitlines()[0])
     parser.add_argument("data_dir")
     args = parser.parse_args(argv)
     try:

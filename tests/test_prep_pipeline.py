@@ -44,7 +44,8 @@ def write_corpus(directory: Path, seed: int = 0, docs: int = 160) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     texts = [document(rng) for _ in range(docs)]
     for part in range(3):
-        (directory / f"part{part}.txt").write_text("\n\n\n".join(t.replace("\n\n", "\n") for t in texts[part::4]) + "\n")
+        blocks = [t.replace("\n\n", "\n") for t in texts[part::4]]  # paragraphs become lines of one block
+        (directory / f"part{part}.txt").write_text("\n\n\n".join(blocks) + "\n")
     (directory / "extra.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts[3::4]))
     return directory
 
@@ -88,18 +89,22 @@ def baseline(corpus, tmp_path_factory):
 
 def test_output_follows_contract_1(baseline):
     out, report = baseline
-    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "rejects.jsonl", "report.json", "shards", "tokenizer"]
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["manifest.json", "rejects.jsonl", "report.json", "shards", "tokenizer"]
     manifest = load_manifest(out)
     assert manifest["format"] == FORMAT and manifest["objective"] == "mlm+nsp" and manifest["seq_len"] == 64
     assert manifest["token_dtype"] == "uint16"
     tokenizer = manifest["tokenizer"]
-    assert tokenizer["path"] == "tokenizer" and tokenizer["special_ids"] == {"pad": 0, "unk": 1, "cls": 2, "sep": 3, "mask": 4}
+    assert tokenizer["path"] == "tokenizer"
+    assert tokenizer["special_ids"] == {"pad": 0, "unk": 1, "cls": 2, "sep": 3, "mask": 4}
     assert tokenizer["sha256"] == sha256_tree(out / "tokenizer") and tokenizer["vocab_size"] <= 400
     train, valid = manifest["splits"]["train"], manifest["splits"]["valid"]
     assert train["shards"] and all(s["samples"] == 100 for s in train["shards"])
     assert train["samples"] == 100 * len(train["shards"]) == report["examples"]["train"]
     assert valid["samples"] == report["examples"]["valid"] > 0
-    assert [s["path"] for s in train["shards"]] == [f"shards/train/pretrain-{i:06d}.tar" for i in range(len(train["shards"]))]
+    assert [s["path"] for s in train["shards"]] == [
+        f"shards/train/pretrain-{i:06d}.tar" for i in range(len(train["shards"]))
+    ]
     assert set(train["shards"][0]) == {"path", "samples", "tokens", "bytes", "sha256"}
     assert manifest["prep_config"]["seq_len"] == 64 and "timestamp" not in json.dumps(manifest)
     assert not (out / ".work").exists()
@@ -138,7 +143,8 @@ def test_verify_passes_then_catches_a_flipped_byte(baseline, tmp_path, capsys):
 
 def test_inspect_shows_pairs_and_histogram(baseline):
     out, _ = baseline
-    result = subprocess.run([PYTHON, "-m", "data_prep", "inspect", str(out), "--n", "2"], cwd=REPO, capture_output=True, text=True)
+    command = [PYTHON, "-m", "data_prep", "inspect", str(out), "--n", "2"]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("[CLS] ") == 2 and "NSP label" in result.stdout and "lengths of" in result.stdout
 
@@ -210,7 +216,8 @@ def test_bad_inputs_are_counted_with_reasons_never_fatal(corpus, tmp_path):
     assert report["repairs"]["repaired_invalid_utf8"] == 1
     assert report["documents"]["in"] == report["documents"]["kept"] + report["documents"]["dropped_total"]
     rejects = [json.loads(line) for line in (tmp_path / "out/rejects.jsonl").read_text().splitlines()]
-    assert {"source": str(bad / "lines.jsonl"), "line": 2, "reason": "bad_json"}.items() <= rejects[[r["line"] for r in rejects].index(2)].items()
+    bad_line = next(r for r in rejects if r["reason"] == "bad_json")
+    assert (bad_line["source"], bad_line["line"]) == (str(bad / "lines.jsonl"), 2)
     assert {r["reason"] for r in rejects} >= {"empty_file", "binary_file", "too_long", "missing_field", "missing_path"}
     assert sum(Counter(r["reason"] for r in rejects).values()) == report["documents"]["dropped_total"]
 
