@@ -34,6 +34,8 @@ ADAM_EPS = 1e-6
 
 @dataclass
 class Split:
+    """One split as read (texts, raw labels, source lines) and as tokenized."""
+
     table: Table
     data: Encoded
 
@@ -86,7 +88,8 @@ class Place:
 
 
 def read_splits(config: FinetuneConfig) -> dict[str, Table]:
-    """Train/valid/test tables: given files, else seeded parts of train_file; then max_train_samples."""
+    """Train/valid/test tables: the given files, else seeded parts of train_file (no test split when
+    neither test_file nor split.test_fraction is set)."""
 
     def read(role: str, path: str) -> Table:
         return read_table(path, role, config.text_column, config.label_column, config.text_pair_column,
