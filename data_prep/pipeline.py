@@ -33,7 +33,7 @@ from data_prep.manifest import (
 from data_prep.mpi import Cluster, connect, on_root
 from data_prep.planning import check_missing, input_fingerprint, plan_chunks
 from data_prep.progress import Progress, bars_wanted
-from data_prep.report import build_report, summary_table
+from data_prep.report import REPAIRS, build_report, summary_table
 from data_prep.shards import ShardEntry, shard_name
 from data_prep.sources import Chunk, InputError, expand_inputs
 from data_prep.stages import (
@@ -241,7 +241,7 @@ class Runner:
             decisions.append(chunk_decisions)
             metas.append({"uniforms": meta["uniforms"], "sentence_counts": meta["sentence_counts"]})
         kept = [(u, c, j) for c, m in enumerate(metas) for j, u in enumerate(m["uniforms"]) if decisions[c][j] in KEPT]
-        if config.valid_fraction > 0 and kept and not any(decisions[c][j] == "valid" for _, c, j in kept):
+        if config.valid_fraction > 0 and len(kept) > 1 and not any(decisions[c][j] == "valid" for _, c, j in kept):
             _, c, j = min(kept)  # a small corpus still gets a valid split: the document nearest the cut
             decisions[c][j] = "valid"
         for chunk, chunk_decisions in zip(chunks, decisions):
@@ -251,9 +251,13 @@ class Runner:
             n for d, m in zip(decisions, metas) for decision, n in zip(d, m["sentence_counts"]) if decision in KEPT
         )
         if counts["train"] == 0:
+            reasons = Counter(d for d in counts.elements() if d not in KEPT)
+            for summary in cleaned:
+                reasons.update({r: n for r, n in summary.counts.items() if r not in REPAIRS})
+            top = ", ".join(f"{reason} {n}" for reason, n in reasons.most_common(4)) or "none dropped"
             raise PrepError(
-                f"no documents left to train on ({sum(c.docs_in for c in cleaned)} read, all dropped or held out; "
-                "see report reasons in rejects.jsonl): add text, or lower clean.min_chars / valid_fraction"
+                f"no document left to train on ({sum(c.docs_in for c in cleaned)} read; dropped: {top}; "
+                f"valid: {counts['valid']}): add text, or loosen clean.* / lower valid_fraction"
             )
         return {"counts": dict(counts), "kept_sentences": kept_sentences}
 

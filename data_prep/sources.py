@@ -2,8 +2,10 @@
 
 Canonical order comes from the inputs alone: input entries in the order given, each folder or
 glob expanded and sorted, documents in file order. Big splittable files (``.jsonl``, ``.txt`` in
-paragraph or line mode) are cut into byte ranges that start on a document boundary, small files are grouped, so
-that every chunk holds about ``chunk_mb`` of input whatever the number of workers or ranks.
+paragraph or line mode) are cut into byte ranges that start on a document boundary and small files
+are grouped, so that every chunk holds about ``chunk_mb`` of input whatever the number of workers
+or ranks. A ``.jsonl.gz`` file cannot be cut without decompressing it: ship big corpora as many
+files, as The Pile and C4 do.
 
 Bad input never stops a run: a reader yields a ``Reject`` (source, line, reason) for anything it
 cannot turn into text, and the caller counts it. Only a path that matches nothing is an error, and

@@ -92,7 +92,7 @@ def clean_chunk(task: tuple[Context, Chunk]) -> CleanSummary:
     near = config.clean.near_dup.enabled
     shingler = _shingler(config) if near else None
     summary = CleanSummary(chunk.index, chunk.nbytes)
-    docs, fingerprints, signatures, uniforms, sentence_counts, rejects = [], [], [], [], [], []
+    docs, texts, fingerprints, uniforms, sentence_counts, rejects = [], [], [], [], [], []
     for piece in chunk.pieces:
         for item in read_piece(piece, config.text.jsonl_field):
             summary.docs_in += 1
@@ -113,15 +113,13 @@ def clean_chunk(task: tuple[Context, Chunk]) -> CleanSummary:
                 summary.counts["fixed_mojibake"] += 1
             text = cleaned.text
             fingerprints.append(exact_fingerprint(text))
-            if shingler is not None:
-                signatures.append(shingler.signature(text))
+            texts.append(text)
             uniforms.append(document_uniform(config.seed, item.source_id))
             sentence_counts.append(len(sentences))
             docs.append([item.source_id, sentences])
     save_json(work.clean_docs(chunk.index), {"docs": docs})
     if shingler is not None:
-        stacked = np.stack(signatures) if signatures else np.zeros((0, config.clean.near_dup.num_perm), np.uint32)
-        save_arrays(work.clean_signatures(chunk.index), minhash=stacked)
+        save_arrays(work.clean_signatures(chunk.index), minhash=shingler.signatures(texts))
     save_json(meta_path, {  # last: its presence marks the chunk done
         "docs_in": summary.docs_in,
         "counts": dict(summary.counts),

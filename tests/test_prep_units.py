@@ -131,9 +131,26 @@ def test_exact_and_near_duplicates_keep_the_first():
     near = base.replace(base.split()[200], "changed", 1)  # one word of 400
     other = " ".join(f"word{rng.randint(0, 5000)}" for _ in range(400))
     dedup = DuplicateFilter(exact=True, near=NearDupConfig())
-    decisions = [dedup.check(exact_fingerprint(t), shingler.signature(t)) for t in (base, base, near, other, "tiny")]
+    texts = [base, base, near, other, "tiny"]
+    decisions = [dedup.check(exact_fingerprint(t), s) for t, s in zip(texts, shingler.signatures(texts))]
     assert decisions == [None, "duplicate_exact", "duplicate_near", None, None]
-    assert np.array_equal(shingler.signature(base), Shingler(NearDupConfig()).signature(base))  # same in any process
+    assert np.array_equal(shingler.signatures([base]), Shingler(NearDupConfig()).signatures([base]))  # any process
+
+
+def test_chunk_signatures_are_datasketch_minhashes():
+    from datasketch import MinHash
+
+    rng = random.Random(2)
+    texts = [" ".join(f"W{rng.randint(0, 300)}" for _ in range(rng.randint(1, 30))) for _ in range(200)]
+    texts += ["x", " ".join(f"w{i}" for i in range(Shingler.BLOCK + 50))]  # a document longer than a block
+    shingler = Shingler(NearDupConfig(num_perm=64, shingle_words=3))
+    hashes, windows = shingler.shingle_hashes(texts)
+    assert windows.tolist()[-2:] == [1, Shingler.BLOCK + 48]
+    bounds = np.concatenate([[0], np.cumsum(windows)])
+    for i, signature in enumerate(shingler.signatures(texts)):
+        reference = MinHash(num_perm=64, seed=1, hashfunc=int, scheme="affine32")
+        reference.update_batch(hashes[bounds[i] : bounds[i + 1]].tolist())
+        assert np.array_equal(reference.hashvalues, signature), i
 
 
 # ----------------------------------------------------------------------------------- examples
