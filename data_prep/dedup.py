@@ -6,9 +6,9 @@ computed in parallel next to cleaning; the keep/drop decisions need every earlie
 therefore the same for any number of workers or ranks.
 
 Near duplicates follow the usual recipe for web corpora (Broder 1997; the GPT-3 and Gopher data
-pipelines): MinHash over lower-cased word 5-grams (shingles), LSH banding (datasketch picks the bands for the
-threshold), and a check of the estimated Jaccard similarity of each candidate, since banding alone
-also returns some pairs below the threshold.
+pipelines): MinHash over lower-cased word 5-grams (shingles), LSH banding (datasketch picks the
+bands for the threshold), and a check of the estimated Jaccard similarity of each candidate, since
+banding alone also returns some pairs below the threshold.
 """
 
 from __future__ import annotations
@@ -64,7 +64,8 @@ class Shingler:
         """
         words = [text.lower().encode("utf-8").split() or [b""] for text in texts]
         counts = np.fromiter(map(len, words), dtype=np.int64, count=len(words))
-        flat = np.fromiter(map(zlib.crc32, itertools.chain.from_iterable(words)), dtype=np.uint64, count=int(counts.sum()))
+        all_words = itertools.chain.from_iterable(words)
+        flat = np.fromiter(map(zlib.crc32, all_words), dtype=np.uint64, count=int(counts.sum()))
         starts = np.cumsum(counts) - counts
         ends = np.repeat(starts + counts, counts)
         positions = np.arange(len(flat))
@@ -99,30 +100,51 @@ class Shingler:
 
 
 class DuplicateFilter:
-    """Sequential keep/drop decisions; call ``check`` in canonical order."""
+    """Sequential keep/drop decisions; give it the chunks' fingerprints in canonical order.
+
+    The LSH index is banding in plain dicts: datasketch's ``MinHashLSH`` chooses the bands and
+    rows (minimising false positives plus false negatives at the threshold), but its generic storage
+    layer cost ~50 us per document here, and this loop is the one part of the stage that cannot run
+    in parallel. Band keys are cut from a whole chunk's signatures at once.
+    """
 
     def __init__(self, exact: bool, near: NearDupConfig | None):
         self.exact = exact
         self.seen: set[str] = set()
         self.near = near
-        self.lsh = MinHashLSH(threshold=near.threshold, num_perm=near.num_perm) if near else None
+        if near is not None:
+            banding = MinHashLSH(threshold=near.threshold, num_perm=near.num_perm)
+            self.bands, self.rows = banding.b, banding.r
+            self.tables: list[dict[bytes, list[int]]] = [{} for _ in range(self.bands)]
         self.kept_signatures: list[np.ndarray] = []
-        # LSH reads only ``hashvalues`` (and the scheme) of what it is given, and keeps band hashes,
-        # not the object: one probe whose values are swapped in saves building a MinHash per document.
-        self._probe = MinHash(num_perm=near.num_perm, seed=MINHASH_SEED, scheme=MINHASH_SCHEME) if near else None
 
-    def check(self, fingerprint: str, signature: np.ndarray | None) -> str | None:
-        """``duplicate_exact``, ``duplicate_near`` or None (kept, and remembered for later documents)."""
-        if self.exact:
-            if fingerprint in self.seen:
-                return "duplicate_exact"
-            self.seen.add(fingerprint)
-        if self.lsh is None or signature is None:
-            return None
-        self._probe.hashvalues = signature
-        for candidate in self.lsh.query(self._probe):
-            if np.mean(self.kept_signatures[candidate] == signature) >= self.near.threshold:
-                return "duplicate_near"
-        self.lsh.insert(len(self.kept_signatures), self._probe, check_duplication=False)
-        self.kept_signatures.append(signature)
-        return None
+    def _band_keys(self, signatures: np.ndarray) -> list[list[bytes]]:
+        """Per document, the bytes of each band of its signature: (docs, bands * rows) -> (docs, bands)."""
+        banded = np.ascontiguousarray(signatures[:, : self.bands * self.rows])
+        as_bytes = banded.view(np.dtype((np.void, 4 * self.rows))).reshape(len(signatures), self.bands)
+        return as_bytes.tolist()
+
+    def check_chunk(self, fingerprints: list[str], signatures: np.ndarray | None) -> list[str | None]:
+        """Per document: ``duplicate_exact``, ``duplicate_near`` or None (kept and remembered)."""
+        keys = self._band_keys(signatures) if self.near is not None and signatures is not None else None
+        decisions: list[str | None] = []
+        for j, fingerprint in enumerate(fingerprints):
+            if self.exact:
+                if fingerprint in self.seen:
+                    decisions.append("duplicate_exact")
+                    continue
+                self.seen.add(fingerprint)
+            if keys is None:
+                decisions.append(None)
+                continue
+            signature = signatures[j]
+            candidates = {c for table, key in zip(self.tables, keys[j]) for c in table.get(key, ())}
+            if any(np.mean(self.kept_signatures[c] == signature) >= self.near.threshold for c in candidates):
+                decisions.append("duplicate_near")
+                continue
+            kept = len(self.kept_signatures)
+            self.kept_signatures.append(signature)
+            for table, key in zip(self.tables, keys[j]):
+                table.setdefault(key, []).append(kept)
+            decisions.append(None)
+        return decisions

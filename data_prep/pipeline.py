@@ -234,11 +234,9 @@ class Runner:
         for chunk in chunks:
             meta = load_json(work.clean_meta(chunk.index))
             signatures = load_arrays(work.clean_signatures(chunk.index))["minhash"] if near else None
-            chunk_decisions = []
-            for j, (fingerprint, uniform) in enumerate(zip(meta["fingerprints"], meta["uniforms"])):
-                reason = duplicates.check(fingerprint, signatures[j] if signatures is not None else None)
-                chunk_decisions.append(reason or ("valid" if uniform < config.valid_fraction else "train"))
-            decisions.append(chunk_decisions)
+            reasons = duplicates.check_chunk(meta["fingerprints"], signatures)
+            split = ["valid" if uniform < config.valid_fraction else "train" for uniform in meta["uniforms"]]
+            decisions.append([reason or kept for reason, kept in zip(reasons, split)])
             metas.append({"uniforms": meta["uniforms"], "sentence_counts": meta["sentence_counts"]})
         kept = [(u, c, j) for c, m in enumerate(metas) for j, u in enumerate(m["uniforms"]) if decisions[c][j] in KEPT]
         if config.valid_fraction > 0 and len(kept) > 1 and not any(decisions[c][j] == "valid" for _, c, j in kept):

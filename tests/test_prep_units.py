@@ -131,9 +131,11 @@ def test_exact_and_near_duplicates_keep_the_first():
     near = base.replace(base.split()[200], "changed", 1)  # one word of 400
     other = " ".join(f"word{rng.randint(0, 5000)}" for _ in range(400))
     dedup = DuplicateFilter(exact=True, near=NearDupConfig())
-    texts = [base, base, near, other, "tiny"]
-    decisions = [dedup.check(exact_fingerprint(t), s) for t, s in zip(texts, shingler.signatures(texts))]
-    assert decisions == [None, "duplicate_exact", "duplicate_near", None, None]
+    texts = [base, base, near, other, "tiny", other.upper()]
+    decisions = dedup.check_chunk([exact_fingerprint(t) for t in texts[:3]], shingler.signatures(texts[:3]))
+    decisions += dedup.check_chunk([exact_fingerprint(t) for t in texts[3:]], shingler.signatures(texts[3:]))
+    assert decisions == [None, "duplicate_exact", "duplicate_near", None, None, "duplicate_near"]
+    assert DuplicateFilter(exact=False, near=None).check_chunk(["a", "a"], None) == [None, None]
     assert np.array_equal(shingler.signatures([base]), Shingler(NearDupConfig()).signatures([base]))  # any process
 
 
