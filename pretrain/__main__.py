@@ -58,7 +58,10 @@ def _is_lost_rank(err: BaseException) -> bool:
 def _fail(message: str) -> None:
     rank = os.environ.get("RANK")
     prefix = f"[rank {rank}] " if rank not in (None, "0") else ""
-    print(f"{prefix}error: {message}", file=sys.stderr, flush=True)
+    # One write(2) call: ranks share the launcher's stderr, and a pipe write under 4 KiB is atomic,
+    # so lines of different ranks never interleave.
+    sys.stdout.flush()
+    os.write(2, f"{prefix}error: {message}\n".encode())
     os._exit(1)  # do not wait in process-group teardown for ranks that are gone
 
 

@@ -95,6 +95,12 @@ def _write_text_atomic(path: Path, text: str) -> None:
     _fsync_dir(path.parent)
 
 
+def _describe_write_error(err: Exception) -> str:
+    if isinstance(err, OSError):
+        return f"{err.strerror or err} ({err.filename})" if err.filename else str(err.strerror or err)
+    return str(err).splitlines()[0][:200]
+
+
 def _prune(ckpt_dir: Path, keep: list[str]) -> None:
     """Remove every tag directory not kept: older checkpoints and partial ones from crashed saves."""
     for child in ckpt_dir.iterdir():
@@ -116,7 +122,7 @@ def save(engine, ckpt_dir: str | Path, step: int, run_state: dict[str, Any], ran
         probe.unlink()
         ok, problem = True, ""
     except OSError as err:
-        ok, problem = False, f"{err.strerror} ({err.filename})"
+        ok, problem = False, _describe_write_error(err)
     if not _all_ranks_ok(ok):
         raise CheckpointError(f"cannot write checkpoint {tag} under {ckpt_dir}: {problem or 'another rank could not write'}; "
                               f"the previous checkpoint is intact. Free space or fix permissions, then relaunch to resume")
@@ -131,12 +137,12 @@ def save(engine, ckpt_dir: str | Path, step: int, run_state: dict[str, Any], ran
         if rank == 0:
             (tag_dir / RUN_STATE).write_text(json.dumps(run_state, indent=2))
         ok, problem = True, ""
-    except OSError as err:
-        ok, problem = False, f"{err.strerror} ({err.filename})"
+    except (OSError, RuntimeError) as err:  # torch.save reports a short write as RuntimeError
+        ok, problem = False, _describe_write_error(err)
     crash_point(f"save:before_commit:{step}")
     if not _all_ranks_ok(ok):
-        raise CheckpointError(f"checkpoint {tag} failed to write: {problem or 'on another rank'}; "
-                              f"`latest` still names the previous complete checkpoint")
+        raise CheckpointError(f"checkpoint {tag} failed to write: {problem or 'on another rank'} (disk full, quota "
+                              f"or permissions?); `latest` still names the previous complete checkpoint")
     if rank == 0:
         _fsync_tree(tag_dir)
         _write_text_atomic(ckpt_dir / LATEST, tag)

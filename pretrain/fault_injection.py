@@ -26,11 +26,12 @@ def crash_point(point: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def nonfinite_loss_injected(step: int) -> bool:
-    """``PRETRAIN_NONFINITE_LOSS_AT=<first>[-[<last>]]``: the loss of optimizer steps first..last
-    (inclusive; open-ended with a trailing ``-``) is replaced by NaN, as a diverging run's would be."""
+def nonfinite_loss_injected(forward_pass: int) -> bool:
+    """``PRETRAIN_NONFINITE_LOSS_AT=<first>[-[<last>]]``: the losses of training forward passes
+    first..last of a launch (1-based, inclusive; open-ended with a trailing ``-``) become NaN, as a
+    diverging run's would. Without skips or accumulation, forward pass N is optimizer step N."""
     wanted = os.environ.get(NONFINITE_ENV)
     if not wanted:
         return False
     first, dash, last = wanted.partition("-")
-    return int(first) <= step and (not dash or not last or step <= int(last))
+    return int(first) <= forward_pass and (not dash or not last or forward_pass <= int(last))

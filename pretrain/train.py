@@ -86,6 +86,7 @@ class Run:
     progress: Progress
     resumed_from: str | None
     skipped_at_launch: int = 0
+    forward_passes: int = 0  # training forward passes of this launch (the fault-injection clock)
     eval_set: list[dict[str, Any]] | None = None
 
     def global_tokens(self) -> int:
@@ -245,7 +246,8 @@ def micro_step(run: Run, batches: Iterator[dict[str, Any]]) -> tuple[dict[str, A
             raise DataError(error or "another rank stopped on a data error (its message names the shard)")
         _note_skipped(run, batch)
         out = engine(**_inputs(batch, device))
-        if nonfinite_loss_injected(progress.step + 1):
+        run.forward_passes += 1
+        if nonfinite_loss_injected(run.forward_passes):
             out["loss"] = out["loss"] * float("nan")
         if not _any_rank(not bool(torch.isfinite(out["loss"].detach())), device):
             engine.backward(out["loss"])
@@ -259,8 +261,9 @@ def micro_step(run: Run, batches: Iterator[dict[str, Any]]) -> tuple[dict[str, A
         if progress.consecutive_nonfinite >= run.cfg.max_nonfinite_steps:
             raise NonFiniteLossError(
                 f"loss was NaN/inf for {progress.consecutive_nonfinite} consecutive micro-steps at step {progress.step + 1}; "
-                f"stopped without saving, so the last checkpoint is the last good state. Lower optimizer.lr, "
-                f"raise schedule.warmup_steps or use precision=bf16, then relaunch to resume")
+                f"stopped without saving, so the last checkpoint is the last good state. Lower optimizer.lr"
+                f"{', use precision=bf16' if run.cfg.precision == 'fp16' else ''} or raise schedule.warmup_steps, "
+                f"then relaunch to resume")
 
 
 def _note_skipped(run: Run, batch: dict[str, Any]) -> None:
@@ -360,7 +363,7 @@ def _log_train(run: Run, window: Window, run_started: float, steps_this_launch: 
 def train(cfg: PretrainConfig) -> dict[str, Any]:
     """Run (or resume) pretraining to ``cfg.max_steps``; returns the run summary (on every rank)."""
     run = prepare_run(cfg)
-    engine, progress, log = run.engine, run.progress, run.log
+    progress, log = run.progress, run.log
     log.print(_banner(run))
     stream = TrainStream(shard_specs(cfg.data_dir, run.manifest, "train"), run.layout, rank=run.dist.rank,
                          world_size=run.dist.world_size, seed=cfg.seed, micro_batch_size=cfg.micro_batch_size,
@@ -399,7 +402,6 @@ def train(cfg: PretrainConfig) -> dict[str, Any]:
 
 def finish(run: Run, last_eval: dict[str, float] | None, started: float, start_step: int) -> dict[str, Any]:
     """Summary, loss curve and export (rank 0), after the last checkpoint is complete."""
-    steps = run.progress.step - start_step
     elapsed = time.perf_counter() - started
     rows = read_metrics(run.run_dir) if run.dist.is_main else []
     train_rows = [row for row in rows if row.get("kind") == "train" and row["step"] > start_step]

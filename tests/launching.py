@@ -19,7 +19,7 @@ FAST = ["model=tiny", "seq_len=64", "micro_batch_size=8", "log_every=1", "eval_e
 
 
 def run_pretrain(data_dir: Path, run_dir: Path, *overrides: str, ranks: int = 2, env: dict | None = None,
-                 timeout: float = 240) -> subprocess.CompletedProcess:
+                 timeout: float = 240, preexec_fn=None) -> subprocess.CompletedProcess:
     args = [f"data_dir={data_dir}", f"run_dir={run_dir}", *FAST, *overrides]
     if ranks == 1:
         command = [sys.executable, "-m", "pretrain", *args]
@@ -28,7 +28,8 @@ def run_pretrain(data_dir: Path, run_dir: Path, *overrides: str, ranks: int = 2,
                    "--module", "pretrain", *args]
     inherited = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARS}
     full_env = {**inherited, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", **(env or {})}
-    return subprocess.run(command, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(command, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout,
+                          preexec_fn=preexec_fn)
 
 
 def _free_port() -> int:

@@ -65,24 +65,6 @@ def test_resume_after_a_crash_is_exact(tmp_path, data_dir):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_crash_while_saving_keeps_latest_on_the_previous_checkpoint(tmp_path, data_dir):
-    run_dir = tmp_path / "run"
-    common = ["max_steps=8", "save_every=4"]
-    crashed = run_pretrain(data_dir, run_dir, *common, env={"PRETRAIN_CRASH_AT": "save:after_deepspeed@0"})
-    assert crashed.returncode != 0
-    ckpt = run_dir / "checkpoints"
-    # the crash hit the first save: nothing is complete, so `latest` does not exist yet
-    assert not (ckpt / "latest").exists() and (ckpt / "step00000004").is_dir()
-    again = run_pretrain(data_dir, run_dir, *common, env={"PRETRAIN_CRASH_AT": "save:before_commit:8@1"})
-    assert again.returncode != 0
-    assert "fresh start" in again.stdout
-    assert (ckpt / "latest").read_text() == "step00000004"  # the second save (step 8) crashed
-    final = run_pretrain(data_dir, run_dir, *common)
-    assert final.returncode == 0, explain(final)
-    assert "resumed from step00000004" in final.stdout
-    assert (ckpt / "latest").read_text() == "step00000008"
-
-
 def test_export_gives_the_engines_logits(tmp_path, data_dir, monkeypatch):
     """fp32 run; the engine rebuilt from the checkpoint and the offline export agree on a batch."""
     from transformers import AutoModelForPreTraining

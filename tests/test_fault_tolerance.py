@@ -1,0 +1,238 @@
+"""Failure behaviour (README, "Failure behaviour"): crashes, corrupt and hostile data, divergence,
+disk errors, multi-node rehearsal and world-size changes, each on real runs of the tiny model."""
+
+import json
+import os
+import pickle
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from data_prep.manifest import load_manifest, write_json_atomic
+from launching import LAUNCHER_VARS, REPO, explain, metrics, run_pretrain
+from synthetic_data import CLS, SEP, make_data_dir, npy_bytes, write_shard
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return make_data_dir(tmp_path_factory.mktemp("faults") / "data", train_shards=4, samples_per_shard=32)
+
+
+def _error_lines(result):
+    return [line for line in result.stderr.splitlines() if "error:" in line]
+
+
+def _latest(run_dir):
+    return (run_dir / "checkpoints" / "latest").read_text()
+
+
+# 2. Killed while saving ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("phase, rank", [("before_deepspeed", 0), ("after_deepspeed", 1), ("before_commit", 1),
+                                         ("after_commit", 0)])
+def test_killed_at_each_phase_of_a_save_leaves_a_loadable_latest(tmp_path, data_dir, phase, rank):
+    """One rank dies at a phase of the step-6 save while the other carries on: only a save whose
+    commit (rank 0 replacing `latest` after every rank confirmed) happened is ever visible."""
+    run_dir = tmp_path / "run"
+    crashed = run_pretrain(data_dir, run_dir, "max_steps=6", "save_every=3", ranks=2,
+                           env={"PRETRAIN_CRASH_AT": f"save:{phase}:6@{rank}"})
+    assert crashed.returncode != 0, explain(crashed)
+    # the commit (replacing `latest`) is the last thing a save does: only after it is step 6 visible
+    committed = "step00000006" if phase == "after_commit" else "step00000003"
+    assert _latest(run_dir) == committed
+    resumed = run_pretrain(data_dir, run_dir, "max_steps=8", "save_every=3", ranks=2)
+    assert resumed.returncode == 0, explain(resumed)
+    assert f"resumed from {committed}" in resumed.stdout
+    assert _latest(run_dir) == "step00000008"
+    steps = [row["step"] for row in metrics(run_dir)]
+    assert steps == list(range(1, 9)), "each step logged once, none repeated after the resume"
+
+
+# 3. / 4. Corrupt and hostile shards ---------------------------------------------------------
+
+def _copy_data(data_dir, tmp_path):
+    copy = tmp_path / "data"
+    shutil.copytree(data_dir, copy)
+    return copy
+
+
+def test_truncated_shard_stops_the_run_with_one_line_naming_it(tmp_path, data_dir):
+    broken = _copy_data(data_dir, tmp_path)
+    for shard in (broken / "shards" / "train").glob("*.tar"):  # whichever shard comes first
+        shard.write_bytes(shard.read_bytes()[:5000])
+    started = time.monotonic()
+    result = run_pretrain(broken, tmp_path / "run", "max_steps=4", ranks=2)
+    assert result.returncode != 0
+    lines = _error_lines(result)
+    assert lines and all(".tar" in line and "sha256" in line and "data_prep verify" in line for line in lines)
+    assert all(len(line) < 600 for line in lines)
+    assert time.monotonic() - started < 120  # both ranks stop; nobody waits for the other
+
+
+def test_skip_budget_skips_counts_and_then_stops(tmp_path, data_dir):
+    broken = _copy_data(data_dir, tmp_path)
+    manifest = load_manifest(broken)
+    victim = broken / manifest["splits"]["train"]["shards"][0]["path"]
+    data = bytearray(victim.read_bytes())
+    data[2000] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    # 1 rank reads all 4 shards per epoch; the bad one costs 32 samples each time it comes round
+    within = run_pretrain(broken, tmp_path / "ok", "max_steps=12", "skip_bad_samples=40", ranks=1)
+    assert within.returncode == 0, explain(within)
+    assert "warning: skipped 32 bad sample(s)" in within.stdout and victim.name in within.stdout
+    assert metrics(tmp_path / "ok")[-1]["skipped_samples"] == 32
+    beyond = run_pretrain(broken, tmp_path / "stop", "max_steps=40", "skip_bad_samples=40", ranks=1)
+    assert beyond.returncode == 1
+    (line,) = _error_lines(beyond)
+    assert "exceed the skip_bad_samples budget (40)" in line
+
+
+class _Exploit:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_hostile_members_are_rejected_not_executed(tmp_path, data_dir):
+    hostile = _copy_data(data_dir, tmp_path)
+    manifest = load_manifest(hostile)
+    marker = tmp_path / "pwned"
+    sample = np.array([CLS, 9, 10, SEP, 11, SEP], dtype=np.uint16)
+    for index, entry in enumerate(manifest["splits"]["train"]["shards"]):
+        # 33 keys per shard; in shard 1, key 31 carries a pickle member and key 32 is a path traversal
+        good = [(sample, index % 2)] * (31 if index == 1 else 33)
+        extra = {"000001_000031.pyd": pickle.dumps(_Exploit(str(marker))),
+                 "000001_000031.tokens.npy": npy_bytes(sample), "000001_000031.nsp.cls": b"0",
+                 "../../../escaped.tokens.npy": npy_bytes(sample)} if index == 1 else None
+        written = write_shard(hostile / entry["path"], index, good, extra_members=extra)
+        entry.update(sha256=written["sha256"], bytes=written["bytes"], samples=33)
+    write_json_atomic(hostile / "manifest.json", manifest)
+    repo_before = set(os.listdir(REPO))
+    # 17 steps x 8 samples > 4 shards x 33: the whole epoch, hostile shard included, is read
+    result = run_pretrain(hostile, tmp_path / "run", "max_steps=17", "skip_bad_samples=4", ranks=1)
+    assert result.returncode == 0, explain(result)
+    assert "unexpected member(s) ['pyd']" in result.stdout or "escaped" in result.stdout
+    assert metrics(tmp_path / "run")[-1]["skipped_samples"] == 2
+    assert not marker.exists()
+    assert not list(tmp_path.rglob("escaped.tokens.npy")) and set(os.listdir(REPO)) == repo_before
+
+
+# 5. Divergence -------------------------------------------------------------------------------
+
+def test_a_nonfinite_loss_is_skipped_and_counted(tmp_path, data_dir):
+    run_dir = tmp_path / "run"
+    result = run_pretrain(data_dir, run_dir, "max_steps=8", ranks=2, env={"PRETRAIN_NONFINITE_LOSS_AT": "5-5"})
+    assert result.returncode == 0, explain(result)
+    rows = metrics(run_dir)
+    assert [r["step"] for r in rows] == list(range(1, 9))
+    assert "nonfinite_skips" not in rows[3] and rows[4]["nonfinite_skips"] == 1 and rows[-1]["nonfinite_skips"] == 1
+    assert all(np.isfinite(r["loss"]) for r in rows)
+
+
+def test_persistent_nan_stops_cleanly_with_the_last_good_checkpoint(tmp_path, data_dir):
+    run_dir = tmp_path / "run"
+    result = run_pretrain(data_dir, run_dir, "max_steps=12", "save_every=4", "max_nonfinite_steps=3", ranks=2,
+                          env={"PRETRAIN_NONFINITE_LOSS_AT": "6-"})
+    assert result.returncode == 1
+    assert any("NaN/inf for 3 consecutive micro-steps at step 6" in line for line in _error_lines(result))
+    assert _latest(run_dir) == "step00000004"
+    export = subprocess.run([sys.executable, "-m", "pretrain.export", str(run_dir), "--out", str(tmp_path / "x")],
+                            cwd=REPO, capture_output=True, text=True)
+    assert export.returncode == 0, export.stderr
+    assert json.loads((tmp_path / "x" / "training_summary.json").read_text())["step"] == 4
+
+
+def test_fp16_overflow_is_skipped_and_counted_or_refused_where_unsupported(tmp_path, data_dir):
+    from deepspeed.accelerator import get_accelerator
+
+    result = run_pretrain(data_dir, tmp_path / "run", "max_steps=6", "precision=fp16", ranks=1)
+    if not get_accelerator().is_fp16_supported():
+        assert result.returncode == 1
+        (line,) = _error_lines(result)
+        assert "precision=fp16" in line and "bf16" in line
+        pytest.skip("DeepSpeed supports no fp16 on this device; the refusal above is what a user gets")
+    assert result.returncode == 0, explain(result)
+    rows = metrics(tmp_path / "run")
+    assert "loss_scale" in rows[-1] and "overflow_steps" in rows[-1]
+
+
+# 6. Disk errors ------------------------------------------------------------------------------
+
+def _limit_file_size():
+    # Writes beyond 1 MB fail with EFBIG (an OSError) instead of raising SIGXFSZ: a full disk.
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
+
+
+def test_disk_error_while_saving_keeps_the_previous_checkpoint(tmp_path, data_dir):
+    run_dir = tmp_path / "run"
+    first = run_pretrain(data_dir, run_dir, "max_steps=8", "save_every=4", ranks=1, env={"PRETRAIN_CRASH_AT": "step:6"})
+    assert _latest(run_dir) == "step00000004", explain(first)
+    full_disk = run_pretrain(data_dir, run_dir, "max_steps=8", "save_every=4", ranks=1, preexec_fn=_limit_file_size)
+    assert full_disk.returncode == 1, explain(full_disk)
+    (line,) = _error_lines(full_disk)
+    assert "step00000008 failed to write" in line and "disk full" in line and "previous complete checkpoint" in line
+    assert _latest(run_dir) == "step00000004"
+    healed = run_pretrain(data_dir, run_dir, "max_steps=8", "save_every=4", ranks=1)
+    assert healed.returncode == 0, explain(healed)
+    assert "resumed from step00000004" in healed.stdout and _latest(run_dir) == "step00000008"
+
+
+# 1. / 7. Multi-node rehearsal, a rank killed, 8. world-size change -------------------------
+
+def _node(rank, hostfile, data_dir, run_dir, port, *overrides, env=None):
+    from launching import FAST
+
+    config = hostfile.parent / "empty.yaml"  # every setting comes from the overrides, as in run_pretrain
+    config.write_text("{}\n")
+    command = [str(REPO / "launch" / "multinode_deepspeed.sh"), str(hostfile), str(config),
+               f"data_dir={data_dir}", f"run_dir={run_dir}", *FAST, *overrides]
+    clean = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARS}
+    node_env = {**clean, "NODE_RANK": str(rank), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+                "DEEPSPEED": str(REPO / ".venv" / "bin" / "deepspeed"), "PYTHONUNBUFFERED": "1", **(env or {})}
+    return subprocess.Popen(command, cwd=REPO, env=node_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_two_node_rehearsal_matches_single_node_and_survives_a_lost_node(tmp_path, data_dir):
+    import socket
+
+    hostfile = tmp_path / "hostfile"
+    hostfile.write_text("localhost slots=1\n127.0.0.1 slots=1\n")
+    single = run_pretrain(data_dir, tmp_path / "single", "max_steps=6", ranks=2)
+    assert single.returncode == 0, explain(single)
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    nodes = [_node(r, hostfile, data_dir, tmp_path / "multi", port, "max_steps=6") for r in range(2)]
+    outputs = [node.communicate(timeout=240) for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], outputs
+    assert [r["loss"] for r in metrics(tmp_path / "multi")] == [r["loss"] for r in metrics(tmp_path / "single")]
+
+    # Node 1's rank dies at step 3: node 0 has no launcher watching it, so its collective must time out.
+    nodes = [_node(r, hostfile, data_dir, tmp_path / "lost", port + 1, "max_steps=40", "dist_timeout_s=15",
+                   env={"PRETRAIN_CRASH_AT": "step:3@1"}) for r in range(2)]
+    started = time.monotonic()
+    _, err0 = nodes[0].communicate(timeout=180)
+    nodes[1].communicate(timeout=60)
+    assert nodes[0].returncode != 0 and time.monotonic() - started < 120
+    assert "lost contact with another rank" in err0
+
+
+def test_resume_on_another_world_size_is_refused(tmp_path, data_dir):
+    run_dir = tmp_path / "run"
+    assert run_pretrain(data_dir, run_dir, "max_steps=2", "save_every=2", ranks=2).returncode == 0
+    refused = run_pretrain(data_dir, run_dir, "max_steps=4", ranks=1)
+    assert refused.returncode == 1
+    (line,) = _error_lines(refused)
+    assert "checkpointed with 2 rank(s), this launch has 1" in line and "relaunch with 2 rank(s)" in line
