@@ -49,6 +49,11 @@ def prep_main(argv: Sequence[str]) -> int:
         if speak:
             print("interrupted: no manifest.json was written; run the same command again to resume", file=sys.stderr)
         return 130
+    except OSError as err:  # disk full, a file removed under us...: the system's message, no traceback
+        print(f"error: {err}; no manifest.json was written, fix it and re-run to resume", file=sys.stderr)
+        if cluster.size > 1:
+            cluster.abort(1)  # the other ranks may be waiting in a collective
+        return 1
     except Exception:
         if cluster.size == 1:
             raise

@@ -32,7 +32,7 @@ TokenDoc = list[list[int]]  # a document: its sentences as token ids
 
 @dataclass
 class Examples:
-    """Examples of one split, as lists (built) or after ``to_arrays`` (stored)."""
+    """Examples of one pool, as built; ``pack`` turns them into arrays for storing."""
 
     sequences: list[list[int]] = field(default_factory=list)
     nsp_labels: list[int] = field(default_factory=list)

@@ -18,6 +18,7 @@ import json
 import multiprocessing
 import resource
 import shutil
+import signal
 import sys
 import time
 from collections import Counter
@@ -57,6 +58,11 @@ class PrepError(ValueError):
 
 
 USER_ERRORS = (ConfigError, InputError, TokenizerError, PrepError)
+
+
+def _ignore_interrupts() -> None:
+    """Workers leave Ctrl-C to the driver, which stops them: one message instead of N tracebacks."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _cpu_seconds() -> float:
@@ -100,7 +106,7 @@ def _prepare_out_dir(config: PrepConfig, work: WorkDir) -> bool:
             shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
         for split in ("train", "valid"):
             (out / "shards" / split).mkdir(parents=True, exist_ok=True)
-    except PermissionError as err:
+    except OSError as err:  # permission denied, read-only or full filesystem...
         raise PrepError(f"out_dir {str(out)!r} is not writable ({err.strerror}); choose another out_dir") from None
     return resumed
 
@@ -166,7 +172,8 @@ class Runner:
             work = WorkDir(out, key)
             context = Context(config, str(out), key)
             if config.workers > 1:
-                self.pool = multiprocessing.get_context("spawn").Pool(config.workers)
+                # spawn, not fork: a forked MPI process or a forked tokenizers thread pool misbehaves
+                self.pool = multiprocessing.get_context("spawn").Pool(config.workers, initializer=_ignore_interrupts)
             ordered_map = lambda fn, items: self._map(fn, items, ordered=True)  # noqa: E731
             chunks = self._root(lambda: plan_chunks(config, expanded, work, ordered_map, self.show))
         mine = [chunk for chunk in chunks if chunk.index % self.cluster.size == self.cluster.rank]
