@@ -68,6 +68,8 @@ NEVER = 10**9  # save_every / eval_every / log_every / max_steps of a run that m
 # Exit codes of a point whose process got SIGKILL (on CPU, the kernel's out-of-memory killer): -9 from
 # Python's subprocess, 137 through a shell, 247 through the deepspeed launcher (its sys.exit(-9)).
 KILLED_CODES = (-signal.SIGKILL, 128 + signal.SIGKILL, 256 - signal.SIGKILL)
+# Load per core from other processes above which the report says the machine was busy.
+BUSY_LOAD_PER_CORE = 0.25
 CPU_ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_tile")
 
 
@@ -276,6 +278,14 @@ def progress_line(point: dict[str, Any]) -> str:
     return line
 
 
+def busy_machine(result: dict[str, Any]) -> bool:
+    """Whether other processes ran during the sweep: a load before it, or more load after it than
+    its own threads explain (the 1-minute load average counts runnable threads)."""
+    spare = BUSY_LOAD_PER_CORE * result["cores"]
+    own = result["threads_per_rank"] * result["ranks"]
+    return result["load_average_before"][0] > spare or result["load_average_after"][0] > own + spare
+
+
 def markdown_report(result: dict[str, Any]) -> str:
     ok = [point for point in result["points"] if point["status"] == "ok"]
     lines = [
@@ -288,6 +298,13 @@ def markdown_report(result: dict[str, Any]) -> str:
         f"- Data: {result['data']}.",
         f"- Load average (1 min) before / after the sweep: {result['load_average_before'][0]:.2f} / "
         f"{result['load_average_after'][0]:.2f} on {result['cores']} cores.",
+    ]
+    if busy_machine(result):
+        lines.append(f"- **Busy machine**: other processes competed for the cores (load average "
+                     f"{result['load_average_before'][0]:.1f} before, {result['load_average_after'][0]:.1f} after the sweep, "
+                     f"whose own threads account for about {result['threads_per_rank'] * result['ranks']}), so these rates "
+                     f"are lower and noisier than on an idle machine; several threads per process suffer most.")
+    lines += [
         "",
         "| micro batch | tokens/s | padded tokens/s | samples/s | step ms median [p10-p90] | TFLOP/s | MFU | HFU "
         "| peak memory | baseline tokens/s | speedup |",
@@ -441,7 +458,8 @@ def run_sweep(args: argparse.Namespace) -> tuple[dict[str, Any], Path]:
         sweep = Sweep(args, data_dir, work_dir, peak)
         points = []
         for micro_batch_size in args.batch_sizes:
-            points.append(sweep.point(micro_batch_size))
+            # the load as the point ends tells which points other processes disturbed
+            points.append({**sweep.point(micro_batch_size), "load_average_1m": os.getloadavg()[0]})
             print(progress_line(points[-1]), flush=True)
             if points[-1]["status"] != "ok":
                 break
