@@ -53,6 +53,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from benchmarks.contention import OtherProcessesMeter
 from benchmarks.gemm_probe import Peak, peak_flops
 from benchmarks.loader_bench import loader_samples_per_s
 from benchmarks.synthetic_shards import BERT_VOCAB_SIZE, write_synthetic_data_dir
@@ -68,8 +69,8 @@ NEVER = 10**9  # save_every / eval_every / log_every / max_steps of a run that m
 # Exit codes of a point whose process got SIGKILL (on CPU, the kernel's out-of-memory killer): -9 from
 # Python's subprocess, 137 through a shell, 247 through the deepspeed launcher (its sys.exit(-9)).
 KILLED_CODES = (-signal.SIGKILL, 128 + signal.SIGKILL, 256 - signal.SIGKILL)
-# Load per core from other processes above which the report says the machine was busy.
-BUSY_LOAD_PER_CORE = 0.25
+# Fraction of the cores that other processes may use during a sweep before the report calls the machine busy.
+BUSY_FRACTION = 0.1
 CPU_ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_tile")
 
 
@@ -267,6 +268,7 @@ def progress_line(point: dict[str, Any]) -> str:
     head = f"micro batch {point['micro_batch_size']:>4}"
     if point["status"] != "ok":
         return f"{head} | {point['status']}: {point['error']}"
+    others = f" | other processes {_cores(point['other_processes_cores'])} cores"
     line = (f"{head} | {point['tokens_per_s']:>9,.0f} tokens/s ({point['padded_tokens_per_s']:,.0f} padded) | "
             f"{point['samples_per_s']:,.1f} samples/s | step {_step_ms(point)} ms | "
             f"{point['model_tflops_per_s']:.3f} TFLOP/s MFU {point['mfu']:.1%} HFU {point['hfu']:.1%} | "
@@ -275,15 +277,16 @@ def progress_line(point: dict[str, Any]) -> str:
         line += f" | baseline {point['baseline_tokens_per_s']:,.0f} tokens/s, ours x{point['speedup']:.2f}"
     elif "baseline_status" in point:
         line += f" | baseline {point['baseline_status']}: {point['baseline_error']}"
-    return line
+    return line + others
 
 
 def busy_machine(result: dict[str, Any]) -> bool:
-    """Whether other processes ran during the sweep: a load before it, or more load after it than
-    its own threads explain (the 1-minute load average counts runnable threads)."""
-    spare = BUSY_LOAD_PER_CORE * result["cores"]
-    own = result["threads_per_rank"] * result["ranks"]
-    return result["load_average_before"][0] > spare or result["load_average_after"][0] > own + spare
+    others = result["other_processes_cores"]
+    return others is not None and others > BUSY_FRACTION * result["cores"]
+
+
+def _cores(value: float | None) -> str:
+    return "?" if value is None else f"{value:.2f}"
 
 
 def markdown_report(result: dict[str, Any]) -> str:
@@ -296,29 +299,29 @@ def markdown_report(result: dict[str, Any]) -> str:
         f"- Threads: {result['threads_per_rank']} per rank; the baseline {result['baseline_threads']}. "
         f"Steps: {result['warmup_steps']} warm-up + {result['timed_steps']} timed per point.",
         f"- Data: {result['data']}.",
-        f"- Load average (1 min) before / after the sweep: {result['load_average_before'][0]:.2f} / "
-        f"{result['load_average_after'][0]:.2f} on {result['cores']} cores.",
+        f"- Other processes kept {_cores(result['other_processes_cores'])} of {result['cores']} cores busy on average "
+        f"during the sweep (CPU time of the machine minus the benchmark's own).",
     ]
     if busy_machine(result):
-        lines.append(f"- **Busy machine**: other processes competed for the cores (load average "
-                     f"{result['load_average_before'][0]:.1f} before, {result['load_average_after'][0]:.1f} after the sweep, "
-                     f"whose own threads account for about {result['threads_per_rank'] * result['ranks']}), so these rates "
-                     f"are lower and noisier than on an idle machine; several threads per process suffer most.")
+        lines.append("- **Busy machine**: these rates are lower and noisier than on an idle machine, most of all with "
+                     "several threads per process; the column 'others' shows the points it disturbed.")
     lines += [
         "",
         "| micro batch | tokens/s | padded tokens/s | samples/s | step ms median [p10-p90] | TFLOP/s | MFU | HFU "
-        "| peak memory | baseline tokens/s | speedup |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| peak memory | baseline tokens/s | speedup | others (cores) |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for point in result["points"]:
         if point["status"] != "ok":
-            lines.append(f"| {point['micro_batch_size']} | {point['status']} | | | | | | | | | |")
+            lines.append(f"| {point['micro_batch_size']} | {point['status']} | | | | | | | | | | "
+                         f"{_cores(point['other_processes_cores'])} |")
             continue
         baseline = (f"{point['baseline_tokens_per_s']:,.0f} | x{point['speedup']:.2f}"
                     if point.get("baseline_status") == "ok" else f"{point.get('baseline_status', '-')} | -")
         lines.append(f"| {point['micro_batch_size']} | {point['tokens_per_s']:,.0f} | {point['padded_tokens_per_s']:,.0f} "
                      f"| {point['samples_per_s']:,.1f} | {_step_ms(point)} | {point['model_tflops_per_s']:.3f} "
-                     f"| {point['mfu']:.1%} | {point['hfu']:.1%} | {_gib(point['peak_memory_bytes'])} | {baseline} |")
+                     f"| {point['mfu']:.1%} | {point['hfu']:.1%} | {_gib(point['peak_memory_bytes'])} | {baseline} "
+                     f"| {_cores(point['other_processes_cores'])} |")
     with_baseline = [point for point in ok if point.get("baseline_status") == "ok"]
     if with_baseline:
         lines += [
@@ -442,7 +445,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def run_sweep(args: argparse.Namespace) -> tuple[dict[str, Any], Path]:
     """Probe the peak, measure every point, the loader at the best one; write the reports."""
-    load_before = os.getloadavg()
+    sweep_meter = OtherProcessesMeter()
     device = device_name(args.cores)
     peak = peak_flops(args.precision, threads_per_rank=args.threads, ranks=args.ranks)
     print(f"throughput: {args.model}, seq {args.seq_len}, {args.precision}, ZeRO-{args.zero_stage}, {args.ranks} rank(s) "
@@ -458,8 +461,8 @@ def run_sweep(args: argparse.Namespace) -> tuple[dict[str, Any], Path]:
         sweep = Sweep(args, data_dir, work_dir, peak)
         points = []
         for micro_batch_size in args.batch_sizes:
-            # the load as the point ends tells which points other processes disturbed
-            points.append({**sweep.point(micro_batch_size), "load_average_1m": os.getloadavg()[0]})
+            point_meter = OtherProcessesMeter()  # which points other processes disturbed
+            points.append({**sweep.point(micro_batch_size), "other_processes_cores": point_meter.cores()})
             print(progress_line(points[-1]), flush=True)
             if points[-1]["status"] != "ok":
                 break
@@ -497,8 +500,7 @@ def run_sweep(args: argparse.Namespace) -> tuple[dict[str, Any], Path]:
         "best_micro_batch_size": best["micro_batch_size"] if best else None,
         "trainer_samples_per_s_per_rank": trainer_rate,
         "loader_headroom": loader_rate / trainer_rate if best else None,
-        "load_average_before": list(load_before),
-        "load_average_after": list(os.getloadavg()),
+        "other_processes_cores": sweep_meter.cores(),
         "versions": {"torch": torch.__version__, "deepspeed": _version("deepspeed"),
                      "transformers": _version("transformers"), "python": platform.python_version()},
         "git_commit": _git_commit(),
