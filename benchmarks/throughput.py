@@ -54,7 +54,7 @@ import numpy as np
 import torch
 
 from benchmarks.contention import OtherProcessesMeter
-from benchmarks.gemm_probe import Peak, peak_flops
+from benchmarks.gemm_probe import peak_flops
 from benchmarks.loader_bench import loader_samples_per_s
 from benchmarks.synthetic_shards import BERT_VOCAB_SIZE, write_synthetic_data_dir
 from data_prep.manifest import ManifestError, load_manifest
@@ -154,7 +154,7 @@ def _read_results(paths: list[Path]) -> list[dict[str, Any]]:
     return [json.loads(path.read_text()) for path in paths if path.is_file()]
 
 
-def summarise(records_by_process: list[list[dict[str, Any]]], peak: float) -> dict[str, Any]:
+def summarise(records_by_process: list[list[dict[str, Any]]]) -> dict[str, Any]:
     """Rates of one point from the timed steps of every process (ranks, or the one baseline process).
 
     Ranks step in lockstep (gradients are all-reduced every step), so a step lasts as long as its
@@ -176,18 +176,27 @@ def summarise(records_by_process: list[list[dict[str, Any]]], peak: float) -> di
         "step_time_p10_s": float(p10),
         "step_time_p90_s": float(p90),
         "model_tflops_per_s": per_step("model_flops") / median / 1e12,
-        "mfu": utilisation(per_step("model_flops"), median, peak),
-        "hfu": utilisation(per_step("hardware_flops"), median, peak),
+        "model_flops_per_step": per_step("model_flops"),
+        "hardware_flops_per_step": per_step("hardware_flops"),
         "masked_positions_per_step": per_step("masked"),
         "step_times_s": step_seconds,
     }
 
 
+def add_utilisation(point: dict[str, Any], peak: float) -> None:
+    """MFU and HFU of ours and of the baseline against ``peak`` (the baseline runs on the same cores, all of them)."""
+    for prefix in ("", "baseline_"):
+        if point.get(prefix + "status") == "ok":
+            seconds = point[prefix + "step_time_s"]
+            point[prefix + "mfu"] = utilisation(point[prefix + "model_flops_per_step"], seconds, peak)
+            point[prefix + "hfu"] = utilisation(point[prefix + "hardware_flops_per_step"], seconds, peak)
+
+
 class Sweep:
     """The settings every point shares, and the launch of one point."""
 
-    def __init__(self, args: argparse.Namespace, data_dir: Path, work_dir: Path, peak: Peak):
-        self.args, self.data_dir, self.work_dir, self.peak = args, data_dir, work_dir, peak
+    def __init__(self, args: argparse.Namespace, data_dir: Path, work_dir: Path):
+        self.args, self.data_dir, self.work_dir = args, data_dir, work_dir
         self.baseline_failed = False
 
     def overrides(self, micro_batch_size: int, run_dir: Path, threads: int) -> list[str]:
@@ -219,7 +228,7 @@ class Sweep:
         point: dict[str, Any] = {"micro_batch_size": micro_batch_size, "global_batch_size": micro_batch_size * args.ranks}
         if code != 0 or len(ranks) != args.ranks or any(r["status"] != "ok" for r in ranks):
             return {**point, **_failure(code, ranks, log)}
-        point.update(status="ok", **summarise([rank["steps"] for rank in ranks], self.peak.flops_per_s))
+        point.update(status="ok", **summarise([rank["steps"] for rank in ranks]))
         point.update(peak_memory_bytes=max(rank["peak_memory_bytes"] for rank in ranks),
                      peak_memory_bytes_all_ranks=sum(rank["peak_memory_bytes"] for rank in ranks),
                      initial_loss=ranks[0]["initial_loss"], model_parameters=ranks[0]["model_parameters"],
@@ -242,8 +251,7 @@ class Sweep:
             self.baseline_failed = True  # a larger batch would fail the same way
             return {f"baseline_{key}": value for key, value in _failure(code, results, log).items()}
         result = results[0]
-        # Against the same peak as ours: the baseline runs on the same cores, all of them.
-        summary = summarise([result["steps"]], self.peak.flops_per_s)
+        summary = summarise([result["steps"]])
         fields = {f"baseline_{key}": value for key, value in summary.items()}
         fields.update(baseline_status="ok", baseline_peak_memory_bytes=result["peak_memory_bytes"],
                       baseline_initial_loss=result["initial_loss"], baseline_threads=result["threads"],
@@ -443,13 +451,26 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def probe_peak(args: argparse.Namespace) -> dict[str, Any]:
+    """One measurement of the peak, with the cores other processes took meanwhile."""
+    meter = OtherProcessesMeter()
+    peak = peak_flops(args.precision, threads_per_rank=args.threads, ranks=args.ranks)
+    return {"flops_per_s": peak.flops_per_s, "source": peak.source, "other_processes_cores": meter.cores(),
+            "per_size_flops_per_s": {str(size): rate for size, rate in peak.per_size.items()}}
+
+
 def run_sweep(args: argparse.Namespace) -> tuple[dict[str, Any], Path]:
-    """Probe the peak, measure every point, the loader at the best one; write the reports."""
+    """Probe the peak, measure every point, the loader at the best one, probe again; write the reports.
+
+    A probe that another process disturbed reads low and would inflate MFU, so the peak is probed
+    before and after the sweep and the higher reading is the peak of the reports.
+    """
     sweep_meter = OtherProcessesMeter()
     device = device_name(args.cores)
-    peak = peak_flops(args.precision, threads_per_rank=args.threads, ranks=args.ranks)
+    probes = [probe_peak(args)]
     print(f"throughput: {args.model}, seq {args.seq_len}, {args.precision}, ZeRO-{args.zero_stage}, {args.ranks} rank(s) "
-          f"x {args.threads} thread(s) on {device}; peak {peak.flops_per_s / 1e12:.3f} TFLOP/s ({peak.source})", flush=True)
+          f"x {args.threads} thread(s) on {device}; peak {probes[0]['flops_per_s'] / 1e12:.3f} TFLOP/s "
+          f"({probes[0]['source']})", flush=True)
     with tempfile.TemporaryDirectory(prefix="bench-") as work:
         work_dir = Path(work)
         if args.data_dir is None:
@@ -458,11 +479,12 @@ def run_sweep(args: argparse.Namespace) -> tuple[dict[str, Any], Path]:
                     f"90% of examples at seq_len, 10% short, NSP labels 50/50")
         else:
             data_dir, data = args.data_dir.resolve(), str(args.data_dir)
-        sweep = Sweep(args, data_dir, work_dir, peak)
+        sweep = Sweep(args, data_dir, work_dir)
         points = []
         for micro_batch_size in args.batch_sizes:
             point_meter = OtherProcessesMeter()  # which points other processes disturbed
             points.append({**sweep.point(micro_batch_size), "other_processes_cores": point_meter.cores()})
+            add_utilisation(points[-1], probes[0]["flops_per_s"])
             print(progress_line(points[-1]), flush=True)
             if points[-1]["status"] != "ok":
                 break
@@ -473,6 +495,11 @@ def run_sweep(args: argparse.Namespace) -> tuple[dict[str, Any], Path]:
             cfg = load_pretrain_config(None, sweep.overrides(best["micro_batch_size"], work_dir / "loader", args.threads))
             torch.set_num_threads(args.threads)
             loader_rate = loader_samples_per_s(cfg, args.ranks)
+    if probes[0]["per_size_flops_per_s"]:  # measured, not a datasheet figure
+        probes.append(probe_peak(args))
+    peak = max(probes, key=lambda probe: probe["flops_per_s"])
+    for point in points:
+        add_utilisation(point, peak["flops_per_s"])
     cpu_model, cpu_isa = _cpu_info()
     trainer_rate = best["samples_per_s"] / args.ranks if best else None
     result = {
@@ -492,9 +519,9 @@ def run_sweep(args: argparse.Namespace) -> tuple[dict[str, Any], Path]:
         "warmup_steps": args.warmup_steps,
         "timed_steps": args.steps,
         "data": data,
-        "peak_flops": peak.flops_per_s,
-        "peak_source": peak.source,
-        "gemm_probe_flops_per_s": {str(size): rate for size, rate in peak.per_size.items()},
+        "peak_flops": peak["flops_per_s"],
+        "peak_source": peak["source"] + (", the higher of the probes before and after the sweep" if len(probes) > 1 else ""),
+        "gemm_probes": probes,
         "loader_samples_per_s": loader_rate,
         "loader_workers": args.loader_workers,
         "best_micro_batch_size": best["micro_batch_size"] if best else None,
@@ -508,6 +535,9 @@ def run_sweep(args: argparse.Namespace) -> tuple[dict[str, Any], Path]:
         "points": points,
     }
     json_path = write_reports(result, args.out)
+    if peak is not probes[0]:
+        print(f"peak re-probed after the sweep: {peak['flops_per_s'] / 1e12:.3f} TFLOP/s; the reports' MFU and HFU "
+              f"are against it (the lines above, against the first probe)")
     if best is not None:
         print(f"loader alone: {loader_rate:,.0f} samples/s per rank at micro batch {best['micro_batch_size']}, "
               f"trainer consumes {trainer_rate:,.1f} per rank ({result['loader_headroom']:.0f}x headroom)")

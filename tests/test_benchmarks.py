@@ -12,7 +12,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from benchmarks.baseline import stock_labels
 from benchmarks.step_timing import count_step
 from benchmarks.synthetic_shards import CLS, SEP, nsp_examples, write_synthetic_data_dir
-from benchmarks.throughput import main, summarise
+from benchmarks.throughput import add_utilisation, main, summarise
 from data_prep.manifest import load_manifest
 from pretrain.config import resolve_model_config_path
 from pretrain.data import TokenLayout, TrainStream, shard_specs
@@ -79,14 +79,16 @@ def test_summary_times_a_step_by_its_slowest_rank_and_counts_all_ranks():
 
     rank0 = [record(1.0, 400), record(2.0, 400), record(9.0, 400)]
     rank1 = [record(1.5, 500), record(1.0, 500), record(1.0, 500)]
-    summary = summarise([rank0, rank1], peak=1e10)
+    summary = summarise([rank0, rank1])
     assert summary["step_times_s"] == [1.5, 2.0, 9.0]
     assert summary["step_time_s"] == 2.0  # the median: the stalled step (9 s) does not move it
     assert summary["tokens_per_s"] == pytest.approx(900 / 2.0)
     assert summary["padded_tokens_per_s"] == pytest.approx(1024 / 2.0)
     assert summary["samples_per_s"] == pytest.approx(8 / 2.0)
-    assert summary["mfu"] == pytest.approx(2e9 / 2.0 / 1e10)
-    assert summary["hfu"] == pytest.approx(4e9 / 2.0 / 1e10)
+    point = {"status": "ok", **summary}
+    add_utilisation(point, peak=1e10)
+    assert point["mfu"] == pytest.approx(2e9 / 2.0 / 1e10)
+    assert point["hfu"] == pytest.approx(4e9 / 2.0 / 1e10)
 
 
 @pytest.mark.slow
@@ -102,7 +104,8 @@ def test_sweep_on_tiny_model_writes_valid_results(tmp_path, capsys):
         assert result[key] is not None, key
     assert (result["model"], result["seq_len"], result["precision"], result["zero_stage"], result["ranks"]) == \
         ("tiny", SEQ_LEN, "bf16", 0, 1)
-    assert result["peak_flops"] > 1e9 and result["loader_samples_per_s"] > 0
+    assert result["peak_flops"] == max(probe["flops_per_s"] for probe in result["gemm_probes"]) > 1e9
+    assert len(result["gemm_probes"]) == 2 and result["loader_samples_per_s"] > 0  # probed before and after
     assert [point["micro_batch_size"] for point in result["points"]] == [2, 4]
     for point in result["points"]:
         assert point["status"] == "ok" and point["baseline_status"] == "ok"
