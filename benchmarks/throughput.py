@@ -30,7 +30,11 @@ hidden h, FFN f, l layers, vocabulary V and m positions through the MLM head:
 Model FLOPs (MFU) count what the objective needs: n the real length, m the masked positions.
 Hardware FLOPs (HFU) count what ran: n the padded length L, m the positions the MLM head ran on:
 the masked ones for our trainer, all B*L for the stock baseline, whose full-vocabulary head makes
-its HFU high and its MFU low. The peak is ``benchmarks.gemm_probe``'s (measured on CPU, datasheet on GPU).
+its HFU high and its MFU low. The peak is ``benchmarks.gemm_probe``'s: on GPU the datasheet figure,
+on CPU a matmul probe run before and after the sweep (the higher reading counts).
+
+A shared machine makes every rate lower and noisier, so the CPU time other processes took is
+measured for the sweep and for each point (``benchmarks.contention``) and shown beside the rates.
 """
 
 from __future__ import annotations
@@ -401,26 +405,25 @@ def write_reports(result: dict[str, Any], out_dir: Path) -> Path:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.throughput", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--model", default="mini", help="model preset (configs/model) or BertConfig JSON")
-    parser.add_argument("--seq-len", type=int, default=128)
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.throughput", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="mini", help="model preset (configs/model) or BertConfig JSON (default %(default)s)")
+    parser.add_argument("--seq-len", type=int, default=128, help="default %(default)s")
     parser.add_argument("--batch-sizes", help="comma-separated micro-batch sizes per rank "
                                               "(default: powers of two from 1 to --max-batch-size)")
-    parser.add_argument("--max-batch-size", type=int, default=64, help="cap of the default sweep")
-    parser.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="bf16")
-    parser.add_argument("--zero-stage", type=int, choices=(0, 1, 2, 3), default=0)
-    parser.add_argument("--ranks", type=int, default=1, help="processes on this machine (GPUs, or CPU ranks sharing the cores)")
+    parser.add_argument("--max-batch-size", type=int, default=64, help="cap of the default sweep (default %(default)s)")
+    parser.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="bf16", help="default %(default)s")
+    parser.add_argument("--zero-stage", type=int, choices=(0, 1, 2, 3), default=0, help="default %(default)s")
+    parser.add_argument("--ranks", type=int, default=1, help="processes on this machine: GPUs, or CPU ranks sharing the cores (default %(default)s)")
     parser.add_argument("--threads", type=int, help="torch threads per rank (default: cores // ranks)")
     parser.add_argument("--data-dir", type=Path, help="a prepared data dir (default: generated shards)")
-    parser.add_argument("--vocab-size", type=int, default=BERT_VOCAB_SIZE, help="vocabulary of generated shards")
+    parser.add_argument("--vocab-size", type=int, default=BERT_VOCAB_SIZE, help="vocabulary of generated shards (default %(default)s)")
     parser.add_argument("--baseline", action="store_true", help="also run the plain transformers loop at each point")
-    parser.add_argument("--warmup-steps", type=int, default=3, help="untimed steps per point")
-    parser.add_argument("--steps", type=int, default=10, help="timed steps per point")
-    parser.add_argument("--loader-workers", type=int, default=1, help="DataLoader workers per rank (loader.workers)")
-    parser.add_argument("--seed", type=int, default=1234)
-    parser.add_argument("--point-timeout-s", type=float, default=1800.0, help="a point running longer fails as 'timeout'")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    parser.add_argument("--warmup-steps", type=int, default=3, help="untimed steps per point (default %(default)s)")
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per point (default %(default)s)")
+    parser.add_argument("--loader-workers", type=int, default=1, help="DataLoader workers per rank, loader.workers (default %(default)s)")
+    parser.add_argument("--seed", type=int, default=1234, help="data order, masks and initial weights (default %(default)s)")
+    parser.add_argument("--point-timeout-s", type=float, default=1800.0, help="a point running longer fails as 'timeout' (default %(default)s)")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="report directory (default %(default)s)")
     args = parser.parse_args(argv)
     if args.batch_sizes:
         try:
