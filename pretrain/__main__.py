@@ -9,8 +9,8 @@ import sys
 import warnings
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-# DeepSpeed's ZeRO calls a collective that torch renamed; the warning is theirs to fix, not the user's.
-warnings.filterwarnings("ignore", message=r".*all_gather_into_tensor.* is deprecated")
+# DeepSpeed's ZeRO calls collectives that torch renamed; the warning is theirs to fix, not the user's.
+warnings.filterwarnings("ignore", message=r".*(all_gather_into_tensor|reduce_scatter_tensor).* is deprecated")
 
 
 def main(argv: list[str] | None = None) -> None:

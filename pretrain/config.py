@@ -85,6 +85,10 @@ class PretrainConfig(Section):
     threads: int | None = Field(None, ge=1)
     """torch intra-op threads per rank (default: the cores of this machine divided among its ranks)."""
     attn_implementation: Literal["sdpa", "eager"] = "sdpa"
+    compile: bool = False
+    """torch.compile each encoder layer, fusing the element-wise work around the matmuls. Off by
+    default: on the 2-core CPU this was measured on it made steps ~10% slower (README, Speed).
+    Costs seconds at start-up; needs a C++ compiler on CPUs; not applied with zero_stage 3."""
     skip_bad_samples: int = Field(0, ge=0)
     """Budget of corrupt samples to skip (counted and logged); 0 = stop at the first one."""
     max_nonfinite_steps: int = Field(5, ge=1)

@@ -38,6 +38,19 @@ def bert_config_from_preset(path: str | Path, vocab_size: int, special_ids: dict
     return config
 
 
+def compile_encoder_layers(model: BertForPreTraining | BertForMaskedLM) -> None:
+    """``torch.compile`` each transformer layer in place (regional compilation).
+
+    Inductor fuses the element-wise work around the matmuls (bias adds, GELU, dropout, residual
+    adds, LayerNorm) into a few generated kernels, the standard lever on GPUs. One layer's graph
+    serves all layers, so compiling takes seconds, and module names and parameters stay those of
+    the stock model. Sequence lengths vary by batch: after the first change, the graph is made
+    shape-generic instead of recompiled per length.
+    """
+    for layer in model.bert.encoder.layer:
+        layer.compile()
+
+
 def build_hf_model(config: BertConfig, nsp: bool) -> BertForPreTraining | BertForMaskedLM:
     """A freshly initialised stock model: with the NSP head for ``mlm+nsp``, without for ``mlm``."""
     config.architectures = ["BertForPreTraining" if nsp else "BertForMaskedLM"]

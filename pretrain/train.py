@@ -24,13 +24,14 @@ from data_prep.manifest import ManifestError, TOKENIZER_DIR, load_manifest, sha2
 from data_prep.typed_config import to_yaml
 from pretrain import checkpoint
 from pretrain.config import PretrainConfig, resolve_model_config_path
+from pretrain.cpu_dropout import use_cpu_dropout
 from pretrain.data import DataError, TokenLayout, TrainStream, eval_batches, shard_specs, train_loader
 from pretrain.distributed import DistInfo, init_distributed
 from pretrain.ds_config import build_deepspeed_config, read_user_deepspeed_config
 from pretrain.export import RUN_MODEL_CONFIG, RUN_TOKENIZER, export_checkpoint
 from pretrain.fault_injection import crash_point, nonfinite_loss_injected
 from pretrain.flops import BertShape, forward_flops
-from pretrain.model import PretrainingObjective, bert_config_from_preset, build_hf_model
+from pretrain.model import PretrainingObjective, bert_config_from_preset, build_hf_model, compile_encoder_layers
 from pretrain.optim import build_optimizer, param_groups, warmup_decay_schedule
 from pretrain.plot import plot_losses
 from pretrain.run_log import RunLog, read_metrics
@@ -105,6 +106,12 @@ def _set_threads(cfg: PretrainConfig) -> None:
     local_ranks = int(os.environ.get("LOCAL_SIZE") or os.environ.get("LOCAL_WORLD_SIZE")
                       or os.environ.get("OMPI_COMM_WORLD_LOCAL_SIZE") or 1)
     torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 1) // local_ranks))
+
+
+def _check_compiler(device_type: str) -> None:
+    if device_type == "cpu" and not (shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")):
+        raise SetupError("compile=true needs a C++ compiler on CPU machines (torch.compile generates C++); "
+                         "install g++ or set compile=false")
 
 
 def _check_data(cfg: PretrainConfig, manifest: dict[str, Any]) -> None:
@@ -185,7 +192,15 @@ def prepare_run(cfg: PretrainConfig) -> Run:
         _write_run_files(cfg, hf_config, run_dir)
 
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
-    model = PretrainingObjective(build_hf_model(hf_config, nsp=layout.nsp))
+    hf_model = build_hf_model(hf_config, nsp=layout.nsp)
+    # ZeRO-3 hooks every submodule to gather its partitioned parameters; Dynamo would trace into
+    # those hooks and recompile until it gives up, so stage 3 runs eagerly.
+    if get_accelerator().device_name() == "cpu":
+        use_cpu_dropout(hf_model)
+    if cfg.compile and cfg.zero_stage < 3:
+        _check_compiler(get_accelerator().device_name())
+        compile_encoder_layers(hf_model)
+    model = PretrainingObjective(hf_model)
     device_type = get_accelerator().device_name()
     optimizer = build_optimizer(cfg.optimizer.name, param_groups(model, cfg.optimizer.weight_decay),
                                 cfg.optimizer.lr, cfg.optimizer.betas, cfg.optimizer.eps, device_type)
@@ -434,10 +449,11 @@ def finish(run: Run, last_eval: dict[str, float] | None, started: float, start_s
 def _banner(run: Run) -> str:
     cfg, manifest = run.cfg, run.manifest
     train = manifest["splits"]["train"]
-    params = sum(p.numel() for p in run.engine.module.parameters())
+    params = sum(getattr(p, "ds_numel", p.numel()) for p in run.engine.module.parameters())  # whole, also under ZeRO-3
     where = f"resumed from {run.resumed_from} (step {run.progress.step})" if run.resumed_from else "fresh start"
     return (f"pretrain: {cfg.model} ({params / 1e6:.1f}M params, objective {manifest['objective']}) | "
-            f"{run.dist.world_size} rank(s), {cfg.precision}, ZeRO-{cfg.zero_stage} | global batch "
+            f"{run.dist.world_size} rank(s), {cfg.precision}, ZeRO-{cfg.zero_stage}"
+            f"{', compiled layers' if cfg.compile and cfg.zero_stage < 3 else ''} | global batch "
             f"{cfg.micro_batch_size * cfg.grad_accum * run.dist.world_size} x {cfg.seq_len} | "
             f"{train['samples']:,} train samples in {len(train['shards'])} shards | {where}")
 
