@@ -81,7 +81,7 @@ def measure(cfg, warmup: int, steps: int, initial_weights: Path | None) -> dict[
         save_initial_weights(run, initial_weights)
     batches = itertools.chain([first], batches)
     records = time_steps(lambda: micro_step(run, batches)[0], warmup=warmup, steps=steps, shape=run.shape,
-                         full_vocab_head=False, synchronize=synchronizer(device_type))
+                         full_vocab_head=not cfg.sparse_mlm_head, synchronize=synchronizer(device_type))
     return {
         "status": "ok",
         "rank": run.dist.rank,

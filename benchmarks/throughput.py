@@ -210,7 +210,7 @@ class Sweep:
                 f"micro_batch_size={micro_batch_size}", "grad_accum=1", f"precision={args.precision}",
                 f"zero_stage={args.zero_stage}", f"threads={threads}", f"seed={args.seed}",
                 f"loader.workers={args.loader_workers}", "export=false", f"save_every={NEVER}",
-                f"eval_every={NEVER}", f"log_every={NEVER}", f"max_steps={NEVER}"]
+                f"eval_every={NEVER}", f"log_every={NEVER}", f"max_steps={NEVER}", *args.set]
 
     def point(self, micro_batch_size: int) -> dict[str, Any]:
         args = self.args
@@ -311,6 +311,7 @@ def markdown_report(result: dict[str, Any]) -> str:
         f"- Threads: {result['threads_per_rank']} per rank; the baseline {result['baseline_threads']}. "
         f"Steps: {result['warmup_steps']} warm-up + {result['timed_steps']} timed per point.",
         f"- Data: {result['data']}.",
+        *([f"- Trainer overrides: `{' '.join(result['trainer_overrides'])}`."] if result.get("trainer_overrides") else []),
         f"- Other processes kept {_cores(result['other_processes_cores'])} of {result['cores']} cores busy on average "
         f"during the sweep (CPU time of the machine minus the benchmark's own).",
     ]
@@ -391,7 +392,7 @@ def write_reports(result: dict[str, Any], out_dir: Path) -> Path:
     """``<device>-<date>-<model>-<precision>-zero<k>-r<ranks>`` .json, .md and .png in ``out_dir``; returns the JSON path."""
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = (f"{result['device']}-{result['date']}-{_slug(Path(result['model']).stem)}-{result['precision']}"
-            f"-zero{result['zero_stage']}-r{result['ranks']}")
+            f"-zero{result['zero_stage']}-r{result['ranks']}" + (f"-{_slug(result['tag'])}" if result.get("tag") else ""))
     json_path = out_dir / f"{stem}.json"
     json_path.write_text(json.dumps(result, indent=2) + "\n")
     (out_dir / f"{stem}.md").write_text(markdown_report(result))
@@ -424,6 +425,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=1234, help="data order, masks and initial weights (default %(default)s)")
     parser.add_argument("--point-timeout-s", type=float, default=1800.0, help="a point running longer fails as 'timeout' (default %(default)s)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="report directory (default %(default)s)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a pretrain config override for our trainer, e.g. --set sparse_mlm_head=false (repeatable)")
+    parser.add_argument("--tag", default="", help="suffix of the report file names, to keep variants apart")
     args = parser.parse_args(argv)
     if args.batch_sizes:
         try:
@@ -535,6 +539,8 @@ def run_sweep(args: argparse.Namespace) -> tuple[dict[str, Any], Path]:
                      "transformers": _version("transformers"), "python": platform.python_version()},
         "git_commit": _git_commit(),
         "command": "python -m benchmarks.throughput " + " ".join(args.argv),
+        "trainer_overrides": args.set,
+        "tag": args.tag,
         "points": points,
     }
     json_path = write_reports(result, args.out)

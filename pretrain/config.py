@@ -85,6 +85,11 @@ class PretrainConfig(Section):
     threads: int | None = Field(None, ge=1)
     """torch intra-op threads per rank (default: the cores of this machine divided among its ranks)."""
     attn_implementation: Literal["sdpa", "eager"] = "sdpa"
+    sparse_mlm_head: bool = True
+    """Run the MLM head on the masked positions only (same loss as the stock head, ~15% of its
+    work); false runs transformers' head over every position, the unoptimised reference."""
+    cpu_dropout: bool = True
+    """On CPUs, draw dropout masks 4 elements per random number (pretrain/cpu_dropout.py)."""
     compile: bool = False
     """torch.compile each encoder layer, fusing the element-wise work around the matmuls. Off by
     default: on the 2-core CPU this was measured on it made steps ~10% slower (README, Speed).

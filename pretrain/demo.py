@@ -149,7 +149,7 @@ def _report(out: Path, s: dict) -> str:
         f"ZeRO-{pre['zero_stage']}, {pre['tokens_per_s'] or 0:,.0f} tokens/s",
         f"- final eval: MLM accuracy {evaluation.get('mlm_acc', float('nan')):.3f}, perplexity "
         f"{evaluation.get('ppl', float('nan')):.1f}, NSP accuracy {evaluation.get('nsp_acc', float('nan')):.3f}",
-        f"- loss curve: ![loss](loss.png)",
+        "- loss curve: ![loss](loss.png)",
         "",
         "## Fine-tuning: which package wrote a docstring (" + ", ".join(LABELS) + ")",
         "",

@@ -195,12 +195,12 @@ def prepare_run(cfg: PretrainConfig) -> Run:
     hf_model = build_hf_model(hf_config, nsp=layout.nsp)
     # ZeRO-3 hooks every submodule to gather its partitioned parameters; Dynamo would trace into
     # those hooks and recompile until it gives up, so stage 3 runs eagerly.
-    if get_accelerator().device_name() == "cpu":
+    if cfg.cpu_dropout and get_accelerator().device_name() == "cpu":
         use_cpu_dropout(hf_model)
     if cfg.compile and cfg.zero_stage < 3:
         _check_compiler(get_accelerator().device_name())
         compile_encoder_layers(hf_model)
-    model = PretrainingObjective(hf_model)
+    model = PretrainingObjective(hf_model, sparse_head=cfg.sparse_mlm_head)
     device_type = get_accelerator().device_name()
     optimizer = build_optimizer(cfg.optimizer.name, param_groups(model, cfg.optimizer.weight_decay),
                                 cfg.optimizer.lr, cfg.optimizer.betas, cfg.optimizer.eps, device_type)

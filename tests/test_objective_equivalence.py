@@ -34,11 +34,12 @@ def _grads(model):
     return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-@pytest.mark.parametrize("dtype, rtol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
-def test_mlm_nsp_loss_and_grads_match_stock_model(dtype, rtol):
+@pytest.mark.parametrize("dtype, rtol, sparse", [(torch.float32, 1e-5, True), (torch.bfloat16, 2e-2, True),
+                                                  (torch.float32, 1e-5, False)])
+def test_mlm_nsp_loss_and_grads_match_stock_model(dtype, rtol, sparse):
     torch.manual_seed(0)
     stock = BertForPreTraining(_config()).to(dtype)
-    ours = PretrainingObjective(BertForPreTraining(_config()).to(dtype))
+    ours = PretrainingObjective(BertForPreTraining(_config()).to(dtype), sparse_head=sparse)
     ours.model.load_state_dict(stock.state_dict())
     ids, attention, types, labels, positions, nsp = _batch()
 
