@@ -64,11 +64,12 @@ def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
     return tree
 
 
-def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """``base`` updated by ``extra``, nested mappings merged key by key rather than replaced."""
     merged = dict(base)
     for key, value in extra.items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _deep_merge(merged[key], value)
+            merged[key] = deep_merge(merged[key], value)
         else:
             merged[key] = value
     return merged
@@ -123,7 +124,7 @@ def build_config(cls: type[C], data: dict[str, Any]) -> C:
 def load_config(cls: type[C], path: str | Path | None = None, overrides: Iterable[str] = ()) -> C:
     """Load ``cls`` from the YAML file at ``path`` (optional) with ``key=value`` overrides applied."""
     data = read_yaml(path) if path is not None else {}
-    return build_config(cls, _deep_merge(data, parse_overrides(overrides)))
+    return build_config(cls, deep_merge(data, parse_overrides(overrides)))
 
 
 def to_yaml(config: Section) -> str:

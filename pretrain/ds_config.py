@@ -11,17 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from data_prep.typed_config import deep_merge
+
 PRECISIONS = ("fp32", "fp16", "bf16")
-
-
-def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
 
 
 def read_user_deepspeed_config(path: str | Path | None) -> dict[str, Any]:
@@ -74,7 +66,7 @@ def build_deepspeed_config(
         if theirs is not None and theirs != ours:
             raise ValueError(f"deepspeed_config sets {'.'.join(path)}={theirs!r} but the run config gives {ours!r}; "
                              f"set it in the run config (micro_batch_size, grad_accum, grad_clip, zero_stage, precision) instead")
-    return _merge(config, extra)
+    return deep_merge(config, extra)
 
 
 # Settings the run config owns: a user JSON may repeat them but not contradict them.
