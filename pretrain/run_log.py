@@ -14,8 +14,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from data_prep.manifest import write_json_atomic
-
 METRICS = "metrics.jsonl"
 
 
@@ -107,10 +105,6 @@ class RunLog:
         if "nsp_acc" in row:
             text += f" | nsp loss {row['nsp_loss']:.4f} acc {row['nsp_acc']:.4f}"
         self.print(text)
-
-    def summary(self, path: Path, summary: dict[str, Any]) -> None:
-        if self.enabled:
-            write_json_atomic(path, summary)
 
     def close(self) -> None:
         if self.bar is not None:
