@@ -105,6 +105,9 @@ def main(argv: list[str] | None = None) -> None:
               f"excluded from pretraining", flush=True)
 
         prep_s = _run("data_prep", [sys.executable, "-m", "data_prep", "--config", str(_prep_config(out, task.held_out_modules, args.max_docs, args.samples_per_shard))])
+        if (out / "pretrain").exists():  # the demo is a fresh pipeline: its data may have changed since
+            print(f"    removing the previous demo run {out / 'pretrain'}", flush=True)
+            shutil.rmtree(out / "pretrain")
         pretrain_command = [str(BIN / "deepspeed"), "--num_gpus", str(ranks), "--log_level", "warning", "--module", "pretrain",
                             "--config", "configs/pretrain/demo.yaml", f"data_dir={out / 'data'}",
                             f"run_dir={out / 'pretrain'}"]
