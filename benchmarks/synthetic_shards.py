@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data_prep.manifest import FORMAT, MANIFEST_NAME, SPECIAL_TOKENS, TOKENIZER_DIR, sha256_tree, write_json_atomic
+from data_prep.manifest import MANIFEST_NAME, SPECIAL_TOKENS, TOKENIZER_DIR, build_manifest, write_json_atomic
 from data_prep.shards import ShardEntry, shard_name, write_shard
 
 BERT_VOCAB_SIZE = 30522  # bert-base-uncased's WordPiece vocabulary
@@ -77,21 +77,11 @@ def write_synthetic_data_dir(root: Path, *, seq_len: int, vocab_size: int = BERT
     for index in range(train_shards):
         examples = nsp_examples(rng, samples_per_shard, seq_len=seq_len, vocab_size=vocab_size)
         entries.append(write_shard(root, f"shards/train/{shard_name('synthetic', index)}", index, examples))
-    manifest = {
-        "format": FORMAT,
-        "objective": "mlm+nsp",
-        "seq_len": seq_len,
-        "token_dtype": str(examples[0][0].dtype),
-        "tokenizer": {"path": TOKENIZER_DIR, "vocab_size": vocab_size, "special_ids": SPECIAL_IDS,
-                      "sha256": sha256_tree(root / TOKENIZER_DIR)},
-        "splits": {
-            "train": {"shards": [asdict(entry) for entry in entries], "samples": sum(e.samples for e in entries),
-                      "tokens": sum(e.tokens for e in entries), "bytes": sum(e.bytes for e in entries),
-                      "samples_per_shard": samples_per_shard},
-            "valid": {"shards": [], "samples": 0, "tokens": 0, "bytes": 0, "samples_per_shard": samples_per_shard},
-        },
-        "prep_config": {"synthetic": "benchmarks.synthetic_shards", "seed": seed, "short_seq_prob": SHORT_SEQ_PROB,
-                        "token_distribution": "zipf 1/rank"},
-    }
+    manifest = build_manifest(
+        root, objective="mlm+nsp", seq_len=seq_len, token_dtype=str(examples[0][0].dtype), vocab_size=vocab_size,
+        special_ids=SPECIAL_IDS, shards={"train": [asdict(entry) for entry in entries]},
+        samples_per_shard=samples_per_shard,
+        prep_config={"synthetic": "benchmarks.synthetic_shards", "seed": seed, "short_seq_prob": SHORT_SEQ_PROB,
+                     "token_distribution": "zipf 1/rank"})
     write_json_atomic(root / MANIFEST_NAME, manifest)
     return root

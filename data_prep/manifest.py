@@ -64,6 +64,34 @@ def write_json_atomic(path: str | Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
+def build_manifest(data_dir: str | Path, *, objective: str, seq_len: int, token_dtype: str, vocab_size: int,
+                   special_ids: dict[str, int], shards: dict[str, list[dict[str, Any]]], samples_per_shard: int,
+                   prep_config: dict[str, Any]) -> dict[str, Any]:
+    """The manifest of a data dir whose tokenizer and shards are written: ``shards`` maps each split
+    to its shard entries (``path`` relative to the data dir, ``samples``, ``tokens``, ``bytes``,
+    ``sha256``), which are listed in path order with their totals."""
+    splits = {}
+    for split in SPLITS:
+        entries = sorted(shards.get(split, []), key=lambda entry: entry["path"])
+        splits[split] = {
+            "shards": entries,
+            "samples": sum(entry["samples"] for entry in entries),
+            "tokens": sum(entry["tokens"] for entry in entries),
+            "bytes": sum(entry["bytes"] for entry in entries),
+            "samples_per_shard": samples_per_shard,
+        }
+    return {
+        "format": FORMAT,
+        "objective": objective,
+        "seq_len": seq_len,
+        "token_dtype": token_dtype,
+        "tokenizer": {"path": TOKENIZER_DIR, "vocab_size": vocab_size, "special_ids": special_ids,
+                      "sha256": sha256_tree(Path(data_dir) / TOKENIZER_DIR)},
+        "splits": splits,
+        "prep_config": prep_config,
+    }
+
+
 def load_manifest(data_dir: str | Path) -> dict[str, Any]:
     """Read and check ``<data_dir>/manifest.json``; raise ``ManifestError`` with a fix on any mismatch."""
     data_dir = Path(data_dir)

@@ -28,9 +28,7 @@ from typing import Any, Callable, Iterator
 
 from data_prep.config import PrepConfig
 from data_prep.dedup import DuplicateFilter
-from data_prep.manifest import (
-    FORMAT, MANIFEST_NAME, TOKENIZER_DIR, sha256_tree, write_json_atomic,
-)
+from data_prep.manifest import MANIFEST_NAME, SPLITS, TOKENIZER_DIR, build_manifest, write_json_atomic
 from data_prep.mpi import Cluster, connect, on_root
 from data_prep.planning import check_missing, input_fingerprint, plan_chunks
 from data_prep.progress import Progress, bars_wanted
@@ -412,30 +410,10 @@ class Runner:
 
     def _manifest(self, info: TokenizerInfo, dtype: str, entries: list[ShardEntry]) -> dict[str, Any]:
         config = self.config
-        splits = {}
-        for split in ("train", "valid"):
-            shards = sorted((e for e in entries if e.path.startswith(f"shards/{split}/")), key=lambda e: e.path)
-            splits[split] = {
-                "shards": [asdict(e) for e in shards],
-                "samples": sum(e.samples for e in shards),
-                "tokens": sum(e.tokens for e in shards),
-                "bytes": sum(e.bytes for e in shards),
-                "samples_per_shard": config.samples_per_shard,
-            }
-        return {
-            "format": FORMAT,
-            "objective": config.objective,
-            "seq_len": config.seq_len,
-            "token_dtype": dtype,
-            "tokenizer": {
-                "path": TOKENIZER_DIR,
-                "vocab_size": info.vocab_size,
-                "special_ids": info.special_ids,
-                "sha256": sha256_tree(Path(config.out_dir) / TOKENIZER_DIR),
-            },
-            "splits": splits,
-            "prep_config": config.model_dump(mode="json"),
-        }
+        shards = {split: [asdict(e) for e in entries if e.path.startswith(f"shards/{split}/")] for split in SPLITS}
+        return build_manifest(config.out_dir, objective=config.objective, seq_len=config.seq_len, token_dtype=dtype,
+                              vocab_size=info.vocab_size, special_ids=info.special_ids, shards=shards,
+                              samples_per_shard=config.samples_per_shard, prep_config=config.model_dump(mode="json"))
 
 
 def prepare(config: PrepConfig, cluster: Cluster | None = None) -> dict[str, Any]:

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from data_prep.manifest import (FORMAT, MANIFEST_NAME, NSP_EXT, SPECIAL_TOKENS, TOKENIZER_DIR, TOKENS_EXT,
-                                sha256_file, sha256_tree, write_json_atomic)
+from data_prep.manifest import (MANIFEST_NAME, NSP_EXT, SPECIAL_TOKENS, TOKENIZER_DIR, TOKENS_EXT, build_manifest,
+                                sha256_file, write_json_atomic)
 
 N_SPECIAL = len(SPECIAL_TOKENS)  # [PAD] [UNK] [CLS] [SEP] [MASK] = 0..4
 PAD, UNK, CLS, SEP, MASK = range(N_SPECIAL)
@@ -106,28 +106,17 @@ def make_data_dir(root: Path, *, train_shards: int = 4, samples_per_shard: int =
     """A complete data dir; returns its path."""
     root.mkdir(parents=True, exist_ok=True)
     write_tokenizer(root / TOKENIZER_DIR, vocab_size, seq_len)
-    splits = {}
-    for split, count, shards in (("train", train_shards * samples_per_shard, train_shards), ("valid", valid_samples, 1)):
+    shards: dict[str, list[dict]] = {}
+    for split, count, number in (("train", train_shards * samples_per_shard, train_shards), ("valid", valid_samples, 1)):
         examples = make_examples(count, seed=seed + (split == "valid"), vocab_size=vocab_size, seq_len=seq_len, nsp=nsp)
-        per = -(-count // shards)
-        entries = []
-        for index in range(shards):
+        per = -(-count // number)
+        shards[split] = []
+        for index in range(number):
             relative = f"shards/{split}/synthetic-{index:06d}.tar"
             entry = write_shard(root / relative, index, examples[index * per : (index + 1) * per])
-            entry["path"] = relative
-            entries.append(entry)
-        splits[split] = {"shards": entries, "samples": count, "tokens": sum(e["tokens"] for e in entries),
-                         "bytes": sum(e["bytes"] for e in entries), "samples_per_shard": per}
-    manifest = {
-        "format": FORMAT,
-        "objective": "mlm+nsp" if nsp else "mlm",
-        "seq_len": seq_len,
-        "token_dtype": "uint16",
-        "tokenizer": {"path": TOKENIZER_DIR, "vocab_size": vocab_size,
-                      "special_ids": {"pad": PAD, "unk": UNK, "cls": CLS, "sep": SEP, "mask": MASK},
-                      "sha256": sha256_tree(root / TOKENIZER_DIR)},
-        "splits": splits,
-        "prep_config": {"synthetic": True, "seed": seed},
-    }
+            shards[split].append({**entry, "path": relative})
+    manifest = build_manifest(root, objective="mlm+nsp" if nsp else "mlm", seq_len=seq_len, token_dtype="uint16",
+                              vocab_size=vocab_size, special_ids={"pad": PAD, "unk": UNK, "cls": CLS, "sep": SEP, "mask": MASK},
+                              shards=shards, samples_per_shard=samples_per_shard, prep_config={"synthetic": True, "seed": seed})
     write_json_atomic(root / MANIFEST_NAME, manifest)
     return root
