@@ -5,7 +5,8 @@ itself when it reaches ``crash_point("<point>")``: no cleanup, no flush, as a pr
 an OOM kill would. Points: ``step:<N>`` (after optimizer step N), and the phases of the checkpoint
 save of step N, ``save:<phase>:<N>`` (see ``pretrain.checkpoint``). A name also matches every point
 it is a prefix of up to a ``:`` (``save:before_commit`` = that phase of any save).
-``PRETRAIN_NONFINITE_LOSS_AT`` makes chosen steps' losses NaN. Unset, each check costs one dict lookup.
+``PRETRAIN_NONFINITE_LOSS_AT`` makes chosen steps' losses NaN; ``PRETRAIN_GRAD_OVERFLOW_AT`` makes
+their gradients overflow 16-bit floats (an fp16 overflow storm). Unset, each check costs one dict lookup.
 """
 
 from __future__ import annotations
@@ -15,6 +16,10 @@ import signal
 
 CRASH_ENV = "PRETRAIN_CRASH_AT"
 NONFINITE_ENV = "PRETRAIN_NONFINITE_LOSS_AT"
+OVERFLOW_ENV = "PRETRAIN_GRAD_OVERFLOW_AT"
+# Multiplies an injected step's loss before backward: finite in fp32 (losses are ~10, scaled by at
+# most 2^32), far beyond fp16's 65504 in every gradient flowing back through the model.
+OVERFLOW_FACTOR = 1e20
 
 
 def crash_point(point: str) -> None:
@@ -30,7 +35,17 @@ def nonfinite_loss_injected(forward_pass: int) -> bool:
     """``PRETRAIN_NONFINITE_LOSS_AT=<first>[-[<last>]]``: the losses of training forward passes
     first..last of a launch (1-based, inclusive; open-ended with a trailing ``-``) become NaN, as a
     diverging run's would. Without skips or accumulation, forward pass N is optimizer step N."""
-    wanted = os.environ.get(NONFINITE_ENV)
+    return _in_window(os.environ.get(NONFINITE_ENV), forward_pass)
+
+
+def grad_overflow_injected(forward_pass: int) -> bool:
+    """``PRETRAIN_GRAD_OVERFLOW_AT=<first>[-[<last>]]`` (forward passes, as above): the loss stays
+    finite but is multiplied by ``OVERFLOW_FACTOR`` before backward, so the gradients overflow
+    fp16 and DeepSpeed's dynamic loss scaler must skip those steps and lower the scale."""
+    return _in_window(os.environ.get(OVERFLOW_ENV), forward_pass)
+
+
+def _in_window(wanted: str | None, forward_pass: int) -> bool:
     if not wanted:
         return False
     first, dash, last = wanted.partition("-")

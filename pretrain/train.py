@@ -29,7 +29,7 @@ from pretrain.data import DataError, TokenLayout, TrainStream, eval_batches, sha
 from pretrain.distributed import DistInfo, init_distributed
 from pretrain.ds_config import build_deepspeed_config, read_user_deepspeed_config
 from pretrain.export import RUN_MODEL_CONFIG, RUN_TOKENIZER, export_checkpoint
-from pretrain.fault_injection import crash_point, nonfinite_loss_injected
+from pretrain.fault_injection import OVERFLOW_FACTOR, crash_point, grad_overflow_injected, nonfinite_loss_injected
 from pretrain.flops import BertShape, forward_flops
 from pretrain.model import PretrainingObjective, bert_config_from_preset, build_hf_model, compile_encoder_layers
 from pretrain.optim import build_optimizer, param_groups, warmup_decay_schedule
@@ -265,7 +265,8 @@ def micro_step(run: Run, batches: Iterator[dict[str, Any]]) -> tuple[dict[str, A
         if nonfinite_loss_injected(run.forward_passes):
             out["loss"] = out["loss"] * float("nan")
         if not _any_rank(not bool(torch.isfinite(out["loss"].detach())), device):
-            engine.backward(out["loss"])
+            overflowing = grad_overflow_injected(run.forward_passes)
+            engine.backward(out["loss"] * OVERFLOW_FACTOR if overflowing else out["loss"])
             engine.step()
             progress.consecutive_nonfinite = 0
             return batch, out

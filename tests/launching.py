@@ -19,10 +19,12 @@ FAST = ["model=tiny", "seq_len=64", "micro_batch_size=8", "log_every=1", "eval_e
 
 
 def run_pretrain(data_dir: Path, run_dir: Path, *overrides: str, ranks: int = 2, env: dict | None = None,
-                 timeout: float = 240, preexec_fn=None) -> subprocess.CompletedProcess:
+                 timeout: float = 240, preexec_fn=None, entry: tuple[str, ...] = ("-m", "pretrain")
+                 ) -> subprocess.CompletedProcess:
+    """``entry`` (one rank only): what follows ``python``, e.g. a script that wraps ``pretrain``."""
     args = [f"data_dir={data_dir}", f"run_dir={run_dir}", *FAST, *overrides]
     if ranks == 1:
-        command = [sys.executable, "-m", "pretrain", *args]
+        command = [sys.executable, *entry, *args]
     else:
         command = [str(BIN / "deepspeed"), "--num_gpus", str(ranks), "--master_port", str(_free_port()),
                    "--module", "pretrain", *args]

@@ -152,18 +152,31 @@ def test_persistent_nan_stops_cleanly_with_the_last_good_checkpoint(tmp_path, da
     assert json.loads((tmp_path / "x" / "training_summary.json").read_text())["step"] == 4
 
 
-def test_fp16_overflow_is_skipped_and_counted_or_refused_where_unsupported(tmp_path, data_dir):
+def test_fp16_where_deepspeed_has_none_is_refused_in_one_line(tmp_path, data_dir):
     from deepspeed.accelerator import get_accelerator
 
-    result = run_pretrain(data_dir, tmp_path / "run", "max_steps=6", "precision=fp16", ranks=1)
-    if not get_accelerator().is_fp16_supported():
-        assert result.returncode == 1
-        (line,) = _error_lines(result)
-        assert "precision=fp16" in line and "bf16" in line
-        pytest.skip("DeepSpeed supports no fp16 on this device; the refusal above is what a user gets")
+    if get_accelerator().is_fp16_supported():
+        pytest.skip("this device has fp16: nothing to refuse (the overflow test below runs it natively)")
+    result = run_pretrain(data_dir, tmp_path / "run", "max_steps=2", "precision=fp16", ranks=1)
+    assert result.returncode == 1
+    (line,) = _error_lines(result)
+    assert "precision=fp16" in line and "bf16" in line
+
+
+def test_fp16_overflow_storm_is_skipped_with_the_scale_lowered_and_counted(tmp_path, data_dir):
+    run_dir = tmp_path / "run"
+    result = run_pretrain(data_dir, run_dir, "max_steps=8", "precision=fp16", ranks=1,
+                          entry=(str(REPO / "tests" / "fp16_on_cpu.py"),), env={"PRETRAIN_GRAD_OVERFLOW_AT": "3-5"})
     assert result.returncode == 0, explain(result)
-    rows = metrics(tmp_path / "run")
-    assert "loss_scale" in rows[-1] and "overflow_steps" in rows[-1]
+    rows = metrics(run_dir)
+    assert [r["step"] for r in rows] == list(range(1, 9))
+    assert [r["overflow_steps"] for r in rows] == [0, 0, 1, 2, 3, 3, 3, 3]
+    scales = [r["loss_scale"] for r in rows]
+    assert scales[:3] == [2.0 ** 16] * 3 and scales[-1] < scales[0]  # hysteresis 2: the first overflow keeps it
+    assert all(np.isfinite(r["loss"]) for r in rows) and all(np.isfinite(r["grad_norm"]) for r in rows[5:])
+    lrs = [r["lr"] for r in rows]
+    assert lrs[2] == lrs[3] == lrs[4], "a skipped step must not advance the learning-rate schedule"
+    assert rows[-1]["loss"] < rows[0]["loss"]
 
 
 # 6. Disk errors ------------------------------------------------------------------------------
