@@ -1,9 +1,12 @@
 """Strict reading of ``bert-pretrain-wds/1`` shards: checked, and never executing their content.
 
-A shard is read whole, its sha256 compared with the manifest's, and its tar members parsed by
-hand: only ``<key>.tokens.npy`` (loaded with ``allow_pickle=False``) and ``<key>.nsp.cls`` are
-accepted. Anything else (pickle members, links, path-traversal names, out-of-range ids) marks the
-sample bad; nothing is ever unpickled or written to disk.
+A shard is read whole and its sha256 compared with the manifest's; WebDataset's tar iterator then
+groups the members into samples by key (``tar_file_expander`` + ``group_by_keys``, the first stages
+of ``wds.WebDataset``) but its decoders are not used: they would unpickle ``.pyd``/``.pickle``
+members. Decoding is ours: only ``<key>.tokens.npy`` (``allow_pickle=False``) and ``<key>.nsp.cls``
+are accepted. Anything else (pickle members, path-traversal names, out-of-range ids) marks the
+sample bad; members that are not regular files (links) are never read, so their sample misses a
+member or the shard its promised count. Nothing is ever unpickled or written to disk.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from webdataset.tariterators import group_by_keys, tar_file_expander
 
 from data_prep.manifest import NSP_EXT, SAMPLE_EXTS, TOKENS_EXT
 
@@ -111,30 +115,34 @@ def read_shard(spec: ShardSpec, rules: SampleRules) -> list[Sample | BadSample]:
             f"shard {spec.path}: sha256 {digest[:12]}... does not match the manifest's {spec.sha256[:12]}... "
             f"(truncated or corrupted); {VERIFY_HINT}"
         )
-    groups: dict[str, dict[str, bytes]] = {}
-    problems: dict[str, str] = {}
     try:
-        with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
-            for member in tar:
-                key, _, ext = member.name.partition(".")
-                if not _KEY.match(key) or "/" in member.name or not member.isfile():
-                    bad_key = key if _KEY.match(key) else f"<{member.name[:60]}>"
-                    problems.setdefault(bad_key, f"refused member {member.name[:80]!r} (not a plain file named <key>.<ext>)")
-                    groups.setdefault(bad_key, {})
-                    continue
-                handle = tar.extractfile(member)
-                groups.setdefault(key, {})[ext] = handle.read() if handle is not None else b""
-    except (tarfile.TarError, EOFError) as err:
-        raise ShardError(f"shard {spec.path}: not a readable tar ({err}); {VERIFY_HINT}") from None
+        groups = list(group_by_keys(tar_file_expander([{"url": name, "stream": io.BytesIO(data)}])))
+    except (tarfile.TarError, EOFError, ValueError) as err:  # ValueError: a member repeated within a sample
+        raise ShardError(f"shard {spec.path}: not a readable tar ({err.args[0] if err.args else err}); {VERIFY_HINT}") from None
+    # WebDataset starts a new sample whenever the key changes; a key whose members are not adjacent
+    # (a planted extra member, say) is merged back, so the check below sees all of them.
+    by_key: dict[str, dict[str, bytes]] = {}
+    repeated: dict[str, str] = {}
+    for group in groups:
+        members = by_key.setdefault(group["__key__"], {})
+        for ext, value in group.items():
+            if ext.startswith("__"):
+                continue
+            if ext in members:
+                repeated[group["__key__"]] = f"member .{ext} appears twice"
+            members[ext] = value
     samples: list[Sample | BadSample] = []
-    for key, members in groups.items():
-        if key in problems:
-            samples.append(BadSample(name, key, problems[key]))
-            continue
-        try:
-            samples.append(_parse_sample(key, members, rules))
-        except ValueError as err:
-            samples.append(BadSample(name, key, str(err)))
+    for key, members in by_key.items():
+        if not _KEY.match(key):
+            names = sorted(f"{key}.{ext}" for ext in members)[:3]
+            samples.append(BadSample(name, f"<{key[:60]}>", f"refused member name(s) {names} (not a plain file named <key>.<ext>)"))
+        elif key in repeated:
+            samples.append(BadSample(name, key, repeated[key]))
+        else:
+            try:
+                samples.append(_parse_sample(key, members, rules))
+            except ValueError as err:
+                samples.append(BadSample(name, key, str(err)))
     if len(samples) != spec.samples:
         raise ShardError(f"shard {spec.path}: holds {len(samples)} samples, the manifest says {spec.samples}; {VERIFY_HINT}")
     return samples
