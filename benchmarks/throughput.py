@@ -62,6 +62,7 @@ from benchmarks.gemm_probe import peak_flops
 from benchmarks.loader_bench import loader_samples_per_s
 from benchmarks.synthetic_shards import BERT_VOCAB_SIZE, write_synthetic_data_dir
 from data_prep.manifest import ManifestError, load_manifest
+from data_prep.typed_config import ConfigError
 from pretrain.config import load_pretrain_config, resolve_model_config_path
 from pretrain.flops import utilisation
 
@@ -436,7 +437,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             parser.error(f"--batch-sizes {args.batch_sizes!r}: give comma-separated integers, e.g. 8,16,32")
     else:
         args.batch_sizes = [2**k for k in range(args.max_batch_size.bit_length()) if 2**k <= args.max_batch_size]
-    if min(args.batch_sizes) < 1 or args.ranks < 1 or args.steps < 1 or args.warmup_steps < 0:
+    if not args.batch_sizes or min(args.batch_sizes) < 1 or args.ranks < 1 or args.steps < 1 or args.warmup_steps < 0:
         parser.error("batch sizes, --ranks and --steps must be >= 1 and --warmup-steps >= 0")
     # Problems a user can cause are refused here, before minutes of probing and launching.
     try:
@@ -445,7 +446,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             prepared_len = load_manifest(args.data_dir)["seq_len"]
             if prepared_len != args.seq_len:
                 parser.error(f"--data-dir {args.data_dir} was prepared for seq_len {prepared_len}; pass --seq-len {prepared_len}")
-    except (FileNotFoundError, ManifestError) as err:
+        load_pretrain_config(None, ["data_dir=.", "run_dir=.", *args.set])  # a typo in --set fails here
+    except (FileNotFoundError, ManifestError, ConfigError) as err:
         parser.error(str(err))
     if args.precision == "fp16" and not torch.cuda.is_available():
         from deepspeed.accelerator import get_accelerator

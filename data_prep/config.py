@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterable, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from data_prep.typed_config import ConfigError, Section, load_config
 
@@ -131,6 +131,12 @@ class PrepConfig(Section):
     clean: CleanConfig = CleanConfig()
     tokenizer: TokenizerConfig = TokenizerConfig()
     pydocs: PydocsConfig = PydocsConfig()
+
+    @field_validator("inputs", mode="before")
+    @classmethod
+    def _one_input_is_a_list(cls, value: object) -> object:
+        return [value] if isinstance(value, str) else value
+
 
 
 def check_config(config: PrepConfig) -> PrepConfig:

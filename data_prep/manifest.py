@@ -113,6 +113,8 @@ def load_manifest(data_dir: str | Path) -> dict[str, Any]:
     for key in ("objective", "seq_len", "tokenizer", "splits"):
         if key not in manifest:
             raise ManifestError(f"{str(path)!r} lacks the key {key!r}; {REGENERATE_HINT}")
+    if manifest["objective"] not in OBJECTIVES:
+        raise ManifestError(f"{str(path)!r} has objective {manifest['objective']!r}, not one of {OBJECTIVES}; {REGENERATE_HINT}")
     return manifest
 
 

@@ -85,7 +85,8 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"config file {str(path)!r}{where} is not valid YAML: {err}") from None
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"config file {str(path)!r}{where} is not valid YAML: {problem}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -25,7 +25,10 @@ def read_user_deepspeed_config(path: str | Path | None) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"deepspeed_config file {str(path)!r} does not exist (see configs/deepspeed/)")
-    return dict(hjson.loads(path.read_text(encoding="utf-8")))
+    try:
+        return dict(hjson.loads(path.read_text(encoding="utf-8")))
+    except (hjson.HjsonDecodeError, TypeError, ValueError) as err:
+        raise ValueError(f"deepspeed_config {str(path)!r} is not a JSON object ({err}); see configs/deepspeed/") from None
 
 
 def build_deepspeed_config(

@@ -60,6 +60,10 @@ def export_checkpoint(run_dir: str | Path, tag: str | None = None, out: str | Pa
     hf_logging.disable_progress_bar()
 
     run_dir = Path(run_dir)
+    out = Path(out).resolve() if out else run_dir.resolve() / "export"
+    if out.exists() and not (out / SUMMARY).is_file():
+        raise CheckpointError(f"--out {out} exists and is not an earlier export (no {SUMMARY}); "
+                              f"name a new directory, or remove it yourself")
     ckpt_dir = run_dir / "checkpoints"
     tag = tag or latest_tag(ckpt_dir)
     if tag is None:
@@ -76,7 +80,6 @@ def export_checkpoint(run_dir: str | Path, tag: str | None = None, out: str | Pa
                               f"unexpected {sorted(unexpected)[:5]}")
     model.tie_weights()
 
-    out = Path(out) if out else run_dir / "export"
     tmp = out.with_name(f".{out.name}.partial")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp, safe_serialization=True)
@@ -98,7 +101,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         path = export_checkpoint(args.run_dir, args.checkpoint, args.out)
-    except (CheckpointError, FileNotFoundError) as err:
+    except (CheckpointError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(1) from None
     print(f"exported {path}")

@@ -29,7 +29,11 @@ from transformers import BertConfig, BertForMaskedLM, BertForPreTraining
 def bert_config_from_preset(path: str | Path, vocab_size: int, special_ids: dict[str, int],
                             max_positions: int, attn_implementation: str = "sdpa") -> BertConfig:
     """A BertConfig from a preset JSON, with the vocabulary and special ids of the prepared data."""
-    fields = {k: v for k, v in json.loads(Path(path).read_text()).items() if not k.startswith("_")}
+    try:
+        fields = {k: v for k, v in json.loads(Path(path).read_text()).items() if not k.startswith("_")}
+    except (json.JSONDecodeError, AttributeError) as err:  # AttributeError: JSON, but not an object
+        raise ValueError(f"model config {path} is not a JSON object of BertConfig fields ({err}); "
+                         f"see configs/model/*.json") from None
     fields.update(vocab_size=vocab_size, pad_token_id=special_ids["pad"])
     if fields.get("max_position_embeddings", 512) < max_positions:
         fields["max_position_embeddings"] = max_positions

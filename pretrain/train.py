@@ -181,15 +181,27 @@ def prepare_run(cfg: PretrainConfig) -> Run:
     _check_data(cfg, manifest)
     layout = TokenLayout.from_manifest(manifest)
     special = manifest["tokenizer"]["special_ids"]
-    hf_config = bert_config_from_preset(resolve_model_config_path(cfg.model), layout.vocab_size, special,
-                                        cfg.seq_len, cfg.attn_implementation)
+    try:
+        hf_config = bert_config_from_preset(resolve_model_config_path(cfg.model), layout.vocab_size, special,
+                                            cfg.seq_len, cfg.attn_implementation)
+    except ValueError as err:
+        raise SetupError(str(err)) from None
+    try:
+        ds_config = build_deepspeed_config(micro_batch_size=cfg.micro_batch_size, grad_accum=cfg.grad_accum,
+                                           precision=cfg.precision, zero_stage=cfg.zero_stage, grad_clip=cfg.grad_clip,
+                                           extra=read_user_deepspeed_config(cfg.deepspeed_config))
+    except ValueError as err:
+        raise SetupError(str(err)) from None
     fingerprint = _fingerprint(cfg, hf_config, manifest)
     run_dir, ckpt_dir = Path(cfg.run_dir), Path(cfg.run_dir) / "checkpoints"
     tag = checkpoint.latest_tag(ckpt_dir)
     if tag is not None:
         _check_resumable(checkpoint.read_run_state(ckpt_dir, tag), fingerprint, info.world_size, run_dir)
     if info.is_main:
-        _write_run_files(cfg, hf_config, run_dir)
+        try:
+            _write_run_files(cfg, hf_config, run_dir)
+        except OSError as err:
+            raise SetupError(f"run_dir {run_dir}: cannot write there ({err.strerror}); choose a writable run_dir") from None
 
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     hf_model = build_hf_model(hf_config, nsp=layout.nsp)
@@ -207,12 +219,6 @@ def prepare_run(cfg: PretrainConfig) -> Run:
     schedule = warmup_decay_schedule(cfg.schedule.warmup_steps, cfg.max_steps, cfg.schedule.decay,
                                      cfg.schedule.power, cfg.schedule.end_lr_ratio)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-    try:
-        ds_config = build_deepspeed_config(micro_batch_size=cfg.micro_batch_size, grad_accum=cfg.grad_accum,
-                                           precision=cfg.precision, zero_stage=cfg.zero_stage, grad_clip=cfg.grad_clip,
-                                           extra=read_user_deepspeed_config(cfg.deepspeed_config))
-    except ValueError as err:
-        raise SetupError(str(err)) from None
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
 
     progress = Progress()

@@ -151,8 +151,8 @@ def test_string_labels_round_trip_through_the_saved_model(base, tmp_path):
     result = run(config)
     assert result["class_names"] == ["negative", "positive"]
 
-    model = AutoModelForSequenceClassification.from_pretrained(out / "model")
-    tokenizer = AutoTokenizer.from_pretrained(out / "model")
+    model = AutoModelForSequenceClassification.from_pretrained(out / "model", local_files_only=True)
+    tokenizer = AutoTokenizer.from_pretrained(out / "model", local_files_only=True)
     assert model.config.id2label == {0: "negative", 1: "positive"}
     header, *lines = [line.split("\t") for line in (out / "predictions.tsv").read_text().splitlines()]
     assert len(lines) == 60

@@ -2,12 +2,14 @@
 
 import json
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from launching import LAUNCHER_VARS, explain, metrics, run_pretrain, sample_log
+from launching import LAUNCHER_VARS, REPO, explain, metrics, run_pretrain, sample_log
 from synthetic_data import make_data_dir
 
 pytestmark = pytest.mark.slow
@@ -82,7 +84,7 @@ def test_export_gives_the_engines_logits(tmp_path, data_dir, monkeypatch):
     for var in LAUNCHER_VARS:  # the in-process rank-0 group sets these; restore them afterwards
         monkeypatch.setenv(var, "")
         monkeypatch.delenv(var)
-    exported = AutoModelForPreTraining.from_pretrained(run_dir / "export").eval()
+    exported = AutoModelForPreTraining.from_pretrained(run_dir / "export", local_files_only=True).eval()
     run = prepare_run(load_pretrain_config(None, args))
     try:
         engine_model = run.engine.module.model.eval()
@@ -116,3 +118,14 @@ def test_mismatched_data_dir_is_refused_with_one_line(tmp_path, data_dir):
     refused = run_pretrain(other_data, run_dir, "max_steps=4", ranks=1)
     assert refused.returncode == 1
     assert "holds a run with another model.vocab_size" in refused.stderr
+
+
+def test_export_never_replaces_a_directory_it_did_not_write(tmp_path):
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "notes.txt").write_text("keep me")
+    result = subprocess.run([sys.executable, "-m", "pretrain.export", str(tmp_path / "run"), "--out", str(victim)],
+                            cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 1
+    assert "exists and is not an earlier export" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert (victim / "notes.txt").read_text() == "keep me"
