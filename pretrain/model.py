@@ -7,6 +7,8 @@ the export is a standard Hugging Face checkpoint. Only the loss is computed diff
   before the head, as NVIDIA's BERT and the academic-budget recipes (Izsak et al. 2021) do. With
   15% masking that skips 85% of the largest matmul in a small BERT (hidden x vocab per position)
   and of the softmax over the vocabulary.
+* The MLM cross-entropy runs in fp32 on blocks of rows that stay in cache
+  (``pretrain.chunked_cross_entropy``), instead of several fp32 passes over all [M, V] logits.
 * The NSP head sees the pooled [CLS] vector only (as in the stock model).
 
 The loss equals the stock model's on the same batch and weights (tested), because positions that
@@ -24,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import BertConfig, BertForMaskedLM, BertForPreTraining
+
+from pretrain.chunked_cross_entropy import chunked_cross_entropy
 
 
 def bert_config_from_preset(path: str | Path, vocab_size: int, special_ids: dict[str, int],
@@ -83,11 +87,12 @@ class PretrainingObjective(nn.Module):
         hidden = encoded.last_hidden_state  # [B, L, H]
         if self.sparse_head:
             gathered = hidden.reshape(-1, hidden.shape[-1]).index_select(0, mlm_positions)  # [M, H]
-            logits = self.model.cls.predictions(gathered).float()  # [M, V]
+            logits = self.model.cls.predictions(gathered)  # [M, V], the model's dtype
+            out = {"mlm_loss": chunked_cross_entropy(logits, mlm_labels)}  # in fp32, without an fp32 copy
         else:  # the stock head over every position, then the masked rows: the unoptimised reference
             every = self.model.cls.predictions(hidden)  # [B, L, V]
             logits = every.reshape(-1, every.shape[-1]).index_select(0, mlm_positions).float()  # [M, V]
-        out = {"mlm_loss": F.cross_entropy(logits, mlm_labels)}
+            out = {"mlm_loss": F.cross_entropy(logits, mlm_labels)}
         if not self.training:  # accuracy counts for evaluation (an argmax over [M, V] costs ~1% of a step)
             out.update(mlm_correct=(logits.argmax(-1) == mlm_labels).sum(),
                        mlm_count=torch.tensor(mlm_labels.numel(), device=logits.device))
