@@ -12,6 +12,7 @@ import os
 import socket
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 
 _LAUNCHER_RANK_VARS = ("RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK", "SLURM_PROCID")
 
@@ -57,11 +58,35 @@ def init_distributed(timeout_s: float = 600.0) -> DistInfo:
             timeout=timedelta(seconds=timeout_s),
             verbose=False,
         )
+    _unlink_shm_allreduce_buffer()
     local_rank = int(os.environ.get("LOCAL_RANK", os.environ.get("OMPI_COMM_WORLD_LOCAL_RANK", "0")))
     accelerator = get_accelerator()
     if accelerator.device_name() != "cpu":
         accelerator.set_device(local_rank)
     return DistInfo(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank)
+
+
+def _unlink_shm_allreduce_buffer() -> None:
+    """Remove the name of this rank's DeepSpeed shared-memory allreduce buffer, keeping the buffer.
+
+    On CPUs with all ranks on one node, DeepSpeed's shm op creates a 69 MB
+    ``/dev/shm/deepspeed_allreduce_buffer_<uid>_<addr>_<port>_<rank>`` per rank and never unlinks
+    it: every launch on a new port leaves them behind until /dev/shm (RAM) is full. Once all ranks
+    have mapped each other's buffers (they do so inside ``deepspeed.init_distributed``, before the
+    barrier), the names can go: the mappings live on until the processes exit, then the memory is
+    freed, even after a crash.
+    """
+    import torch.distributed as dist
+
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or not dist.is_initialized():
+        return
+    name = (f"deepspeed_allreduce_buffer_{os.getuid()}_{os.environ.get('MASTER_ADDR', '')}_"
+            f"{os.environ.get('MASTER_PORT', '')}_{dist.get_rank()}")
+    if not (shm / name).exists():
+        return  # the op is not in use (GPUs, ranks on several nodes, a single process)
+    dist.barrier()
+    (shm / name).unlink(missing_ok=True)
 
 
 def barrier() -> None:

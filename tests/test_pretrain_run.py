@@ -4,6 +4,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -20,8 +21,13 @@ def data_dir(tmp_path_factory):
     return make_data_dir(tmp_path_factory.mktemp("pretrain") / "data", train_shards=6, samples_per_shard=48)
 
 
+def _shm_buffers() -> set[str]:
+    return {p.name for p in Path("/dev/shm").glob("deepspeed_allreduce_buffer_*")}
+
+
 def test_two_ranks_learn_evaluate_checkpoint_and_export(tmp_path, data_dir):
     run_dir = tmp_path / "run"
+    shm_before = _shm_buffers()
     result = run_pretrain(data_dir, run_dir, "max_steps=40", "eval_every=20", "save_every=10", "keep_last=2",
                           "zero_stage=2", "precision=bf16")
     assert result.returncode == 0, explain(result)
@@ -41,6 +47,7 @@ def test_two_ranks_learn_evaluate_checkpoint_and_export(tmp_path, data_dir):
     assert any((run_dir / "tb").iterdir())
     summary = json.loads((run_dir / "export" / "training_summary.json").read_text())
     assert summary["step"] == 40 and summary["tokens"] == rows[-1]["tokens"]
+    assert _shm_buffers() <= shm_before, "DeepSpeed's shared-memory allreduce buffers were left in /dev/shm"
 
 
 def test_resume_after_a_crash_is_exact(tmp_path, data_dir):
