@@ -1,6 +1,7 @@
 """Real pretraining runs (2 ranks, gloo on CPU): learning, exact resume, crash-safe saves, export."""
 
 import json
+import random
 import shutil
 import subprocess
 import sys
@@ -51,14 +52,16 @@ def test_two_ranks_learn_evaluate_checkpoint_and_export(tmp_path, data_dir):
 
 
 def test_resume_after_a_crash_is_exact(tmp_path, data_dir):
-    """2N uninterrupted == N, crash two steps later, resume to 2N: same samples, losses, weights."""
+    """2N uninterrupted == N, a rank killed at a random later step, resume to 2N: same samples, losses, weights."""
     common = ["max_steps=16", "save_every=8", "log_samples=true", "zero_stage=1", "precision=bf16"]
     straight = run_pretrain(data_dir, tmp_path / "straight", *common)
     assert straight.returncode == 0, explain(straight)
 
     resumed_dir = tmp_path / "resumed"
-    crashed = run_pretrain(data_dir, resumed_dir, *common, env={"PRETRAIN_CRASH_AT": "step:10@1"})
-    assert crashed.returncode != 0
+    kill_at, victim = random.randint(9, 15), random.randint(0, 1)  # after the step-8 save, before the end
+    print(f"rank {victim} is killed after step {kill_at}")  # shown by pytest if the test fails
+    crashed = run_pretrain(data_dir, resumed_dir, *common, env={"PRETRAIN_CRASH_AT": f"step:{kill_at}@{victim}"})
+    assert crashed.returncode != 0, f"rank {victim} killed after step {kill_at}: " + explain(crashed)
     assert (resumed_dir / "checkpoints" / "latest").read_text() == "step00000008"
     resumed = run_pretrain(data_dir, resumed_dir, *common)
     assert resumed.returncode == 0, explain(resumed)
@@ -66,7 +69,7 @@ def test_resume_after_a_crash_is_exact(tmp_path, data_dir):
 
     for rank in range(2):
         expected, got = sample_log(tmp_path / "straight", rank), sample_log(resumed_dir, rank)
-        assert [r["step"] for r in got] == list(range(1, 17))  # steps 9-10 of the crashed run were dropped
+        assert [r["step"] for r in got] == list(range(1, 17))  # steps 9..kill_at of the crashed run were dropped
         assert [r["keys"] for r in got] == [r["keys"] for r in expected]  # no sample repeated or skipped
         assert [r["loss"] for r in got] == [r["loss"] for r in expected]
     a = load_file(tmp_path / "straight" / "export" / "model.safetensors")
