@@ -138,7 +138,6 @@ class PrepConfig(Section):
         return [value] if isinstance(value, str) else value
 
 
-
 def check_config(config: PrepConfig) -> PrepConfig:
     """Cross-field checks that pydantic's per-field types cannot express; one-line ``ConfigError``s."""
     if config.tokenizer.path is not None and not Path(config.tokenizer.path).is_dir():

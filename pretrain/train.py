@@ -181,12 +181,9 @@ def prepare_run(cfg: PretrainConfig) -> Run:
     _check_data(cfg, manifest)
     layout = TokenLayout.from_manifest(manifest)
     special = manifest["tokenizer"]["special_ids"]
-    try:
+    try:  # a malformed model or deepspeed JSON: one line
         hf_config = bert_config_from_preset(resolve_model_config_path(cfg.model), layout.vocab_size, special,
                                             cfg.seq_len, cfg.attn_implementation)
-    except ValueError as err:
-        raise SetupError(str(err)) from None
-    try:
         ds_config = build_deepspeed_config(micro_batch_size=cfg.micro_batch_size, grad_accum=cfg.grad_accum,
                                            precision=cfg.precision, zero_stage=cfg.zero_stage, grad_clip=cfg.grad_clip,
                                            extra=read_user_deepspeed_config(cfg.deepspeed_config))

@@ -64,3 +64,18 @@ def test_missing_and_malformed_files(tmp_path):
     bad.write_text("steps: [1\n")
     with pytest.raises(ConfigError, match="is not valid YAML"):
         load_config(Run, bad)
+    with pytest.raises(ConfigError) as err:
+        load_config(Run, bad)
+    assert "line 2" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_malformed_model_and_deepspeed_json_name_the_file(tmp_path):
+    from pretrain.ds_config import read_user_deepspeed_config
+    from pretrain.model import bert_config_from_preset
+
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"hidden_size": 64,\n')
+    with pytest.raises(ValueError, match=r"model config .*broken.json is not a JSON object"):
+        bert_config_from_preset(broken, 100, {"pad": 0}, 128)
+    with pytest.raises(ValueError, match=r"deepspeed_config .*broken.json.* is not a JSON object"):
+        read_user_deepspeed_config(broken)
