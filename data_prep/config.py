@@ -11,9 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterable, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
-from data_prep.typed_config import ConfigError, Section, load_config
+from data_prep.typed_config import ConfigError, Section, StrList, load_config
 
 PYDOCS_INPUT = "pydocs"
 
@@ -100,7 +100,7 @@ class PydocsConfig(Section):
 class PrepConfig(Section):
     """``python -m data_prep --config configs/prep/NAME.yaml [key=value ...]``."""
 
-    inputs: list[str] = Field(min_length=1)
+    inputs: StrList = Field(min_length=1)
     """Files, folders (searched recursively), globs (``**`` allowed) of .txt / .jsonl / .jsonl.gz,
     or the word ``pydocs``. Relative paths are relative to the current directory."""
     out_dir: str
@@ -131,11 +131,6 @@ class PrepConfig(Section):
     clean: CleanConfig = CleanConfig()
     tokenizer: TokenizerConfig = TokenizerConfig()
     pydocs: PydocsConfig = PydocsConfig()
-
-    @field_validator("inputs", mode="before")
-    @classmethod
-    def _one_input_is_a_list(cls, value: object) -> object:
-        return [value] if isinstance(value, str) else value
 
 
 def check_config(config: PrepConfig) -> PrepConfig:

@@ -11,12 +11,20 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any, Iterable, TypeVar
+from typing import Annotated, Any, Iterable, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
 
 EXIT_CONFIG_ERROR = 2
+
+
+def _one_is_a_list(value: object) -> object:
+    return [value] if isinstance(value, str) else value
+
+
+StrList = Annotated[list[str], BeforeValidator(_one_is_a_list)]
+"""A list of strings that also takes a single string: ``inputs=corpus/`` as well as ``inputs=[a, b]``."""
 
 
 class Section(BaseModel):

@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from data_prep.typed_config import Section
+from data_prep.typed_config import Section, StrList
 
 
 class SplitConfig(Section):
@@ -37,7 +37,7 @@ class FinetuneConfig(Section):
     """Validation data for early stopping and model selection; unset: split.valid_fraction of train_file."""
     test_file: str | None = None
     """Test data, evaluated once with the selected model; unset: split.test_fraction of train_file."""
-    text_column: list[str] = ["text"]
+    text_column: StrList = ["text"]
     """Column holding the text, or a list of candidates of which the first present in each file wins."""
     text_pair_column: str | None = None
     """Optional second text column for sentence-pair tasks (encoded as [CLS] text [SEP] pair [SEP])."""
@@ -89,11 +89,6 @@ class FinetuneConfig(Section):
     """Write a training row (loss, lr, throughput) to metrics.jsonl every this many steps."""
     threads: int | None = Field(None, ge=1)
     """CPU threads per rank; unset: torch's default, divided among the ranks sharing this host."""
-
-    @field_validator("text_column", mode="before")
-    @classmethod
-    def _one_name_is_a_list(cls, value: object) -> object:
-        return [value] if isinstance(value, str) else value
 
     @field_validator("text_column")
     @classmethod
