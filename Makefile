@@ -12,7 +12,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(TORCH_VERSION)
 PYTEST_ARGS ?=
 
-.PHONY: venv test demo bench clean
+.PHONY: venv test lint format demo bench clean
 
 venv: $(STAMP)
 
@@ -23,7 +23,16 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e ".[$(EXTRAS)]" "$(TORCH_SPEC)"
 	touch $@
 
-test: $(STAMP)
+# ruff (configured in pyproject.toml): lint and format check over the whole tree; `make format` fixes.
+lint: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+format: $(STAMP)
+	$(PY) -m ruff check --fix .
+	$(PY) -m ruff format .
+
+test: lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 demo: $(STAMP)

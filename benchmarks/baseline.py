@@ -49,30 +49,60 @@ def stock_labels(batch: dict[str, Any]) -> torch.Tensor:
     return labels.view_as(ids)
 
 
-def _stream(cfg: PretrainConfig, manifest: dict[str, Any], layout: TokenLayout, *, world_size: int,
-            micro_batch_size: int) -> TrainStream:
+def _stream(
+    cfg: PretrainConfig,
+    manifest: dict[str, Any],
+    layout: TokenLayout,
+    *,
+    world_size: int,
+    micro_batch_size: int,
+) -> TrainStream:
     """Rank 0's stream among ``world_size`` ranks: with ``world_size`` 1 and the trainer's batch size,
     the very batches the trainer's single rank trains on."""
-    return TrainStream(shard_specs(cfg.data_dir, manifest, "train"), layout, rank=0, world_size=world_size,
-                       seed=cfg.seed, micro_batch_size=micro_batch_size, mlm_probability=cfg.mlm_probability)
+    return TrainStream(
+        shard_specs(cfg.data_dir, manifest, "train"),
+        layout,
+        rank=0,
+        world_size=world_size,
+        seed=cfg.seed,
+        micro_batch_size=micro_batch_size,
+        mlm_probability=cfg.mlm_probability,
+    )
 
 
-def measure(cfg: PretrainConfig, *, global_batch: int, ranks: int, warmup: int, steps: int,
-            initial_weights: Path | None) -> dict[str, Any]:
+def measure(
+    cfg: PretrainConfig,
+    *,
+    global_batch: int,
+    ranks: int,
+    warmup: int,
+    steps: int,
+    initial_weights: Path | None,
+) -> dict[str, Any]:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     manifest = load_manifest(cfg.data_dir)
     layout = TokenLayout.from_manifest(manifest)
-    hf_config = bert_config_from_preset(resolve_model_config_path(cfg.model), layout.vocab_size,
-                                        manifest["tokenizer"]["special_ids"], cfg.seq_len, cfg.attn_implementation)
+    hf_config = bert_config_from_preset(
+        resolve_model_config_path(cfg.model),
+        layout.vocab_size,
+        manifest["tokenizer"]["special_ids"],
+        cfg.seq_len,
+        cfg.attn_implementation,
+    )
     torch.manual_seed(cfg.seed)  # prepare_run's initialisation, should no weights file be given
     model = build_hf_model(hf_config, nsp=layout.nsp)
     if initial_weights is not None:
         model.load_state_dict(torch.load(initial_weights, weights_only=True))
     model.to(device).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optimizer.lr, betas=cfg.optimizer.betas,
-                                  eps=cfg.optimizer.eps, weight_decay=cfg.optimizer.weight_decay)
+    optimizer = torch.optim.AdamW(
+        model.parameters(),
+        lr=cfg.optimizer.lr,
+        betas=cfg.optimizer.betas,
+        eps=cfg.optimizer.eps,
+        weight_decay=cfg.optimizer.weight_decay,
+    )
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
     dtype = AUTOCAST_DTYPES.get(cfg.precision)
 
@@ -83,7 +113,9 @@ def measure(cfg: PretrainConfig, *, global_batch: int, ranks: int, warmup: int, 
         with torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext():
             return model(**inputs, labels=stock_labels(batch).to(device)).loss
 
-    first = next(iter(_stream(cfg, manifest, layout, world_size=ranks, micro_batch_size=cfg.micro_batch_size)))
+    first = next(
+        iter(_stream(cfg, manifest, layout, world_size=ranks, micro_batch_size=cfg.micro_batch_size))
+    )
     model.eval()  # dropout off, as in the trainer's check
     with torch.no_grad():
         initial_loss = float(loss_of(first))
@@ -105,8 +137,14 @@ def measure(cfg: PretrainConfig, *, global_batch: int, ranks: int, warmup: int, 
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    records = time_steps(step, warmup=warmup, steps=steps, shape=BertShape.from_config(hf_config, layout.nsp),
-                         full_vocab_head=True, synchronize=synchronizer(device.type))
+    records = time_steps(
+        step,
+        warmup=warmup,
+        steps=steps,
+        shape=BertShape.from_config(hf_config, layout.nsp),
+        full_vocab_head=True,
+        synchronize=synchronizer(device.type),
+    )
     return {
         "status": "ok",
         "device_type": device.type,
@@ -119,19 +157,33 @@ def measure(cfg: PretrainConfig, *, global_batch: int, ranks: int, warmup: int, 
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.baseline", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.baseline", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--out", required=True, type=Path, help="result JSON file")
-    parser.add_argument("--global-batch", required=True, type=int, help="samples per step (trainer micro batch x ranks)")
-    parser.add_argument("--ranks", type=int, default=1, help="the trainer's ranks (whose rank 0 batch the loss check uses)")
+    parser.add_argument(
+        "--global-batch", required=True, type=int, help="samples per step (trainer micro batch x ranks)"
+    )
+    parser.add_argument(
+        "--ranks", type=int, default=1, help="the trainer's ranks (whose rank 0 batch the loss check uses)"
+    )
     parser.add_argument("--warmup-steps", type=int, default=3)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--initial-weights", type=Path, help="state dict saved by the step worker")
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="PretrainConfig keys, as for the step worker")
+    parser.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="PretrainConfig keys, as for the step worker"
+    )
     args = parser.parse_args(argv)
     cfg = load_pretrain_config(None, args.overrides)
     try:
-        result = measure(cfg, global_batch=args.global_batch, ranks=args.ranks, warmup=args.warmup_steps,
-                         steps=args.steps, initial_weights=args.initial_weights)
+        result = measure(
+            cfg,
+            global_batch=args.global_batch,
+            ranks=args.ranks,
+            warmup=args.warmup_steps,
+            steps=args.steps,
+            initial_weights=args.initial_weights,
+        )
     except Exception as err:  # recorded in the sweep's point, which keeps our numbers
         status = "oom" if is_out_of_memory(err) else "error"
         args.out.write_text(json.dumps({"status": status, "error": f"{type(err).__name__}: {err}"}) + "\n")

@@ -76,11 +76,21 @@ def peak_flops(precision: str, *, threads_per_rank: int, ranks: int) -> Peak:
         name = torch.cuda.get_device_name()
         tflops = datasheet_tflops(name, precision)
         if tflops is not None:
-            return Peak(tflops * 1e12 * ranks, f"datasheet dense {precision} peak of {name}: {tflops} TFLOP/s x {ranks} GPU(s)")
+            return Peak(
+                tflops * 1e12 * ranks,
+                f"datasheet dense {precision} peak of {name}: {tflops} TFLOP/s x {ranks} GPU(s)",
+            )
         per_size = matmul_flops_per_s(precision, threads_per_rank, device="cuda")
-        return Peak(max(per_size.values()) * ranks,
-                    f"{name} is not in the datasheet table: measured {precision} matmul peak x {ranks} GPU(s)", per_size)
+        return Peak(
+            max(per_size.values()) * ranks,
+            f"{name} is not in the datasheet table: measured {precision} matmul peak x {ranks} GPU(s)",
+            per_size,
+        )
     per_size = matmul_flops_per_s(precision, threads_per_rank)
     best = max(per_size.values())
-    return Peak(best * ranks, f"measured {precision} matmul peak on {threads_per_rank} thread(s): "
-                              f"{best / 1e9:.0f} GFLOP/s x {ranks} rank(s)", per_size)
+    return Peak(
+        best * ranks,
+        f"measured {precision} matmul peak on {threads_per_rank} thread(s): "
+        f"{best / 1e9:.0f} GFLOP/s x {ranks} rank(s)",
+        per_size,
+    )

@@ -22,9 +22,15 @@ MIN_SECONDS = 2.0
 def loader_samples_per_s(cfg: PretrainConfig, world_size: int) -> float:
     """Samples/s of rank 0's loader among ``world_size`` ranks, with ``cfg``'s batch size and loader settings."""
     manifest = load_manifest(cfg.data_dir)
-    stream = TrainStream(shard_specs(cfg.data_dir, manifest, "train"), TokenLayout.from_manifest(manifest), rank=0,
-                         world_size=world_size, seed=cfg.seed, micro_batch_size=cfg.micro_batch_size,
-                         mlm_probability=cfg.mlm_probability)
+    stream = TrainStream(
+        shard_specs(cfg.data_dir, manifest, "train"),
+        TokenLayout.from_manifest(manifest),
+        rank=0,
+        world_size=world_size,
+        seed=cfg.seed,
+        micro_batch_size=cfg.micro_batch_size,
+        mlm_probability=cfg.mlm_probability,
+    )
     batches = iter(train_loader(stream, cfg.loader.workers, cfg.loader.prefetch_batches))
     next(batches)
     started, count, samples = time.perf_counter(), 0, 0

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -34,7 +34,9 @@ def _time(step: Callable[[], torch.Tensor], params: list[torch.Tensor], repeats:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.mlm_loss_bench", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.mlm_loss_bench", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--masked", type=int, default=570, help="masked positions M (default %(default)s)")
     parser.add_argument("--vocab", type=int, default=30522, help="vocabulary V (default %(default)s)")
     parser.add_argument("--hidden", type=int, default=256, help="hidden size H (default %(default)s)")
@@ -51,7 +53,9 @@ def main(argv: list[str] | None = None) -> None:
         "F.cross_entropy(logits.float())": lambda: F.cross_entropy((hidden @ weight.t()).float(), labels),
         "chunked_cross_entropy(logits)": lambda: chunked_cross_entropy(hidden @ weight.t(), labels),
     }
-    print(f"M={args.masked} V={args.vocab} H={args.hidden}, bf16, {args.threads} thread(s); forward + backward, ms")
+    print(
+        f"M={args.masked} V={args.vocab} H={args.hidden}, bf16, {args.threads} thread(s); forward + backward, ms"
+    )
     print(f"{'variant':34} {'median':>8} {'min':>8}")
     for name, step in variants.items():
         times = _time(step, [hidden, weight], args.repeats)

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import resource
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -32,7 +33,9 @@ class StepRecord:
     hardware_flops: float  # what was executed (HFU)
 
 
-def count_step(shape: BertShape, batch: dict[str, Any], seconds: float, *, full_vocab_head: bool) -> StepRecord:
+def count_step(
+    shape: BertShape, batch: dict[str, Any], seconds: float, *, full_vocab_head: bool
+) -> StepRecord:
     """The counts of one step on ``batch``.
 
     Model FLOPs take each sequence at its real length and the MLM head on the masked positions;
@@ -44,14 +47,26 @@ def count_step(shape: BertShape, batch: dict[str, Any], seconds: float, *, full_
     lengths = batch["attention_mask"].sum(dim=1).tolist()
     masked = int(batch["mlm_positions"].numel())
     head_positions = batch_size * padded_length if full_vocab_head else masked
-    return StepRecord(seconds=seconds, samples=batch_size, tokens=int(batch["num_tokens"]),
-                      padded_tokens=batch_size * padded_length, masked=masked,
-                      model_flops=model_flops(shape, lengths, masked),
-                      hardware_flops=hardware_flops(shape, batch_size, padded_length, head_positions))
+    return StepRecord(
+        seconds=seconds,
+        samples=batch_size,
+        tokens=int(batch["num_tokens"]),
+        padded_tokens=batch_size * padded_length,
+        masked=masked,
+        model_flops=model_flops(shape, lengths, masked),
+        hardware_flops=hardware_flops(shape, batch_size, padded_length, head_positions),
+    )
 
 
-def time_steps(step: Callable[[], dict[str, Any]], *, warmup: int, steps: int, shape: BertShape, full_vocab_head: bool,
-               synchronize: Callable[[], None]) -> list[StepRecord]:
+def time_steps(
+    step: Callable[[], dict[str, Any]],
+    *,
+    warmup: int,
+    steps: int,
+    shape: BertShape,
+    full_vocab_head: bool,
+    synchronize: Callable[[], None],
+) -> list[StepRecord]:
     """Run ``warmup`` untimed and ``steps`` timed calls of ``step`` (which returns the batch it trained on).
 
     ``synchronize`` waits for queued device work (a no-op on CPU): GPU kernels run asynchronously,
@@ -65,7 +80,9 @@ def time_steps(step: Callable[[], dict[str, Any]], *, warmup: int, steps: int, s
         started = time.perf_counter()
         batch = step()
         synchronize()
-        records.append(count_step(shape, batch, time.perf_counter() - started, full_vocab_head=full_vocab_head))
+        records.append(
+            count_step(shape, batch, time.perf_counter() - started, full_vocab_head=full_vocab_head)
+        )
     return records
 
 
@@ -84,4 +101,5 @@ def synchronizer(device_type: str) -> Callable[[], None]:
 def is_out_of_memory(error: BaseException) -> bool:
     """torch's OOM error on accelerators; on CPU the allocator raises a plain RuntimeError."""
     return isinstance(error, torch.OutOfMemoryError) or (
-        isinstance(error, RuntimeError) and "can't allocate memory" in str(error))
+        isinstance(error, RuntimeError) and "can't allocate memory" in str(error)
+    )

@@ -53,7 +53,10 @@ def save_initial_weights(run, path: Path) -> None:
     module = run.engine.module
     with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
         if run.dist.is_main:
-            state = {name: tensor.detach().float().cpu().clone() for name, tensor in module.model.state_dict().items()}
+            state = {
+                name: tensor.detach().float().cpu().clone()
+                for name, tensor in module.model.state_dict().items()
+            }
             torch.save(state, path)
 
 
@@ -69,9 +72,15 @@ def measure(cfg, warmup: int, steps: int, initial_weights: Path | None) -> dict[
     device_type = get_accelerator().device_name()
     if device_type == "cuda":
         torch.cuda.reset_peak_memory_stats()  # count the step, not model set-up spikes
-    stream = TrainStream(shard_specs(cfg.data_dir, run.manifest, "train"), run.layout, rank=run.dist.rank,
-                         world_size=run.dist.world_size, seed=cfg.seed, micro_batch_size=cfg.micro_batch_size,
-                         mlm_probability=cfg.mlm_probability)
+    stream = TrainStream(
+        shard_specs(cfg.data_dir, run.manifest, "train"),
+        run.layout,
+        rank=run.dist.rank,
+        world_size=run.dist.world_size,
+        seed=cfg.seed,
+        micro_batch_size=cfg.micro_batch_size,
+        mlm_probability=cfg.mlm_probability,
+    )
     batches = iter(train_loader(stream, cfg.loader.workers, cfg.loader.prefetch_batches))
     first = next(batches)
     if "error" in first:  # a corrupt shard: the stream's one-line message names it
@@ -80,8 +89,14 @@ def measure(cfg, warmup: int, steps: int, initial_weights: Path | None) -> dict[
     if initial_weights is not None:
         save_initial_weights(run, initial_weights)
     batches = itertools.chain([first], batches)
-    records = time_steps(lambda: micro_step(run, batches)[0], warmup=warmup, steps=steps, shape=run.shape,
-                         full_vocab_head=not cfg.sparse_mlm_head, synchronize=synchronizer(device_type))
+    records = time_steps(
+        lambda: micro_step(run, batches)[0],
+        warmup=warmup,
+        steps=steps,
+        shape=run.shape,
+        full_vocab_head=not cfg.sparse_mlm_head,
+        synchronize=synchronizer(device_type),
+    )
     return {
         "status": "ok",
         "rank": run.dist.rank,
@@ -98,7 +113,9 @@ def measure(cfg, warmup: int, steps: int, initial_weights: Path | None) -> dict[
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.step_worker", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.step_worker", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--out", required=True, type=Path, help="directory for rank<r>.json")
     parser.add_argument("--warmup-steps", type=int, default=3)
     parser.add_argument("--steps", type=int, default=10)
@@ -120,7 +137,9 @@ def main(argv: list[str] | None = None) -> None:
         status = "oom" if is_out_of_memory(err) else "error"
         if status == "error":
             traceback.print_exc()
-        result_path.write_text(json.dumps({"status": status, "rank": rank, "error": f"{type(err).__name__}: {err}"}) + "\n")
+        result_path.write_text(
+            json.dumps({"status": status, "rank": rank, "error": f"{type(err).__name__}: {err}"}) + "\n"
+        )
         print(f"[rank {rank}] {status}: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
         os._exit(3)  # the other ranks may be blocked in a collective; the launcher ends them
     result_path.write_text(json.dumps(result) + "\n")

@@ -40,19 +40,33 @@ def write_word_level_tokenizer(directory: Path, vocab_size: int, seq_len: int) -
     tokenizer = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
     tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
     tokenizer.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", CLS), ("[SEP]", SEP)])
-    PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]",
-                            sep_token="[SEP]", mask_token="[MASK]", model_max_length=seq_len).save_pretrained(str(directory))
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", CLS), ("[SEP]", SEP)],
+    )
+    PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        pad_token="[PAD]",
+        unk_token="[UNK]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+        model_max_length=seq_len,
+    ).save_pretrained(str(directory))
 
 
-def nsp_examples(rng: np.random.Generator, count: int, *, seq_len: int, vocab_size: int) -> list[tuple[np.ndarray, int]]:
+def nsp_examples(
+    rng: np.random.Generator, count: int, *, seq_len: int, vocab_size: int
+) -> list[tuple[np.ndarray, int]]:
     """``count`` (ids, nsp_label) pairs laid out ``[CLS] A [SEP] B [SEP]``, ids uint16 or int32 as data_prep stores them."""
     max_text = seq_len - PAIR_SPECIALS
     short = rng.random(count) < SHORT_SEQ_PROB
     text_lengths = np.where(short, rng.integers(2, max_text + 1, size=count), max_text)
     first_special = len(SPECIAL_TOKENS)
     zipf = 1.0 / np.arange(1, vocab_size - first_special + 1)
-    words = first_special + rng.choice(vocab_size - first_special, size=int(text_lengths.sum()), p=zipf / zipf.sum())
+    words = first_special + rng.choice(
+        vocab_size - first_special, size=int(text_lengths.sum()), p=zipf / zipf.sum()
+    )
     dtype = np.uint16 if vocab_size <= np.iinfo(np.uint16).max + 1 else np.int32
     examples, start = [], 0
     for length in text_lengths:
@@ -64,11 +78,20 @@ def nsp_examples(rng: np.random.Generator, count: int, *, seq_len: int, vocab_si
     return examples
 
 
-def write_synthetic_data_dir(root: Path, *, seq_len: int, vocab_size: int = BERT_VOCAB_SIZE, train_shards: int = 8,
-                             samples_per_shard: int = 256, seed: int = 0) -> Path:
+def write_synthetic_data_dir(
+    root: Path,
+    *,
+    seq_len: int,
+    vocab_size: int = BERT_VOCAB_SIZE,
+    train_shards: int = 8,
+    samples_per_shard: int = 256,
+    seed: int = 0,
+) -> Path:
     """Write a complete mlm+nsp data dir of ``train_shards`` equal shards (no valid split); returns ``root``."""
     if seq_len < PAIR_SPECIALS + 2:
-        raise ValueError(f"seq_len={seq_len} cannot hold [CLS] A [SEP] B [SEP]; use at least {PAIR_SPECIALS + 2}")
+        raise ValueError(
+            f"seq_len={seq_len} cannot hold [CLS] A [SEP] B [SEP]; use at least {PAIR_SPECIALS + 2}"
+        )
     root = Path(root)
     (root / "shards" / "train").mkdir(parents=True, exist_ok=True)
     write_word_level_tokenizer(root / TOKENIZER_DIR, vocab_size, seq_len)
@@ -78,10 +101,20 @@ def write_synthetic_data_dir(root: Path, *, seq_len: int, vocab_size: int = BERT
         examples = nsp_examples(rng, samples_per_shard, seq_len=seq_len, vocab_size=vocab_size)
         entries.append(write_shard(root, f"shards/train/{shard_name('synthetic', index)}", index, examples))
     manifest = build_manifest(
-        root, objective="mlm+nsp", seq_len=seq_len, token_dtype=str(examples[0][0].dtype), vocab_size=vocab_size,
-        special_ids=SPECIAL_IDS, shards={"train": [asdict(entry) for entry in entries]},
+        root,
+        objective="mlm+nsp",
+        seq_len=seq_len,
+        token_dtype=str(examples[0][0].dtype),
+        vocab_size=vocab_size,
+        special_ids=SPECIAL_IDS,
+        shards={"train": [asdict(entry) for entry in entries]},
         samples_per_shard=samples_per_shard,
-        prep_config={"synthetic": "benchmarks.synthetic_shards", "seed": seed, "short_seq_prob": SHORT_SEQ_PROB,
-                     "token_distribution": "zipf 1/rank"})
+        prep_config={
+            "synthetic": "benchmarks.synthetic_shards",
+            "seed": seed,
+            "short_seq_prob": SHORT_SEQ_PROB,
+            "token_distribution": "zipf 1/rank",
+        },
+    )
     write_json_atomic(root / MANIFEST_NAME, manifest)
     return root

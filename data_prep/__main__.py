@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 import traceback
-from typing import Sequence
+from collections.abc import Sequence
 
 from data_prep import inspection, verify
 from data_prep.config import load_prep_config
@@ -30,7 +30,9 @@ def prep_main(argv: Sequence[str]) -> int:
         epilog="Also: python -m data_prep verify DATA_DIR | inspect DATA_DIR [--n 5]",
     )
     parser.add_argument("--config", help="a YAML file, e.g. configs/prep/demo.yaml")
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, dotted for nesting")
+    parser.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="config overrides, dotted for nesting"
+    )
     args = parser.parse_args(argv)
     cluster = connect()
     speak = cluster.rank == 0
@@ -39,7 +41,7 @@ def prep_main(argv: Sequence[str]) -> int:
         prepare(config, cluster)
     except ConfigError as err:
         if not speak:
-            raise SystemExit(2)
+            raise SystemExit(2) from None
         exit_on_config_error(err)
     except USER_ERRORS as err:
         if speak:
@@ -47,7 +49,10 @@ def prep_main(argv: Sequence[str]) -> int:
         return 1
     except KeyboardInterrupt:
         if speak:
-            print("interrupted: no manifest.json was written; run the same command again to resume", file=sys.stderr)
+            print(
+                "interrupted: no manifest.json was written; run the same command again to resume",
+                file=sys.stderr,
+            )
         return 130
     except OSError as err:  # disk full, a file removed under us...: the system's message, no traceback
         print(f"error: {err}; no manifest.json was written, fix it and re-run to resume", file=sys.stderr)

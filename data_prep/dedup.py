@@ -73,7 +73,9 @@ class Shingler:
         for k in range(self.words):
             inside = positions + k < ends
             following = flat[np.minimum(positions + k, len(flat) - 1)]
-            hashes = np.where(inside, (hashes * np.uint64(1_000_003) + following) & np.uint64(0xFFFFFFFF), hashes)
+            hashes = np.where(
+                inside, (hashes * np.uint64(1_000_003) + following) & np.uint64(0xFFFFFFFF), hashes
+            )
         windows = np.maximum(1, counts - self.words + 1)
         first_window = np.cumsum(windows) - windows
         chosen = np.repeat(starts, windows) + np.arange(int(windows.sum())) - np.repeat(first_window, windows)
@@ -93,8 +95,13 @@ class Shingler:
                 permuted = mixed[low:high, None] * self.a + self.b  # uint32 arithmetic wraps: mod 2^32
                 out[first:last] = np.minimum.reduceat(permuted, bounds[first:last] - low, axis=0)
             else:  # one document longer than a block: in slices
-                out[first] = np.min([(mixed[i : i + self.BLOCK, None] * self.a + self.b).min(axis=0)
-                                     for i in range(low, high, self.BLOCK)], axis=0)
+                out[first] = np.min(
+                    [
+                        (mixed[i : i + self.BLOCK, None] * self.a + self.b).min(axis=0)
+                        for i in range(low, high, self.BLOCK)
+                    ],
+                    axis=0,
+                )
             first = last
         return out
 

@@ -71,8 +71,14 @@ def _truncate_pair(
 
 
 def nsp_examples_from_document(
-    pool: list[TokenDoc], index: int, seq_len: int, short_seq_prob: float, cls_id: int, sep_id: int,
-    rng: random.Random, out: Examples,
+    pool: list[TokenDoc],
+    index: int,
+    seq_len: int,
+    short_seq_prob: float,
+    cls_id: int,
+    sep_id: int,
+    rng: random.Random,
+    out: Examples,
 ) -> None:
     """Append the examples of ``pool[index]`` to ``out`` (create_instances_from_document); the
     pool's sentences must be at most ``seq_len - 3`` tokens (``split_long_sentences``)."""
@@ -129,7 +135,13 @@ def nsp_examples_from_document(
 
 
 def mlm_examples_from_document(
-    document: TokenDoc, seq_len: int, short_seq_prob: float, cls_id: int, sep_id: int, rng: random.Random, out: Examples
+    document: TokenDoc,
+    seq_len: int,
+    short_seq_prob: float,
+    cls_id: int,
+    sep_id: int,
+    rng: random.Random,
+    out: Examples,
 ) -> None:
     """Append ``[CLS] sentences [SEP]`` examples of whole sentences, packed up to the target length."""
     max_num_tokens = seq_len - 2
@@ -147,7 +159,12 @@ def mlm_examples_from_document(
 
 
 def build_examples(
-    pool: list[TokenDoc], objective: str, seq_len: int, short_seq_prob: float, cls_id: int, sep_id: int,
+    pool: list[TokenDoc],
+    objective: str,
+    seq_len: int,
+    short_seq_prob: float,
+    cls_id: int,
+    sep_id: int,
     rng: random.Random,
 ) -> Examples:
     """All examples of a pool of documents, shuffled (as BERT shuffles its instances)."""

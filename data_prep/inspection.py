@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -20,7 +20,9 @@ def _describe(ids: np.ndarray, nsp: str | None, decode, sep_id: int) -> str:
     separators = [i for i, token in enumerate(ids) if token == sep_id]
     if nsp is not None and len(separators) == 2:
         a, b = decode(ids[1 : separators[0]]), decode(ids[separators[0] + 1 : -1])
-        return f"[CLS] {a} [SEP] {b} [SEP]\n    NSP label {nsp} ({NSP_MEANING.get(nsp, '?')}), {len(ids)} tokens"
+        return (
+            f"[CLS] {a} [SEP] {b} [SEP]\n    NSP label {nsp} ({NSP_MEANING.get(nsp, '?')}), {len(ids)} tokens"
+        )
     return f"[CLS] {decode(ids[1:-1])} [SEP]\n    {len(ids)} tokens"
 
 
@@ -66,7 +68,9 @@ def main(argv: Sequence[str]) -> int:
         return 0
     lengths = np.array(lengths)
     nsp_note = f", NSP label 1 in {nsp_ones / len(lengths):.1%}" if manifest["objective"] == "mlm+nsp" else ""
-    print(f"\nlengths of {len(lengths):,} {args.split} samples (mean {lengths.mean():.1f}, "
-          f"max {lengths.max()} of seq_len {manifest['seq_len']}{nsp_note}):")
+    print(
+        f"\nlengths of {len(lengths):,} {args.split} samples (mean {lengths.mean():.1f}, "
+        f"max {lengths.max()} of seq_len {manifest['seq_len']}{nsp_note}):"
+    )
     print("\n".join(histogram(lengths, manifest["seq_len"])))
     return 0

@@ -64,9 +64,18 @@ def write_json_atomic(path: str | Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
-def build_manifest(data_dir: str | Path, *, objective: str, seq_len: int, token_dtype: str, vocab_size: int,
-                   special_ids: dict[str, int], shards: dict[str, list[dict[str, Any]]], samples_per_shard: int,
-                   prep_config: dict[str, Any]) -> dict[str, Any]:
+def build_manifest(
+    data_dir: str | Path,
+    *,
+    objective: str,
+    seq_len: int,
+    token_dtype: str,
+    vocab_size: int,
+    special_ids: dict[str, int],
+    shards: dict[str, list[dict[str, Any]]],
+    samples_per_shard: int,
+    prep_config: dict[str, Any],
+) -> dict[str, Any]:
     """The manifest of a data dir whose tokenizer and shards are written: ``shards`` maps each split
     to its shard entries (``path`` relative to the data dir, ``samples``, ``tokens``, ``bytes``,
     ``sha256``), which are listed in path order with their totals."""
@@ -85,8 +94,12 @@ def build_manifest(data_dir: str | Path, *, objective: str, seq_len: int, token_
         "objective": objective,
         "seq_len": seq_len,
         "token_dtype": token_dtype,
-        "tokenizer": {"path": TOKENIZER_DIR, "vocab_size": vocab_size, "special_ids": special_ids,
-                      "sha256": sha256_tree(Path(data_dir) / TOKENIZER_DIR)},
+        "tokenizer": {
+            "path": TOKENIZER_DIR,
+            "vocab_size": vocab_size,
+            "special_ids": special_ids,
+            "sha256": sha256_tree(Path(data_dir) / TOKENIZER_DIR),
+        },
         "splits": splits,
         "prep_config": prep_config,
     }
@@ -109,12 +122,16 @@ def load_manifest(data_dir: str | Path) -> dict[str, Any]:
         raise ManifestError(f"{str(path)!r} is unreadable ({err}); {REGENERATE_HINT}") from None
     found = manifest.get("format") if isinstance(manifest, dict) else None
     if found != FORMAT:
-        raise ManifestError(f"{str(path)!r} has format {found!r}, this code reads {FORMAT!r}; {REGENERATE_HINT}")
+        raise ManifestError(
+            f"{str(path)!r} has format {found!r}, this code reads {FORMAT!r}; {REGENERATE_HINT}"
+        )
     for key in ("objective", "seq_len", "tokenizer", "splits"):
         if key not in manifest:
             raise ManifestError(f"{str(path)!r} lacks the key {key!r}; {REGENERATE_HINT}")
     if manifest["objective"] not in OBJECTIVES:
-        raise ManifestError(f"{str(path)!r} has objective {manifest['objective']!r}, not one of {OBJECTIVES}; {REGENERATE_HINT}")
+        raise ManifestError(
+            f"{str(path)!r} has objective {manifest['objective']!r}, not one of {OBJECTIVES}; {REGENERATE_HINT}"
+        )
     return manifest
 
 

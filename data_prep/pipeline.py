@@ -22,9 +22,10 @@ import signal
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from data_prep.config import PrepConfig
 from data_prep.dedup import DuplicateFilter
@@ -36,12 +37,24 @@ from data_prep.report import REPAIRS, build_report, summary_table
 from data_prep.shards import ShardEntry, shard_name
 from data_prep.sources import Chunk, InputError, expand_inputs
 from data_prep.stages import (
-    KEPT, CleanSummary, Context, ExampleSummary, ShardTask, build_valid_examples, clean_chunk,
-    example_chunk, sample_chunk, write_shard_task,
+    KEPT,
+    CleanSummary,
+    Context,
+    ExampleSummary,
+    ShardTask,
+    build_valid_examples,
+    clean_chunk,
+    example_chunk,
+    sample_chunk,
+    write_shard_task,
 )
 from data_prep.timing import StageClock, timed_call
 from data_prep.tokenizer import (
-    TokenizerError, TokenizerInfo, reuse_tokenizer, save_trained_tokenizer, train_sentencepiece,
+    TokenizerError,
+    TokenizerInfo,
+    reuse_tokenizer,
+    save_trained_tokenizer,
+    train_sentencepiece,
 )
 from data_prep.typed_config import ConfigError
 from data_prep.workdir import WORK_DIR, WorkDir, load_arrays, load_json, save_json, work_key
@@ -105,7 +118,9 @@ def _prepare_out_dir(config: PrepConfig, work: WorkDir) -> bool:
         for split in ("train", "valid"):
             (out / "shards" / split).mkdir(parents=True, exist_ok=True)
     except OSError as err:  # permission denied, read-only or full filesystem...
-        raise PrepError(f"out_dir {str(out)!r} is not writable ({err.strerror}); choose another out_dir") from None
+        raise PrepError(
+            f"out_dir {str(out)!r} is not writable ({err.strerror}); choose another out_dir"
+        ) from None
     return resumed
 
 
@@ -171,7 +186,9 @@ class Runner:
             context = Context(config, str(out), key)
             if config.workers > 1:
                 # spawn, not fork: a forked MPI process or a forked tokenizers thread pool misbehaves
-                self.pool = multiprocessing.get_context("spawn").Pool(config.workers, initializer=_ignore_interrupts)
+                self.pool = multiprocessing.get_context("spawn").Pool(
+                    config.workers, initializer=_ignore_interrupts
+                )
             ordered_map = lambda fn, items: self._map(fn, items, ordered=True)  # noqa: E731
             chunks = self._root(lambda: plan_chunks(config, expanded, work, ordered_map, self.show))
         mine = [chunk for chunk in chunks if chunk.index % self.cluster.size == self.cluster.rank]
@@ -185,12 +202,16 @@ class Runner:
         dtype = "uint16" if info.vocab_size <= 65536 else "int32"
         context = replace(context, encoder=info.encoder, special_ids=info.special_ids, token_dtype=dtype)
         with self.clock.stage("examples"):
-            built: list[ExampleSummary] = self._run_chunks(example_chunk, context, mine, "examples", "train_examples")
+            built: list[ExampleSummary] = self._run_chunks(
+                example_chunk, context, mine, "examples", "train_examples"
+            )
             layout = self._root(lambda: self._layout(work, context, chunks, built))
         with self.clock.stage("shards"):
             tasks = layout["tasks"]
             rank, ranks = self.cluster.rank, self.cluster.size
-            mine_tasks = tasks[len(tasks) * rank // ranks : len(tasks) * (rank + 1) // ranks]  # contiguous: chunk reuse
+            mine_tasks = tasks[
+                len(tasks) * rank // ranks : len(tasks) * (rank + 1) // ranks
+            ]  # contiguous: chunk reuse
             progress = Progress("shards", None, self.show, item="shards")
             entries = []
             for entry in self._map(write_shard_task, [(context, task) for task in mine_tasks]):
@@ -210,7 +231,16 @@ class Runner:
             for _, per_stage in cpu:
                 stage_cpu.update(per_stage)
             report = self._report(
-                chunks, cleaned, decided, info, training_sentences, built, layout, all_entries, start, stage_cpu
+                chunks,
+                cleaned,
+                decided,
+                info,
+                training_sentences,
+                built,
+                layout,
+                all_entries,
+                start,
+                stage_cpu,
             )
             report["throughput"].update(_cpu_rates(report["bytes_in"], sum(total for total, _ in cpu)))
             self._write_outputs(work, chunks, info, dtype, all_entries, report)
@@ -243,15 +273,27 @@ class Runner:
             split = ["valid" if uniform < config.valid_fraction else "train" for uniform in meta["uniforms"]]
             decisions.append([reason or kept for reason, kept in zip(reasons, split)])
             metas.append({"uniforms": meta["uniforms"], "sentence_counts": meta["sentence_counts"]})
-        kept = [(u, c, j) for c, m in enumerate(metas) for j, u in enumerate(m["uniforms"]) if decisions[c][j] in KEPT]
-        if config.valid_fraction > 0 and len(kept) > 1 and not any(decisions[c][j] == "valid" for _, c, j in kept):
+        kept = [
+            (u, c, j)
+            for c, m in enumerate(metas)
+            for j, u in enumerate(m["uniforms"])
+            if decisions[c][j] in KEPT
+        ]
+        if (
+            config.valid_fraction > 0
+            and len(kept) > 1
+            and not any(decisions[c][j] == "valid" for _, c, j in kept)
+        ):
             _, c, j = min(kept)  # a small corpus still gets a valid split: the document nearest the cut
             decisions[c][j] = "valid"
         for chunk, chunk_decisions in zip(chunks, decisions):
             save_json(work.decisions(chunk.index), chunk_decisions)
         counts = Counter(d for chunk_decisions in decisions for d in chunk_decisions)
         kept_sentences = sum(
-            n for d, m in zip(decisions, metas) for decision, n in zip(d, m["sentence_counts"]) if decision in KEPT
+            n
+            for d, m in zip(decisions, metas)
+            for decision, n in zip(d, m["sentence_counts"])
+            if decision in KEPT
         )
         if counts["train"] == 0:
             reasons = Counter(d for d in counts.elements() if d not in KEPT)
@@ -283,7 +325,10 @@ class Runner:
             ordered = sorted((item for part in gathered for item in part), key=lambda item: item[0])
             sentences = [s for _, chunk_sentences in ordered for s in chunk_sentences]
             if self.show:
-                print(f"training a {config.tokenizer.model_type} tokenizer on {len(sentences):,} sentences", flush=True)
+                print(
+                    f"training a {config.tokenizer.model_type} tokenizer on {len(sentences):,} sentences",
+                    flush=True,
+                )
             model = train_sentencepiece(sentences, config.tokenizer, config.seed)
             info = save_trained_tokenizer(model, directory, config.seq_len)
             save_json(work.tokenizer_info, {"info": asdict(info), "sentences": len(sentences)})
@@ -319,7 +364,9 @@ class Runner:
             "tokens_unpaired": valid.tokens_unpaired,
         }
 
-    def _windows(self, split: str, sources: list[tuple[str, int]], keep: int, per_shard: int) -> list[ShardTask]:
+    def _windows(
+        self, split: str, sources: list[tuple[str, int]], keep: int, per_shard: int
+    ) -> list[ShardTask]:
         """Cut the first ``keep`` examples of ``sources`` (in order) into shards of ``per_shard``."""
         tasks, current, filled, taken = [], [], 0, 0
         for path, count in sources:
@@ -345,7 +392,9 @@ class Runner:
         for decision, n in decided["counts"].items():
             if decision not in KEPT:
                 counts[decision] += n
-        split_entries = {s: [e for e in entries if e.path.startswith(f"shards/{s}/")] for s in ("train", "valid")}
+        split_entries = {
+            s: [e for e in entries if e.path.startswith(f"shards/{s}/")] for s in ("train", "valid")
+        }
         train_examples = sum(e.samples for e in split_entries["train"])
         valid_examples = sum(e.samples for e in split_entries["valid"])
         nsp_random_train = sum(s.nsp_random for s in built)
@@ -369,7 +418,9 @@ class Runner:
                 "nsp_random_fraction": {
                     "train": round(nsp_random_train / max(layout["train_built"], 1), 4),
                     "valid": round(layout["valid_nsp_random"] / max(valid_examples, 1), 4),
-                } if config.objective == "mlm+nsp" else None,
+                }
+                if config.objective == "mlm+nsp"
+                else None,
             },
             tokens={
                 "train": sum(e.tokens for e in split_entries["train"]),
@@ -398,7 +449,10 @@ class Runner:
             for chunk in chunks:
                 meta = load_json(work.clean_meta(chunk.index))
                 for source, line, reason, detail in meta["rejects"]:
-                    log.write(json.dumps({"source": source, "line": line, "reason": reason, "detail": detail}) + "\n")
+                    log.write(
+                        json.dumps({"source": source, "line": line, "reason": reason, "detail": detail})
+                        + "\n"
+                    )
                 for source_id, decision in zip(meta["sources"], load_json(work.decisions(chunk.index))):
                     if decision not in KEPT:
                         row = {"source": source_id, "line": None, "reason": decision, "detail": ""}
@@ -410,10 +464,20 @@ class Runner:
 
     def _manifest(self, info: TokenizerInfo, dtype: str, entries: list[ShardEntry]) -> dict[str, Any]:
         config = self.config
-        shards = {split: [asdict(e) for e in entries if e.path.startswith(f"shards/{split}/")] for split in SPLITS}
-        return build_manifest(config.out_dir, objective=config.objective, seq_len=config.seq_len, token_dtype=dtype,
-                              vocab_size=info.vocab_size, special_ids=info.special_ids, shards=shards,
-                              samples_per_shard=config.samples_per_shard, prep_config=config.model_dump(mode="json"))
+        shards = {
+            split: [asdict(e) for e in entries if e.path.startswith(f"shards/{split}/")] for split in SPLITS
+        }
+        return build_manifest(
+            config.out_dir,
+            objective=config.objective,
+            seq_len=config.seq_len,
+            token_dtype=dtype,
+            vocab_size=info.vocab_size,
+            special_ids=info.special_ids,
+            shards=shards,
+            samples_per_shard=config.samples_per_shard,
+            prep_config=config.model_dump(mode="json"),
+        )
 
 
 def prepare(config: PrepConfig, cluster: Cluster | None = None) -> dict[str, Any]:

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable, Iterable
 from dataclasses import asdict
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from data_prep.config import PrepConfig
 from data_prep.progress import Progress
@@ -49,7 +50,9 @@ def input_fingerprint(expanded: list[ExpandedInput]) -> list[Any]:
     return fingerprint
 
 
-def _pydocs_pieces(config: PrepConfig, work: WorkDir, map_fn: Callable, chunk_bytes: int, show: bool) -> list[Piece]:
+def _pydocs_pieces(
+    config: PrepConfig, work: WorkDir, map_fn: Callable, chunk_bytes: int, show: bool
+) -> list[Piece]:
     pieces: list[Piece] = []
     docs: list[list[str]] = []
     rejects: list[list[str]] = []
@@ -67,7 +70,9 @@ def _pydocs_pieces(config: PrepConfig, work: WorkDir, map_fn: Callable, chunk_by
 
     progress = Progress("extract pydocs", total=None, enabled=show)
     options = config.pydocs
-    for doc in iter_pydocs(options.include, options.exclude, options.max_docs, map_fn=map_fn, on_skip=skipped):
+    for doc in iter_pydocs(
+        options.include, options.exclude, options.max_docs, map_fn=map_fn, on_skip=skipped
+    ):
         text = doc.text
         size = len(text.encode("utf-8", "surrogatepass"))
         docs.append([doc.source_id, text])
@@ -113,4 +118,3 @@ def plan_chunks(
     chunks = _group(pieces, chunk_bytes)
     save_json(work.plan, [asdict(chunk) for chunk in chunks])
     return chunks
-

@@ -19,8 +19,14 @@ class Progress:
         self.count = 0
         self.start = time.perf_counter()
         self.bar = tqdm(
-            total=total, desc=description, unit="B", unit_scale=True, unit_divisor=1000,
-            disable=not enabled, dynamic_ncols=True, leave=True,
+            total=total,
+            desc=description,
+            unit="B",
+            unit_scale=True,
+            unit_divisor=1000,
+            disable=not enabled,
+            dynamic_ncols=True,
+            leave=True,
         )
 
     def update(self, nbytes: int, items: int) -> None:

@@ -21,9 +21,9 @@ import re
 import sys
 import sysconfig
 import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
 
 TOPICS_MODULE = "pydoc_data.topics"
 SKIPPED_DIRS = frozenset({"__pycache__", "test", "tests", "idle_test"})
@@ -131,7 +131,9 @@ def _docstrings_in_source_order(node: ast.AST) -> Iterator[str]:
 def _topics(tree: ast.Module) -> tuple[tuple[str, str], ...]:
     """``pydoc_data/topics.py`` is one ``topics = {...}`` literal: read it without importing."""
     for node in tree.body:
-        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "topics" for t in node.targets):
+        if isinstance(node, ast.Assign) and any(
+            isinstance(t, ast.Name) and t.id == "topics" for t in node.targets
+        ):
             topics = ast.literal_eval(node.value)
             return tuple(sorted((str(k), str(v)) for k, v in topics.items()))
     return ()
@@ -221,8 +223,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         packages.add(doc.module.split(".")[0])
     seconds = time.perf_counter() - start
     print(f"pydocs on Python {sys.version.split()[0]} ({', '.join(str(r) for r in source_roots())}):")
-    print(f"  {docs} documents from {len(packages)} top-level packages, {nbytes / 1e6:.1f} MB "
-          f"({chars} characters); {len(skipped)} files skipped as unparsable; read in {seconds:.1f} s")
+    print(
+        f"  {docs} documents from {len(packages)} top-level packages, {nbytes / 1e6:.1f} MB "
+        f"({chars} characters); {len(skipped)} files skipped as unparsable; read in {seconds:.1f} s"
+    )
 
 
 if __name__ == "__main__":

@@ -38,7 +38,9 @@ def build_report(
     dropped = {reason: n for reason, n in sorted(counts.items()) if reason not in REPAIRS and n}
     kept_total = kept["train"] + kept["valid"]
     if docs_in != kept_total + sum(dropped.values()):
-        raise AssertionError(f"document counts do not balance: {docs_in} in, {kept_total} kept, {dropped} dropped")
+        raise AssertionError(
+            f"document counts do not balance: {docs_in} in, {kept_total} kept, {dropped} dropped"
+        )
     processes = ranks * workers
     core = ("clean", "examples", "shards")  # the "clean+tokenize+shard"
     core_seconds = sum(stage_seconds.get(name, 0.0) for name in core)
@@ -93,8 +95,12 @@ def summary_table(report: dict[str, Any]) -> str:
     rows += [(f"dropped: {reason}", f"{n:,}", "") for reason, n in docs["dropped"].items()]
     rows += [(f"repaired: {name}", f"{n:,}", "kept") for name, n in report["repairs"].items() if n]
     rows += [
-        ("examples train", f"{ex['train']:,}", f"{report['shards']['train']} shards x "
-         f"{report['shards']['samples_per_shard']:,}, remainder dropped {ex['dropped_remainder']:,}"),
+        (
+            "examples train",
+            f"{ex['train']:,}",
+            f"{report['shards']['train']} shards x "
+            f"{report['shards']['samples_per_shard']:,}, remainder dropped {ex['dropped_remainder']:,}",
+        ),
         ("examples valid", f"{ex['valid']:,}", f"{report['shards']['valid']} shards"),
         ("tokens train / valid", f"{tok['train']:,}", f"{tok['valid']:,}"),
     ]
@@ -103,16 +109,31 @@ def summary_table(report: dict[str, Any]) -> str:
     rows.append(("", "", ""))
     rows.append(("stage", "seconds", "MB/s    CPU s   MB/CPU s"))
     rows += [
-        (name, f"{s['seconds']:.1f}", f"{s['mb_per_s']:<7.2f} {s['cpu_seconds']:>6.1f}   {s['mb_per_cpu_second']:.2f}")
+        (
+            name,
+            f"{s['seconds']:.1f}",
+            f"{s['mb_per_s']:<7.2f} {s['cpu_seconds']:>6.1f}   {s['mb_per_cpu_second']:.2f}",
+        )
         for name, s in report["stages"].items()
     ]
     rows.append(("total", f"{thr['seconds']:.1f}", f"{thr['mb_per_s']:.2f}"))
     rows.append((f"per process ({thr['processes']})", "", f"{thr['mb_per_s_per_process']:.2f}"))
-    rows.append(("clean+tokenize+shard", "", f"{thr['clean_tokenize_shard_mb_per_s_per_process']:.2f} per process, "
-                 f"{thr['clean_tokenize_shard_mb_per_cpu_second']:.2f} per CPU second"))
+    rows.append(
+        (
+            "clean+tokenize+shard",
+            "",
+            f"{thr['clean_tokenize_shard_mb_per_s_per_process']:.2f} per process, "
+            f"{thr['clean_tokenize_shard_mb_per_cpu_second']:.2f} per CPU second",
+        )
+    )
     if "mb_per_cpu_second" in thr:
-        rows.append(("all CPU, start-up included", f"{thr['cpu_seconds']:.1f}",
-                     f"{thr['mb_per_cpu_second']:.2f} per CPU second"))
+        rows.append(
+            (
+                "all CPU, start-up included",
+                f"{thr['cpu_seconds']:.1f}",
+                f"{thr['mb_per_cpu_second']:.2f} per CPU second",
+            )
+        )
     width = max(len(r[0]) for r in rows)
     lines = [f"data_prep summary: {report['out_dir']}"]
     lines += [f"  {name:<{width}}  {value:>12}  {note}".rstrip() for name, value, note in rows]

@@ -11,7 +11,7 @@ which made splitting the slowest step of cleaning).
 from __future__ import annotations
 
 import ctypes
-from typing import Iterable
+from collections.abc import Iterable
 
 import blingfire
 
@@ -30,7 +30,10 @@ class _SentenceBreaker:
         if 2 * len(data) + 1 > len(self.buffer):  # blingfire's own wrapper allows 2x the input
             self.buffer = ctypes.create_string_buffer(2 * len(data) + 1)
         size = blingfire.blingfire.TextToSentences(
-            ctypes.c_char_p(data), ctypes.c_int(len(data)), ctypes.byref(self.buffer), ctypes.c_int(len(self.buffer))
+            ctypes.c_char_p(data),
+            ctypes.c_int(len(data)),
+            ctypes.byref(self.buffer),
+            ctypes.c_int(len(self.buffer)),
         )
         if size < 0 or size > len(self.buffer):
             return None

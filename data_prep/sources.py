@@ -20,9 +20,10 @@ import gzip
 import json
 import os
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import Literal
 
 from data_prep.config import PYDOCS_INPUT
 

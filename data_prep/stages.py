@@ -120,15 +120,18 @@ def clean_chunk(task: tuple[Context, Chunk]) -> CleanSummary:
     save_json(work.clean_docs(chunk.index), {"docs": docs})
     if shingler is not None:
         save_arrays(work.clean_signatures(chunk.index), minhash=shingler.signatures(texts))
-    save_json(meta_path, {  # last: its presence marks the chunk done
-        "docs_in": summary.docs_in,
-        "counts": dict(summary.counts),
-        "sources": [source_id for source_id, _ in docs],
-        "fingerprints": fingerprints,
-        "uniforms": uniforms,
-        "sentence_counts": sentence_counts,
-        "rejects": rejects,
-    })
+    save_json(
+        meta_path,
+        {  # last: its presence marks the chunk done
+            "docs_in": summary.docs_in,
+            "counts": dict(summary.counts),
+            "sources": [source_id for source_id, _ in docs],
+            "fingerprints": fingerprints,
+            "uniforms": uniforms,
+            "sentence_counts": sentence_counts,
+            "rejects": rejects,
+        },
+    )
     return summary
 
 
@@ -142,7 +145,9 @@ def sample_chunk(task: tuple[Context, Chunk]) -> tuple[int, list[str]]:
     work = context.work
     docs = load_json(work.clean_docs(chunk.index))["docs"]
     decisions = load_json(work.decisions(chunk.index))
-    keys = np.random.default_rng(_seed_words(context.config.seed, chunk.index)).random(sum(len(d[1]) for d in docs))
+    keys = np.random.default_rng(_seed_words(context.config.seed, chunk.index)).random(
+        sum(len(d[1]) for d in docs)
+    )
     chosen, position = [], 0
     for (_, sentences), decision in zip(docs, decisions):
         if decision in KEPT:
@@ -173,7 +178,9 @@ _encoders: dict[tuple[str, str], SentenceEncoder] = {}
 def _encoder(context: Context) -> SentenceEncoder:
     key = (context.out_dir, context.encoder)
     if key not in _encoders:
-        _encoders[key] = SentenceEncoder(Path(context.out_dir) / TOKENIZER_DIR, context.encoder, context.special_ids)
+        _encoders[key] = SentenceEncoder(
+            Path(context.out_dir) / TOKENIZER_DIR, context.encoder, context.special_ids
+        )
     return _encoders[key]
 
 
@@ -209,7 +216,9 @@ def unpack_documents(arrays: dict[str, np.ndarray]) -> list[TokenDoc]:
 
 def _build(context: Context, pool: list[TokenDoc], rng: random.Random) -> Examples:
     config, ids = context.config, context.special_ids
-    return build_examples(pool, config.objective, config.seq_len, config.short_seq_prob, ids["cls"], ids["sep"], rng)
+    return build_examples(
+        pool, config.objective, config.seq_len, config.short_seq_prob, ids["cls"], ids["sep"], rng
+    )
 
 
 def example_chunk(task: tuple[Context, Chunk]) -> ExampleSummary:
@@ -232,8 +241,14 @@ def example_chunk(task: tuple[Context, Chunk]) -> ExampleSummary:
     save_arrays(work.train_examples(chunk.index), **arrays)
     save_arrays(work.valid_documents(chunk.index), **pack_documents(valid_docs, context.token_dtype))
     summary = ExampleSummary(
-        chunk.index, chunk.nbytes, len(examples.sequences), int(arrays["tokens"].size), int(sum(examples.nsp_labels)),
-        examples.tokens_truncated, examples.tokens_unpaired, len(valid_docs),
+        chunk.index,
+        chunk.nbytes,
+        len(examples.sequences),
+        int(arrays["tokens"].size),
+        int(sum(examples.nsp_labels)),
+        examples.tokens_truncated,
+        examples.tokens_unpaired,
+        len(valid_docs),
     )
     meta = {k: v for k, v in summary.__dict__.items() if k != "resumed"}
     save_json(meta_path, meta)

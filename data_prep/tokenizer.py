@@ -18,9 +18,9 @@ from __future__ import annotations
 import io
 import os
 import shutil
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 from data_prep.config import TokenizerConfig
 from data_prep.manifest import SPECIAL_TOKENS
@@ -63,10 +63,14 @@ def train_sentencepiece(sentences: Iterable[str], config: TokenizerConfig, seed:
             character_coverage=config.character_coverage,
             byte_fallback=config.byte_fallback,
             hard_vocab_limit=False,  # a small corpus gets a smaller vocabulary instead of an error
-            pad_id=0, pad_piece=SPECIAL_TOKENS[0],
-            unk_id=1, unk_piece=SPECIAL_TOKENS[1],
-            bos_id=2, bos_piece=SPECIAL_TOKENS[2],
-            eos_id=3, eos_piece=SPECIAL_TOKENS[3],
+            pad_id=0,
+            pad_piece=SPECIAL_TOKENS[0],
+            unk_id=1,
+            unk_piece=SPECIAL_TOKENS[1],
+            bos_id=2,
+            bos_piece=SPECIAL_TOKENS[2],
+            eos_id=3,
+            eos_piece=SPECIAL_TOKENS[3],
             control_symbols=[SPECIAL_TOKENS[4]],  # the next free id: 4
             input_sentence_size=0,
             shuffle_input_sentence=False,
@@ -94,11 +98,15 @@ def _hf_backend_from_spm(model_proto: bytes):
         # SentencePiece never matches control pieces in text; ``tokenizers`` would (they score 0, the
         # best score) when asked to encode special-token strings as text: make them the worst choice.
         control = sentencepiece_model_pb2.ModelProto.SentencePiece.CONTROL
-        vocab = [(piece.piece, CONTROL_SCORE if piece.type == control else piece.score) for piece in proto.pieces]
+        vocab = [
+            (piece.piece, CONTROL_SCORE if piece.type == control else piece.score) for piece in proto.pieces
+        ]
     else:  # BPE: a piece -> id map; the converter ranks merges by piece score
         vocab = {piece.piece: index for index, piece in enumerate(proto.pieces)}
     backend = SpmConverter.build_tokenizer_from_spm_proto(proto, vocab)
-    backend.add_special_tokens([AddedToken(token, special=True, normalized=False) for token in SPECIAL_TOKENS])
+    backend.add_special_tokens(
+        [AddedToken(token, special=True, normalized=False) for token in SPECIAL_TOKENS]
+    )
     cls, sep = SPECIAL_TOKENS[2], SPECIAL_TOKENS[3]
     backend.post_processor = processors.TemplateProcessing(
         single=f"{cls} $A {sep}",
@@ -117,7 +125,11 @@ def save_trained_tokenizer(model_proto: bytes, directory: Path, seq_len: int) ->
     pad, unk, cls, sep, mask = SPECIAL_TOKENS
     hf = PreTrainedTokenizerFast(
         tokenizer_object=_hf_backend_from_spm(model_proto),
-        pad_token=pad, unk_token=unk, cls_token=cls, sep_token=sep, mask_token=mask,
+        pad_token=pad,
+        unk_token=unk,
+        cls_token=cls,
+        sep_token=sep,
+        mask_token=mask,
         model_max_length=seq_len,
         model_input_names=["input_ids", "token_type_ids", "attention_mask"],
     )

@@ -10,8 +10,9 @@ and exit 2.
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Annotated, Any, Iterable, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
@@ -110,7 +111,11 @@ def _describe(cls: type[Section], error: dict[str, Any]) -> str:
         for part in loc[:-1]:
             field = section.model_fields.get(part) if isinstance(section, type) else None
             section = field.annotation if field is not None else None
-        valid = ", ".join(section.model_fields) if isinstance(section, type) and issubclass(section, BaseModel) else ""
+        valid = (
+            ", ".join(section.model_fields)
+            if isinstance(section, type) and issubclass(section, BaseModel)
+            else ""
+        )
         hint = f" (valid keys here: {valid})" if valid else ""
         return f"unknown config key {key!r}{hint}"
     if not key:  # a check across several keys: its message names them

@@ -10,13 +10,20 @@ Each problem is one line naming the shard; the exit status is 1 if there is any.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
 from data_prep.manifest import (
-    NSP_EXT, SPLITS, TOKENS_EXT, ManifestError, load_manifest, sha256_file, sha256_tree,
+    NSP_EXT,
+    SPLITS,
+    TOKENS_EXT,
+    ManifestError,
+    load_manifest,
+    sha256_file,
+    sha256_tree,
 )
 from data_prep.progress import Progress, bars_wanted
 from data_prep.shards import iter_samples, load_tokens
@@ -35,12 +42,18 @@ def _check_tokens(data: bytes, manifest: dict[str, Any]) -> str | None:
     if int(ids.max()) >= manifest["tokenizer"]["vocab_size"]:
         return f"token id {int(ids.max())} is not below vocab_size {manifest['tokenizer']['vocab_size']}"
     separators = 2 if manifest["objective"] == "mlm+nsp" else 1
-    if ids[0] != special["cls"] or ids[-1] != special["sep"] or int((ids == special["sep"]).sum()) != separators:
+    if (
+        ids[0] != special["cls"]
+        or ids[-1] != special["sep"]
+        or int((ids == special["sep"]).sum()) != separators
+    ):
         return f"not [CLS] ... [SEP] with {separators} [SEP] (starts {ids[:3].tolist()}, ends {ids[-3:].tolist()})"
     return None
 
 
-def verify_shard(data_dir: Path, entry: dict[str, Any], manifest: dict[str, Any]) -> tuple[list[str], int, int]:
+def verify_shard(
+    data_dir: Path, entry: dict[str, Any], manifest: dict[str, Any]
+) -> tuple[list[str], int, int]:
     """Problems found in one shard, and the samples and tokens read from it."""
     name = entry["path"]
     path = data_dir / name
@@ -109,11 +122,17 @@ def verify(data_dir: Path, show_progress: bool = False) -> tuple[list[str], list
             problems.append(f"train shards hold {uneven} samples, not all samples_per_shard={wanted}")
         listed = sum(entry["samples"] for entry in info["shards"])
         if info["shards"] and listed != info.get("samples"):
-            problems.append(f"{split}: the manifest's shards hold {listed} samples, its total {info.get('samples')}")
-        lines.append(f"  {split:5s} {len(info['shards']):4d} shards  {samples:>10,} samples  "
-                     f"{tokens:>13,} tokens  {total / 1e6:9.1f} MB")
-    head = (f"{data_dir}: format {manifest['format']}, objective {manifest['objective']}, "
-            f"seq_len {manifest['seq_len']}, vocab {tokenizer['vocab_size']}, {manifest['token_dtype']}")
+            problems.append(
+                f"{split}: the manifest's shards hold {listed} samples, its total {info.get('samples')}"
+            )
+        lines.append(
+            f"  {split:5s} {len(info['shards']):4d} shards  {samples:>10,} samples  "
+            f"{tokens:>13,} tokens  {total / 1e6:9.1f} MB"
+        )
+    head = (
+        f"{data_dir}: format {manifest['format']}, objective {manifest['objective']}, "
+        f"seq_len {manifest['seq_len']}, vocab {tokenizer['vocab_size']}, {manifest['token_dtype']}"
+    )
     return problems, [head, *lines]
 
 

@@ -111,4 +111,3 @@ class WorkDir:
     @property
     def valid_examples(self) -> Path:
         return self.root / "examples" / "valid.npz"
-

@@ -16,8 +16,12 @@ warnings.filterwarnings("ignore", message=r".*(all_gather_into_tensor|reduce_sca
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m pretrain", description="DeepSpeed BERT pretraining")
     parser.add_argument("--config", help="run config YAML (see configs/pretrain/)")
-    parser.add_argument("--local_rank", type=int, help=argparse.SUPPRESS)  # passed by older deepspeed launchers
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="override config keys, e.g. optimizer.lr=3e-4")
+    parser.add_argument(
+        "--local_rank", type=int, help=argparse.SUPPRESS
+    )  # passed by older deepspeed launchers
+    parser.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="override config keys, e.g. optimizer.lr=3e-4"
+    )
     args = parser.parse_args(argv)
 
     from data_prep.typed_config import ConfigError, exit_on_config_error
@@ -36,13 +40,22 @@ def main(argv: list[str] | None = None) -> None:
 
     try:
         train(cfg)
-    except (ManifestError, DataError, ShardError, CheckpointError, NonFiniteLossError, SetupError,
-            FileNotFoundError) as err:
+    except (
+        ManifestError,
+        DataError,
+        ShardError,
+        CheckpointError,
+        NonFiniteLossError,
+        SetupError,
+        FileNotFoundError,
+    ) as err:
         _fail(str(err))
     except RuntimeError as err:
         if _is_lost_rank(err):
-            _fail(f"lost contact with another rank ({type(err).__name__}): a rank died or hung; "
-                  f"relaunch the same command to resume from the last complete checkpoint")
+            _fail(
+                f"lost contact with another rank ({type(err).__name__}): a rank died or hung; "
+                f"relaunch the same command to resume from the last complete checkpoint"
+            )
         raise
     _shutdown()
 
@@ -52,7 +65,9 @@ def _is_lost_rank(err: BaseException) -> bool:
 
     text = str(err).lower()
     return isinstance(err, getattr(dist, "DistBackendError", ())) or any(
-        word in text for word in ("timed out", "timeout", "connection reset", "connection closed", "broken pipe"))
+        word in text
+        for word in ("timed out", "timeout", "connection reset", "connection closed", "broken pipe")
+    )
 
 
 def _fail(message: str) -> None:

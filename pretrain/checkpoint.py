@@ -53,7 +53,9 @@ def latest_tag(ckpt_dir: str | Path) -> str | None:
         return None
     tag = path.read_text().strip()
     if not (Path(ckpt_dir) / tag / RUN_STATE).is_file():
-        raise CheckpointError(f"{path} names {tag!r}, which is missing or incomplete; the checkpoint dir was edited by hand")
+        raise CheckpointError(
+            f"{path} names {tag!r}, which is missing or incomplete; the checkpoint dir was edited by hand"
+        )
     return tag
 
 
@@ -108,8 +110,14 @@ def _prune(ckpt_dir: Path, keep: list[str]) -> None:
             shutil.rmtree(child, ignore_errors=True)
 
 
-def save(engine, ckpt_dir: str | Path, step: int, run_state: dict[str, Any], rank_state: dict[str, Any],
-         keep_last: int) -> str:
+def save(
+    engine,
+    ckpt_dir: str | Path,
+    step: int,
+    run_state: dict[str, Any],
+    rank_state: dict[str, Any],
+    keep_last: int,
+) -> str:
     """Save a complete checkpoint for ``step`` on every rank; returns its tag. All ranks must call."""
     ckpt_dir = Path(ckpt_dir)
     rank = dist.get_rank() if dist.is_initialized() else 0
@@ -124,8 +132,10 @@ def save(engine, ckpt_dir: str | Path, step: int, run_state: dict[str, Any], ran
     except OSError as err:
         ok, problem = False, _describe_write_error(err)
     if not _all_ranks_ok(ok):
-        raise CheckpointError(f"cannot write checkpoint {tag} under {ckpt_dir}: {problem or 'another rank could not write'}; "
-                              f"the previous checkpoint is intact. Free space or fix permissions, then relaunch to resume")
+        raise CheckpointError(
+            f"cannot write checkpoint {tag} under {ckpt_dir}: {problem or 'another rank could not write'}; "
+            f"the previous checkpoint is intact. Free space or fix permissions, then relaunch to resume"
+        )
     if rank == 0 and tag_dir.exists() and latest_tag(ckpt_dir) != tag:
         shutil.rmtree(tag_dir)  # left by a save that crashed; never named by `latest`
     _all_ranks_ok(True)  # barrier: nobody writes into the directory while rank 0 clears it
@@ -141,14 +151,22 @@ def save(engine, ckpt_dir: str | Path, step: int, run_state: dict[str, Any], ran
         ok, problem = False, _describe_write_error(err)
     crash_point(f"save:before_commit:{step}")
     if not _all_ranks_ok(ok):
-        raise CheckpointError(f"checkpoint {tag} failed to write: {problem or 'on another rank'} (disk full, quota "
-                              f"or permissions?); `latest` still names the previous complete checkpoint")
+        raise CheckpointError(
+            f"checkpoint {tag} failed to write: {problem or 'on another rank'} (disk full, quota "
+            f"or permissions?); `latest` still names the previous complete checkpoint"
+        )
     if rank == 0:
         _fsync_tree(tag_dir)
         _write_text_atomic(ckpt_dir / LATEST, tag)
         crash_point(f"save:after_commit:{step}")
-        kept = sorted((c.name for c in ckpt_dir.iterdir() if _TAG.match(c.name) and (c / RUN_STATE).is_file()
-                       and c.name <= tag), reverse=True)[:keep_last]
+        kept = sorted(
+            (
+                c.name
+                for c in ckpt_dir.iterdir()
+                if _TAG.match(c.name) and (c / RUN_STATE).is_file() and c.name <= tag
+            ),
+            reverse=True,
+        )[:keep_last]
         _prune(ckpt_dir, kept)
     _all_ranks_ok(True)
     return tag
@@ -157,8 +175,9 @@ def save(engine, ckpt_dir: str | Path, step: int, run_state: dict[str, Any], ran
 def load(engine, ckpt_dir: str | Path, tag: str) -> dict[str, Any]:
     """Load DeepSpeed state (weights, optimizer, scheduler) and return this rank's own state."""
     rank = dist.get_rank() if dist.is_initialized() else 0
-    load_path, _ = engine.load_checkpoint(str(ckpt_dir), tag=tag, load_optimizer_states=True,
-                                          load_lr_scheduler_states=True)
+    load_path, _ = engine.load_checkpoint(
+        str(ckpt_dir), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=True
+    )
     if load_path is None:
         raise CheckpointError(f"DeepSpeed could not load checkpoint {Path(ckpt_dir) / tag}")
     path = rank_state_path(Path(ckpt_dir) / tag, rank)

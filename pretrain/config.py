@@ -106,7 +106,7 @@ class PretrainConfig(Section):
     """Write run_dir/export (Hugging Face model + tokenizer) at the end of the run."""
 
     @model_validator(mode="after")
-    def _check_combinations(self) -> "PretrainConfig":
+    def _check_combinations(self) -> PretrainConfig:
         if self.optimizer.name == "lamb" and self.zero_stage > 0:
             raise ValueError(
                 "optimizer.name=lamb needs zero_stage=0: LAMB's per-tensor trust ratio needs whole "
@@ -125,7 +125,9 @@ def resolve_model_config_path(model: str) -> Path:
     preset = MODEL_PRESETS_DIR / f"{model}.json"
     if not preset.is_file():
         names = ", ".join(sorted(p.stem for p in MODEL_PRESETS_DIR.glob("*.json")))
-        raise FileNotFoundError(f"model preset {model!r} not found; use one of: {names}, or a path to a BertConfig JSON")
+        raise FileNotFoundError(
+            f"model preset {model!r} not found; use one of: {names}, or a path to a BertConfig JSON"
+        )
     return preset
 
 

@@ -52,19 +52,31 @@ class Dropout(nn.Module):
         return f"p={self.p}"
 
 
-def sdpa_cpu_dropout(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                     attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
-                     **kwargs) -> tuple[torch.Tensor, None]:
+def sdpa_cpu_dropout(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
     """transformers' attention-function signature; query/key/value are [B, heads, L, d]."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     if dropout == 0.0:
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=0.0, scaling=scaling, **kwargs)
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=0.0, scaling=scaling, **kwargs
+        )
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
     scores = torch.matmul(query, key.transpose(-1, -2)) * scale  # [B, h, L, L]
     if attention_mask is not None:
-        scores = (scores.masked_fill(~attention_mask, float("-inf")) if attention_mask.dtype == torch.bool
-                  else scores + attention_mask)
+        scores = (
+            scores.masked_fill(~attention_mask, float("-inf"))
+            if attention_mask.dtype == torch.bool
+            else scores + attention_mask
+        )
     probs = fast_dropout(torch.softmax(scores, dim=-1), dropout, training=True)
     out = torch.matmul(probs, value)  # [B, h, L, d]
     return out.transpose(1, 2).contiguous(), None

@@ -24,9 +24,10 @@ number of workers.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -56,19 +57,26 @@ class TokenLayout:
     nsp: bool
 
     @classmethod
-    def from_manifest(cls, manifest: dict[str, Any]) -> "TokenLayout":
+    def from_manifest(cls, manifest: dict[str, Any]) -> TokenLayout:
         ids = manifest["tokenizer"]["special_ids"]
-        return cls(pad_id=ids["pad"], cls_id=ids["cls"], sep_id=ids["sep"], mask_id=ids["mask"],
-                   vocab_size=int(manifest["tokenizer"]["vocab_size"]), seq_len=int(manifest["seq_len"]),
-                   nsp=manifest["objective"] == "mlm+nsp")
+        return cls(
+            pad_id=ids["pad"],
+            cls_id=ids["cls"],
+            sep_id=ids["sep"],
+            mask_id=ids["mask"],
+            vocab_size=int(manifest["tokenizer"]["vocab_size"]),
+            seq_len=int(manifest["seq_len"]),
+            nsp=manifest["objective"] == "mlm+nsp",
+        )
 
     @property
     def rules(self) -> SampleRules:
         return SampleRules(nsp=self.nsp, vocab_size=self.vocab_size, seq_len=self.seq_len, cls_id=self.cls_id)
 
 
-def collate(samples: list[Sample], layout: TokenLayout, mlm_probability: float,
-            generator: torch.Generator) -> dict[str, Any]:
+def collate(
+    samples: list[Sample], layout: TokenLayout, mlm_probability: float, generator: torch.Generator
+) -> dict[str, Any]:
     """Pad to the longest sequence (rounded up to a multiple of 8), derive masks, apply MLM masking.
 
     Returns input_ids / attention_mask / token_type_ids [B, L], mlm_positions / mlm_labels [M],
@@ -89,8 +97,13 @@ def collate(samples: list[Sample], layout: TokenLayout, mlm_probability: float,
         token_type_ids = torch.zeros_like(ids)
     maskable = attention_mask & (ids != layout.cls_id) & (ids != layout.sep_id) & (ids != layout.pad_id)
     masked_ids, mlm_positions, mlm_labels = mask_tokens(
-        ids, maskable, probability=mlm_probability, mask_id=layout.mask_id,
-        vocab_size=layout.vocab_size, generator=generator)
+        ids,
+        maskable,
+        probability=mlm_probability,
+        mask_id=layout.mask_id,
+        vocab_size=layout.vocab_size,
+        generator=generator,
+    )
     batch: dict[str, Any] = {
         "input_ids": masked_ids,
         "attention_mask": attention_mask.long(),
@@ -106,26 +119,45 @@ def collate(samples: list[Sample], layout: TokenLayout, mlm_probability: float,
 
 
 def _generator(*seed_parts: int) -> torch.Generator:
-    seed = int(np.random.SeedSequence([abs(int(p)) for p in seed_parts]).generate_state(1, dtype=np.uint64)[0] >> 1)
+    seed = int(
+        np.random.SeedSequence([abs(int(p)) for p in seed_parts]).generate_state(1, dtype=np.uint64)[0] >> 1
+    )
     return torch.Generator().manual_seed(seed)
 
 
 def shard_specs(data_dir: str | Path, manifest: dict[str, Any], split: str) -> list[ShardSpec]:
     entries = manifest["splits"].get(split, {}).get("shards", [])
-    return [ShardSpec(path=path, sha256=entry["sha256"], samples=int(entry["samples"]))
-            for path, entry in zip(shard_paths(data_dir, manifest, split), entries)]
+    return [
+        ShardSpec(path=path, sha256=entry["sha256"], samples=int(entry["samples"]))
+        for path, entry in zip(shard_paths(data_dir, manifest, split), entries)
+    ]
 
 
 class TrainStream(IterableDataset):
     """The infinite, resumable per-rank stream of masked training batches (see the module doc)."""
 
-    def __init__(self, specs: list[ShardSpec], layout: TokenLayout, *, rank: int, world_size: int, seed: int,
-                 micro_batch_size: int, mlm_probability: float, start: int = 0, skip_budget: int = 0):
+    def __init__(
+        self,
+        specs: list[ShardSpec],
+        layout: TokenLayout,
+        *,
+        rank: int,
+        world_size: int,
+        seed: int,
+        micro_batch_size: int,
+        mlm_probability: float,
+        start: int = 0,
+        skip_budget: int = 0,
+    ):
         counts = {spec.samples for spec in specs}
         if len(counts) != 1:
-            raise DataError(f"train shards hold unequal sample counts {sorted(counts)[:5]}; regenerate the data dir with data_prep")
+            raise DataError(
+                f"train shards hold unequal sample counts {sorted(counts)[:5]}; regenerate the data dir with data_prep"
+            )
         if len(specs) < world_size:
-            raise DataError(f"{len(specs)} train shard(s) cannot feed {world_size} ranks; regenerate with a smaller samples_per_shard")
+            raise DataError(
+                f"{len(specs)} train shard(s) cannot feed {world_size} ranks; regenerate with a smaller samples_per_shard"
+            )
         self.specs, self.layout = specs, layout
         self.rank, self.world_size, self.seed = rank, world_size, seed
         self.micro_batch_size, self.mlm_probability = micro_batch_size, mlm_probability
@@ -144,16 +176,18 @@ class TrainStream(IterableDataset):
 
     def entries(self, start: int) -> Iterator[tuple[int, Sample | BadSample]]:
         """(stream position, sample) from ``start`` on, opening the right shard directly."""
-        epoch, offset = divmod(start, self.epoch_length)
+        first_epoch, offset = divmod(start, self.epoch_length)
         first_shard, first_sample = divmod(offset, self.samples_per_shard)
-        for epoch in itertools.count(epoch):
+        for epoch in itertools.count(first_epoch):
             for slot, shard in enumerate(self.rank_shards(epoch)):
                 if slot < first_shard:
                     continue
                 try:
                     samples = read_shard(self.specs[shard], self.layout.rules)
                 except ShardError as err:
-                    samples = [BadSample(self.specs[shard].path.name, WHOLE_SHARD, str(err))] * self.samples_per_shard
+                    samples = [
+                        BadSample(self.specs[shard].path.name, WHOLE_SHARD, str(err))
+                    ] * self.samples_per_shard
                 order = np.random.default_rng([self.seed, epoch, shard]).permutation(len(samples))
                 base = epoch * self.epoch_length + slot * self.samples_per_shard
                 for index in range(first_sample, len(samples)):
@@ -176,8 +210,14 @@ class TrainStream(IterableDataset):
                 if skipped > self.skip_budget:
                     # Handed to the trainer as a batch, not raised: it reaches the training process
                     # in stream order with its one-line message, also from a loader worker.
-                    budget = f"the skip_bad_samples budget ({self.skip_budget})" if self.skip_budget else "skip_bad_samples=0"
-                    yield {"error": f"{sample.describe()} -- stopping: {skipped} bad sample(s) exceed {budget}"}
+                    budget = (
+                        f"the skip_bad_samples budget ({self.skip_budget})"
+                        if self.skip_budget
+                        else "skip_bad_samples=0"
+                    )
+                    yield {
+                        "error": f"{sample.describe()} -- stopping: {skipped} bad sample(s) exceed {budget}"
+                    }
                     return
                 continue
             if not pending:
@@ -198,13 +238,27 @@ class TrainStream(IterableDataset):
 
 def train_loader(stream: TrainStream, workers: int, prefetch_batches: int) -> DataLoader:
     """Batches come ready from the stream; a private generator keeps the global RNG untouched."""
-    return DataLoader(stream, batch_size=None, num_workers=workers,
-                      prefetch_factor=prefetch_batches if workers > 0 else None,
-                      persistent_workers=False, generator=torch.Generator().manual_seed(0))
+    return DataLoader(
+        stream,
+        batch_size=None,
+        num_workers=workers,
+        prefetch_factor=prefetch_batches if workers > 0 else None,
+        persistent_workers=False,
+        generator=torch.Generator().manual_seed(0),
+    )
 
 
-def eval_batches(specs: list[ShardSpec], layout: TokenLayout, *, rank: int, world_size: int, seed: int,
-                 micro_batch_size: int, mlm_probability: float, max_samples: int) -> list[dict[str, Any]]:
+def eval_batches(
+    specs: list[ShardSpec],
+    layout: TokenLayout,
+    *,
+    rank: int,
+    world_size: int,
+    seed: int,
+    micro_batch_size: int,
+    mlm_probability: float,
+    max_samples: int,
+) -> list[dict[str, Any]]:
     """This rank's share of the first ``max_samples`` valid samples, masked the same way every time.
 
     Every rank gets the same number of batches (ZeRO-3 forwards are collective); a rank whose share
@@ -227,8 +281,12 @@ def eval_batches(specs: list[ShardSpec], layout: TokenLayout, *, rank: int, worl
     for index in range(count):
         chunk = mine[index * micro_batch_size : (index + 1) * micro_batch_size]
         weight = 1.0 if chunk else 0.0
-        batch = collate(chunk or mine[:micro_batch_size] or samples[:1], layout, mlm_probability,
-                        _generator(seed, 7919, rank, index))
+        batch = collate(
+            chunk or mine[:micro_batch_size] or samples[:1],
+            layout,
+            mlm_probability,
+            _generator(seed, 7919, rank, index),
+        )
         batch["weight"] = weight
         batches.append(batch)
     return batches

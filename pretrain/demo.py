@@ -58,18 +58,29 @@ def _prep_config(out: Path, held_out: list[str], max_docs: int | None, samples_p
     if samples_per_shard is not None:
         config["samples_per_shard"] = samples_per_shard
     path = out / "prep.yaml"
-    path.write_text("# Written by `python -m pretrain.demo` from configs/prep/demo.yaml: the task's valid and\n"
-                    "# test modules are excluded so that no text the classifier is tested on is pretrained on.\n"
-                    + yaml.safe_dump(config, sort_keys=False))
+    path.write_text(
+        "# Written by `python -m pretrain.demo` from configs/prep/demo.yaml: the task's valid and\n"
+        "# test modules are excluded so that no text the classifier is tested on is pretrained on.\n"
+        + yaml.safe_dump(config, sort_keys=False)
+    )
     return path
 
 
 def _finetune(out: Path, init: str, epochs: float | None) -> tuple[dict, float]:
     target = out / f"finetune-{init}"
-    command = [sys.executable, "-m", "pretrain.finetune", "--config", "configs/finetune/demo.yaml",
-               f"model={out / 'pretrain' / 'export'}", f"init={init}", f"out_dir={target}",
-               f"train_file={out / 'task' / 'train.tsv'}", f"valid_file={out / 'task' / 'valid.tsv'}",
-               f"test_file={out / 'task' / 'test.tsv'}"]
+    command = [
+        sys.executable,
+        "-m",
+        "pretrain.finetune",
+        "--config",
+        "configs/finetune/demo.yaml",
+        f"model={out / 'pretrain' / 'export'}",
+        f"init={init}",
+        f"out_dir={target}",
+        f"train_file={out / 'task' / 'train.tsv'}",
+        f"valid_file={out / 'task' / 'valid.tsv'}",
+        f"test_file={out / 'task' / 'test.tsv'}",
+    ]
     if epochs is not None:
         command.append(f"epochs={epochs}")
     seconds = _run(f"fine-tune ({init} init)", command)
@@ -84,12 +95,23 @@ def _split_scores(report: dict, split: str) -> tuple[float, float]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m pretrain.demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="runs/demo", help="where everything goes (default runs/demo)")
-    parser.add_argument("--ranks", type=int, default=None, help="pretraining ranks (default: GPUs, else 2 CPU ranks)")
+    parser.add_argument(
+        "--ranks", type=int, default=None, help="pretraining ranks (default: GPUs, else 2 CPU ranks)"
+    )
     parser.add_argument("--pretrain-steps", type=int, help="override configs/pretrain/demo.yaml max_steps")
     parser.add_argument("--max-docs", type=int, help="cap the pydocs documents of the pretraining corpus")
-    parser.add_argument("--samples-per-shard", type=int, help="override configs/prep/demo.yaml (small corpora need small shards)")
-    parser.add_argument("--task-per-class", type=int, nargs=3, metavar=("TRAIN", "VALID", "TEST"),
-                        help="examples per label in each split of the fine-tuning task")
+    parser.add_argument(
+        "--samples-per-shard",
+        type=int,
+        help="override configs/prep/demo.yaml (small corpora need small shards)",
+    )
+    parser.add_argument(
+        "--task-per-class",
+        type=int,
+        nargs=3,
+        metavar=("TRAIN", "VALID", "TEST"),
+        help="examples per label in each split of the fine-tuning task",
+    )
     parser.add_argument("--finetune-epochs", type=float, help="override configs/finetune/demo.yaml epochs")
     args = parser.parse_args(argv)
     out = Path(args.out)
@@ -98,19 +120,43 @@ def main(argv: list[str] | None = None) -> None:
     started = time.perf_counter()
     try:
         print(f"=== labelled task: which package wrote a docstring ({', '.join(LABELS)})", flush=True)
-        per_class = dict(zip(("train", "valid", "test"), args.task_per_class)) if args.task_per_class else None
+        per_class = (
+            dict(zip(("train", "valid", "test"), args.task_per_class)) if args.task_per_class else None
+        )
         task = build_docstring_task(out / "task", per_class=per_class)
-        print(f"    {sum(task.counts['train'].values())} train / {sum(task.counts['valid'].values())} valid / "
-              f"{sum(task.counts['test'].values())} test examples; {len(task.held_out_modules)} held-out modules "
-              f"excluded from pretraining", flush=True)
+        print(
+            f"    {sum(task.counts['train'].values())} train / {sum(task.counts['valid'].values())} valid / "
+            f"{sum(task.counts['test'].values())} test examples; {len(task.held_out_modules)} held-out modules "
+            f"excluded from pretraining",
+            flush=True,
+        )
 
-        prep_s = _run("data_prep", [sys.executable, "-m", "data_prep", "--config", str(_prep_config(out, task.held_out_modules, args.max_docs, args.samples_per_shard))])
+        prep_s = _run(
+            "data_prep",
+            [
+                sys.executable,
+                "-m",
+                "data_prep",
+                "--config",
+                str(_prep_config(out, task.held_out_modules, args.max_docs, args.samples_per_shard)),
+            ],
+        )
         if (out / "pretrain").exists():  # the demo is a fresh pipeline: its data may have changed since
             print(f"    removing the previous demo run {out / 'pretrain'}", flush=True)
             shutil.rmtree(out / "pretrain")
-        pretrain_command = [str(BIN / "deepspeed"), "--num_gpus", str(ranks), "--log_level", "warning", "--module", "pretrain",
-                            "--config", "configs/pretrain/demo.yaml", f"data_dir={out / 'data'}",
-                            f"run_dir={out / 'pretrain'}"]
+        pretrain_command = [
+            str(BIN / "deepspeed"),
+            "--num_gpus",
+            str(ranks),
+            "--log_level",
+            "warning",
+            "--module",
+            "pretrain",
+            "--config",
+            "configs/pretrain/demo.yaml",
+            f"data_dir={out / 'data'}",
+            f"run_dir={out / 'pretrain'}",
+        ]
         if args.pretrain_steps:
             pretrain_command.append(f"max_steps={args.pretrain_steps}")
         pretrain_s = _run(f"pretrain ({ranks} ranks)", pretrain_command)
@@ -124,8 +170,13 @@ def main(argv: list[str] | None = None) -> None:
         "data": json.loads((out / "data" / "report.json").read_text()),
         "pretrain": json.loads((out / "pretrain" / "summary.json").read_text()),
         "finetune": {"pretrained": pretrained, "random": scratch},
-        "seconds": {"prep": prep_s, "pretrain": pretrain_s, "finetune_pretrained": pretrained_s,
-                    "finetune_random": scratch_s, "total": time.perf_counter() - started},
+        "seconds": {
+            "prep": prep_s,
+            "pretrain": pretrain_s,
+            "finetune_pretrained": pretrained_s,
+            "finetune_random": scratch_s,
+            "total": time.perf_counter() - started,
+        },
         "task": task.counts,
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")

@@ -81,8 +81,10 @@ def _unlink_shm_allreduce_buffer() -> None:
     shm = Path("/dev/shm")
     if not shm.is_dir() or not dist.is_initialized():
         return
-    name = (f"deepspeed_allreduce_buffer_{os.getuid()}_{os.environ.get('MASTER_ADDR', '')}_"
-            f"{os.environ.get('MASTER_PORT', '')}_{dist.get_rank()}")
+    name = (
+        f"deepspeed_allreduce_buffer_{os.getuid()}_{os.environ.get('MASTER_ADDR', '')}_"
+        f"{os.environ.get('MASTER_PORT', '')}_{dist.get_rank()}"
+    )
     if not (shm / name).exists():
         return  # the op is not in use (GPUs, ranks on several nodes, a single process)
     dist.barrier()

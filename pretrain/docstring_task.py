@@ -43,8 +43,14 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
-def build_docstring_task(out_dir: str | Path, *, labels=LABELS, per_class: dict[str, int] | None = None,
-                         min_chars: int = 80, seed: int = 0) -> DocstringTask:
+def build_docstring_task(
+    out_dir: str | Path,
+    *,
+    labels=LABELS,
+    per_class: dict[str, int] | None = None,
+    min_chars: int = 80,
+    seed: int = 0,
+) -> DocstringTask:
     """Write ``train.tsv``, ``valid.tsv``, ``test.tsv`` (``label<TAB>text``) under ``out_dir``.
 
     ``per_class`` caps the examples per label and split (a seeded sample), keeping the classes
@@ -75,7 +81,9 @@ def build_docstring_task(out_dir: str | Path, *, labels=LABELS, per_class: dict[
             rows += [(label, text) for text in texts[: per_class[split]]]
         rng.shuffle(rows)
         path = out_dir / f"{split}.tsv"
-        path.write_text("label\ttext\n" + "".join(f"{label}\t{text}\n" for label, text in rows), encoding="utf-8")
+        path.write_text(
+            "label\ttext\n" + "".join(f"{label}\t{text}\n" for label, text in rows), encoding="utf-8"
+        )
         files[split] = path
         counts[split] = {label: sum(1 for row in rows if row[0] == label) for label in labels}
     return DocstringTask(files=files, held_out_modules=sorted(set(held_out)), counts=counts)

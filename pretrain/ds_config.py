@@ -24,11 +24,15 @@ def read_user_deepspeed_config(path: str | Path | None) -> dict[str, Any]:
 
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"deepspeed_config file {str(path)!r} does not exist (see configs/deepspeed/)")
+        raise FileNotFoundError(
+            f"deepspeed_config file {str(path)!r} does not exist (see configs/deepspeed/)"
+        )
     try:
         return dict(hjson.loads(path.read_text(encoding="utf-8")))
     except (hjson.HjsonDecodeError, TypeError, ValueError) as err:
-        raise ValueError(f"deepspeed_config {str(path)!r} is not a JSON object ({err}); see configs/deepspeed/") from None
+        raise ValueError(
+            f"deepspeed_config {str(path)!r} is not a JSON object ({err}); see configs/deepspeed/"
+        ) from None
 
 
 def build_deepspeed_config(
@@ -67,8 +71,10 @@ def build_deepspeed_config(
     for path in DERIVED_KEYS:
         theirs, ours = _get(extra, path), _get(config, path)
         if theirs is not None and theirs != ours:
-            raise ValueError(f"deepspeed_config sets {'.'.join(path)}={theirs!r} but the run config gives {ours!r}; "
-                             f"set it in the run config (micro_batch_size, grad_accum, grad_clip, zero_stage, precision) instead")
+            raise ValueError(
+                f"deepspeed_config sets {'.'.join(path)}={theirs!r} but the run config gives {ours!r}; "
+                f"set it in the run config (micro_batch_size, grad_accum, grad_clip, zero_stage, precision) instead"
+            )
     return deep_merge(config, extra)
 
 

@@ -41,16 +41,26 @@ def consolidated_state_dict(ckpt_dir: Path, tag: str, zero_stage: int) -> dict[s
     if zero_stage >= 1:
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-        with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
+        with (
+            open(os.devnull, "w") as quiet,
+            contextlib.redirect_stdout(quiet),
+            contextlib.redirect_stderr(quiet),
+        ):
             state = get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir), tag=tag)
     else:
-        states = torch.load(ckpt_dir / tag / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=True)
+        states = torch.load(
+            ckpt_dir / tag / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=True
+        )
         state = states["module"]
     return {key.removeprefix(MODEL_PREFIX): value.float() for key, value in state.items()}
 
 
-def export_checkpoint(run_dir: str | Path, tag: str | None = None, out: str | Path | None = None,
-                      summary: dict[str, Any] | None = None) -> Path:
+def export_checkpoint(
+    run_dir: str | Path,
+    tag: str | None = None,
+    out: str | Path | None = None,
+    summary: dict[str, Any] | None = None,
+) -> Path:
     """Write the HF export of ``tag`` (default: the latest complete checkpoint); returns its path."""
     from transformers import BertConfig
     from transformers.utils import logging as hf_logging
@@ -62,8 +72,10 @@ def export_checkpoint(run_dir: str | Path, tag: str | None = None, out: str | Pa
     run_dir = Path(run_dir)
     out = Path(out).resolve() if out else run_dir.resolve() / "export"
     if out.exists() and not (out / SUMMARY).is_file():
-        raise CheckpointError(f"--out {out} exists and is not an earlier export (no {SUMMARY}); "
-                              f"name a new directory, or remove it yourself")
+        raise CheckpointError(
+            f"--out {out} exists and is not an earlier export (no {SUMMARY}); "
+            f"name a new directory, or remove it yourself"
+        )
     ckpt_dir = run_dir / "checkpoints"
     tag = tag or latest_tag(ckpt_dir)
     if tag is None:
@@ -76,16 +88,23 @@ def export_checkpoint(run_dir: str | Path, tag: str | None = None, out: str | Pa
     state = consolidated_state_dict(ckpt_dir, tag, run_state["zero_stage"])
     missing, unexpected = model.load_state_dict(state, strict=False)
     if set(missing) - TIED_KEYS or unexpected:
-        raise CheckpointError(f"checkpoint {tag} does not match the model config: missing {sorted(set(missing) - TIED_KEYS)[:5]}, "
-                              f"unexpected {sorted(unexpected)[:5]}")
+        raise CheckpointError(
+            f"checkpoint {tag} does not match the model config: missing {sorted(set(missing) - TIED_KEYS)[:5]}, "
+            f"unexpected {sorted(unexpected)[:5]}"
+        )
     model.tie_weights()
 
     tmp = out.with_name(f".{out.name}.partial")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp, safe_serialization=True)
     shutil.copytree(run_dir / RUN_TOKENIZER, tmp, dirs_exist_ok=True)
-    record = {"checkpoint": tag, "step": run_state["step"], "tokens": run_state.get("tokens"),
-              "objective": run_state["objective"], **(summary or {})}
+    record = {
+        "checkpoint": tag,
+        "step": run_state["step"],
+        "tokens": run_state.get("tokens"),
+        "objective": run_state["objective"],
+        **(summary or {}),
+    }
     (tmp / SUMMARY).write_text(json.dumps(record, indent=2) + "\n")
     if out.exists():
         shutil.rmtree(out)

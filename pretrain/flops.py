@@ -23,8 +23,8 @@ also counts attention.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 TRAIN_MULTIPLIER = 3  # forward + backward (2x forward)
 
@@ -46,9 +46,14 @@ class BertShape:
     nsp: bool
 
     @classmethod
-    def from_config(cls, config, nsp: bool) -> "BertShape":
-        return cls(hidden=config.hidden_size, ffn=config.intermediate_size, layers=config.num_hidden_layers,
-                   vocab=config.vocab_size, nsp=nsp)
+    def from_config(cls, config, nsp: bool) -> BertShape:
+        return cls(
+            hidden=config.hidden_size,
+            ffn=config.intermediate_size,
+            layers=config.num_hidden_layers,
+            vocab=config.vocab_size,
+            nsp=nsp,
+        )
 
 
 def forward_flops(shape: BertShape, lengths: Iterable[int], head_positions: int) -> float:

@@ -30,14 +30,20 @@ from transformers import BertConfig, BertForMaskedLM, BertForPreTraining
 from pretrain.chunked_cross_entropy import chunked_cross_entropy
 
 
-def bert_config_from_preset(path: str | Path, vocab_size: int, special_ids: dict[str, int],
-                            max_positions: int, attn_implementation: str = "sdpa") -> BertConfig:
+def bert_config_from_preset(
+    path: str | Path,
+    vocab_size: int,
+    special_ids: dict[str, int],
+    max_positions: int,
+    attn_implementation: str = "sdpa",
+) -> BertConfig:
     """A BertConfig from a preset JSON, with the vocabulary and special ids of the prepared data."""
     try:
         fields = {k: v for k, v in json.loads(Path(path).read_text()).items() if not k.startswith("_")}
     except (json.JSONDecodeError, AttributeError) as err:  # AttributeError: JSON, but not an object
-        raise ValueError(f"model config {path} is not a JSON object of BertConfig fields ({err}); "
-                         f"see configs/model/*.json") from None
+        raise ValueError(
+            f"model config {path} is not a JSON object of BertConfig fields ({err}); see configs/model/*.json"
+        ) from None
     fields.update(vocab_size=vocab_size, pad_token_id=special_ids["pad"])
     if fields.get("max_position_embeddings", 512) < max_positions:
         fields["max_position_embeddings"] = max_positions
@@ -79,11 +85,22 @@ class PretrainingObjective(nn.Module):
         self.nsp = isinstance(model, BertForPreTraining)
         self.sparse_head = sparse_head
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor,
-                mlm_positions: torch.Tensor, mlm_labels: torch.Tensor,
-                next_sentence_label: torch.Tensor | None = None, **_: Any) -> dict[str, torch.Tensor]:
-        encoded = self.model.bert(input_ids=input_ids, attention_mask=attention_mask,
-                                  token_type_ids=token_type_ids, return_dict=True)
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: torch.Tensor,
+        mlm_positions: torch.Tensor,
+        mlm_labels: torch.Tensor,
+        next_sentence_label: torch.Tensor | None = None,
+        **_: Any,
+    ) -> dict[str, torch.Tensor]:
+        encoded = self.model.bert(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            return_dict=True,
+        )
         hidden = encoded.last_hidden_state  # [B, L, H]
         if self.sparse_head:
             gathered = hidden.reshape(-1, hidden.shape[-1]).index_select(0, mlm_positions)  # [M, H]
@@ -94,14 +111,18 @@ class PretrainingObjective(nn.Module):
             logits = every.reshape(-1, every.shape[-1]).index_select(0, mlm_positions).float()  # [M, V]
             out = {"mlm_loss": F.cross_entropy(logits, mlm_labels)}
         if not self.training:  # accuracy counts for evaluation (an argmax over [M, V] costs ~1% of a step)
-            out.update(mlm_correct=(logits.argmax(-1) == mlm_labels).sum(),
-                       mlm_count=torch.tensor(mlm_labels.numel(), device=logits.device))
+            out.update(
+                mlm_correct=(logits.argmax(-1) == mlm_labels).sum(),
+                mlm_count=torch.tensor(mlm_labels.numel(), device=logits.device),
+            )
         out["loss"] = out["mlm_loss"]
         if self.nsp and next_sentence_label is not None:
             nsp_logits = self.model.cls.seq_relationship(encoded.pooler_output).float()  # [B, 2]
             out["nsp_loss"] = F.cross_entropy(nsp_logits, next_sentence_label)
             out["loss"] = out["loss"] + out["nsp_loss"]
             if not self.training:
-                out.update(nsp_correct=(nsp_logits.argmax(-1) == next_sentence_label).sum(),
-                           nsp_count=torch.tensor(next_sentence_label.numel(), device=logits.device))
+                out.update(
+                    nsp_correct=(nsp_logits.argmax(-1) == next_sentence_label).sum(),
+                    nsp_count=torch.tensor(next_sentence_label.numel(), device=logits.device),
+                )
         return out

@@ -9,7 +9,7 @@ alternative that DeepSpeed and NVIDIA used for their record BERT runs.
 from __future__ import annotations
 
 import math
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
@@ -41,10 +41,19 @@ class Lamb(torch.optim.Optimizer):
     (the norms are per tensor), so it is not combined with ZeRO partitioning.
     """
 
-    def __init__(self, params: Iterable, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-6,
-                 weight_decay: float = 0.01, max_trust_ratio: float = 10.0):
-        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
-                                      max_trust_ratio=max_trust_ratio))
+    def __init__(
+        self,
+        params: Iterable,
+        lr: float = 1e-3,
+        betas=(0.9, 0.999),
+        eps: float = 1e-6,
+        weight_decay: float = 0.01,
+        max_trust_ratio: float = 10.0,
+    ):
+        super().__init__(
+            params,
+            dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, max_trust_ratio=max_trust_ratio),
+        )
 
     @torch.no_grad()
     def step(self, closure: Callable | None = None):
@@ -77,8 +86,9 @@ class Lamb(torch.optim.Optimizer):
         return loss
 
 
-def build_optimizer(name: str, groups: list[dict], lr: float, betas: tuple[float, float], eps: float,
-                    device_type: str) -> torch.optim.Optimizer:
+def build_optimizer(
+    name: str, groups: list[dict], lr: float, betas: tuple[float, float], eps: float, device_type: str
+) -> torch.optim.Optimizer:
     """``adamw`` (torch's fused kernel where the device has one) or ``lamb``."""
     if name == "adamw":
         # The fused AdamW kernel exists for CPU and CUDA in torch >= 2.4: one pass over all
@@ -89,8 +99,9 @@ def build_optimizer(name: str, groups: list[dict], lr: float, betas: tuple[float
     raise ValueError(f"unknown optimizer {name!r}; use adamw or lamb")
 
 
-def warmup_decay_schedule(warmup_steps: int, total_steps: int, decay: str = "linear", power: float = 1.0,
-                          end_ratio: float = 0.0) -> Callable[[int], float]:
+def warmup_decay_schedule(
+    warmup_steps: int, total_steps: int, decay: str = "linear", power: float = 1.0, end_ratio: float = 0.0
+) -> Callable[[int], float]:
     """LR multiplier per step: linear warm-up to 1, then ``linear``, ``polynomial`` (power) or
     ``cosine`` decay to ``end_ratio`` at ``total_steps``, or ``constant``."""
 

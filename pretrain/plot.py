@@ -16,12 +16,22 @@ def plot_losses(rows: list[dict[str, Any]], out: str | Path, title: str = "pretr
     evals = [row for row in rows if row.get("kind") == "eval"]
     fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
     if train:
-        ax.plot([r["step"] for r in train], [r["loss"] for r in train], label="train loss (MLM + NSP)", lw=1.2)
-        ax.plot([r["step"] for r in train], [r["mlm_loss"] for r in train], label="train MLM loss", lw=1, alpha=0.7)
+        ax.plot(
+            [r["step"] for r in train], [r["loss"] for r in train], label="train loss (MLM + NSP)", lw=1.2
+        )
+        ax.plot(
+            [r["step"] for r in train],
+            [r["mlm_loss"] for r in train],
+            label="train MLM loss",
+            lw=1,
+            alpha=0.7,
+        )
     if evals:
         ax.plot([r["step"] for r in evals], [r["mlm_loss"] for r in evals], "o-", label="eval MLM loss", ms=4)
         if "nsp_loss" in evals[0]:
-            ax.plot([r["step"] for r in evals], [r["nsp_loss"] for r in evals], "s--", label="eval NSP loss", ms=4)
+            ax.plot(
+                [r["step"] for r in evals], [r["nsp_loss"] for r in evals], "s--", label="eval NSP loss", ms=4
+            )
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("cross-entropy (nats)")
     ax.set_title(title)

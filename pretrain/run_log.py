@@ -62,7 +62,9 @@ class RunLog:
         if sys.stderr.isatty():
             from tqdm import tqdm
 
-            self.bar = tqdm(total=max_steps, initial=resume_step, unit="step", dynamic_ncols=True, leave=False)
+            self.bar = tqdm(
+                total=max_steps, initial=resume_step, unit="step", dynamic_ncols=True, leave=False
+            )
 
     def _write(self, row: dict[str, Any]) -> None:
         with open(self.path, "a") as handle:

@@ -25,7 +25,9 @@ from data_prep.manifest import NSP_EXT, SAMPLE_EXTS, TOKENS_EXT
 
 _KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 WHOLE_SHARD = "*"  # BadSample.key of the samples of a shard that failed as a whole
-VERIFY_HINT = "run `python -m data_prep verify DATA_DIR` to list bad shards, and regenerate them with data_prep"
+VERIFY_HINT = (
+    "run `python -m data_prep verify DATA_DIR` to list bad shards, and regenerate them with data_prep"
+)
 
 
 class ShardError(RuntimeError):
@@ -46,7 +48,11 @@ class BadSample:
     reason: str
 
     def describe(self) -> str:
-        return self.reason if self.key == WHOLE_SHARD else f"shard {self.shard} sample {self.key!r}: {self.reason}"
+        return (
+            self.reason
+            if self.key == WHOLE_SHARD
+            else f"shard {self.shard} sample {self.key!r}: {self.reason}"
+        )
 
 
 @dataclass(frozen=True)
@@ -84,7 +90,9 @@ def _parse_sample(key: str, members: dict[str, bytes], rules: SampleRules) -> Sa
         raise ValueError(f"{tokens.size} tokens, outside 2..seq_len={rules.seq_len}")
     low, high = int(tokens.min()), int(tokens.max())
     if low < 0 or high >= rules.vocab_size:
-        raise ValueError(f"token id {high if high >= rules.vocab_size else low} outside the vocabulary [0, {rules.vocab_size})")
+        raise ValueError(
+            f"token id {high if high >= rules.vocab_size else low} outside the vocabulary [0, {rules.vocab_size})"
+        )
     if int(tokens[0]) != rules.cls_id:
         raise ValueError(f"does not start with [CLS] (id {rules.cls_id})")
     nsp_label = None
@@ -118,7 +126,9 @@ def read_shard(spec: ShardSpec, rules: SampleRules) -> list[Sample | BadSample]:
     try:
         groups = list(group_by_keys(tar_file_expander([{"url": name, "stream": io.BytesIO(data)}])))
     except (tarfile.TarError, EOFError, ValueError) as err:  # ValueError: a member repeated within a sample
-        raise ShardError(f"shard {spec.path}: not a readable tar ({err.args[0] if err.args else err}); {VERIFY_HINT}") from None
+        raise ShardError(
+            f"shard {spec.path}: not a readable tar ({err.args[0] if err.args else err}); {VERIFY_HINT}"
+        ) from None
     # WebDataset starts a new sample whenever the key changes; a key whose members are not adjacent
     # (a planted extra member, say) is merged back, so the check below sees all of them.
     by_key: dict[str, dict[str, bytes]] = {}
@@ -135,7 +145,13 @@ def read_shard(spec: ShardSpec, rules: SampleRules) -> list[Sample | BadSample]:
     for key, members in by_key.items():
         if not _KEY.match(key):
             names = sorted(f"{key}.{ext}" for ext in members)[:3]
-            samples.append(BadSample(name, f"<{key[:60]}>", f"refused member name(s) {names} (not a plain file named <key>.<ext>)"))
+            samples.append(
+                BadSample(
+                    name,
+                    f"<{key[:60]}>",
+                    f"refused member name(s) {names} (not a plain file named <key>.<ext>)",
+                )
+            )
         elif key in repeated:
             samples.append(BadSample(name, key, repeated[key]))
         else:
@@ -144,5 +160,7 @@ def read_shard(spec: ShardSpec, rules: SampleRules) -> list[Sample | BadSample]:
             except ValueError as err:
                 samples.append(BadSample(name, key, str(err)))
     if len(samples) != spec.samples:
-        raise ShardError(f"shard {spec.path}: holds {len(samples)} samples, the manifest says {spec.samples}; {VERIFY_HINT}")
+        raise ShardError(
+            f"shard {spec.path}: holds {len(samples)} samples, the manifest says {spec.samples}; {VERIFY_HINT}"
+        )
     return samples

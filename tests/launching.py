@@ -9,29 +9,70 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-LAUNCHER_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_SIZE", "MASTER_ADDR", "MASTER_PORT", "PRETRAIN_CRASH_AT")
+LAUNCHER_VARS = (
+    "RANK",
+    "LOCAL_RANK",
+    "WORLD_SIZE",
+    "LOCAL_SIZE",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "PRETRAIN_CRASH_AT",
+)
 BIN = Path(sys.executable).parent
 
 # Small, fast, learnable: the tiny model on synthetic Markov-chain data (tests/synthetic_data.py).
-FAST = ["model=tiny", "seq_len=64", "micro_batch_size=8", "log_every=1", "eval_every=1000", "save_every=1000",
-        "schedule.warmup_steps=3", "optimizer.lr=2e-3", "eval_samples=64", "loader.workers=1", "threads=1",
-        "dist_timeout_s=60"]
+FAST = [
+    "model=tiny",
+    "seq_len=64",
+    "micro_batch_size=8",
+    "log_every=1",
+    "eval_every=1000",
+    "save_every=1000",
+    "schedule.warmup_steps=3",
+    "optimizer.lr=2e-3",
+    "eval_samples=64",
+    "loader.workers=1",
+    "threads=1",
+    "dist_timeout_s=60",
+]
 
 
-def run_pretrain(data_dir: Path, run_dir: Path, *overrides: str, ranks: int = 2, env: dict | None = None,
-                 timeout: float = 240, preexec_fn=None, entry: tuple[str, ...] = ("-m", "pretrain")
-                 ) -> subprocess.CompletedProcess:
+def run_pretrain(
+    data_dir: Path,
+    run_dir: Path,
+    *overrides: str,
+    ranks: int = 2,
+    env: dict | None = None,
+    timeout: float = 240,
+    preexec_fn=None,
+    entry: tuple[str, ...] = ("-m", "pretrain"),
+) -> subprocess.CompletedProcess:
     """``entry`` (one rank only): what follows ``python``, e.g. a script that wraps ``pretrain``."""
     args = [f"data_dir={data_dir}", f"run_dir={run_dir}", *FAST, *overrides]
     if ranks == 1:
         command = [sys.executable, *entry, *args]
     else:
-        command = [str(BIN / "deepspeed"), "--num_gpus", str(ranks), "--master_port", str(_free_port()),
-                   "--module", "pretrain", *args]
+        command = [
+            str(BIN / "deepspeed"),
+            "--num_gpus",
+            str(ranks),
+            "--master_port",
+            str(_free_port()),
+            "--module",
+            "pretrain",
+            *args,
+        ]
     inherited = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARS}
     full_env = {**inherited, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", **(env or {})}
-    return subprocess.run(command, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout,
-                          preexec_fn=preexec_fn)
+    return subprocess.run(
+        command,
+        cwd=REPO,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        preexec_fn=preexec_fn,
+    )
 
 
 def _free_port() -> int:
@@ -52,4 +93,6 @@ def sample_log(run_dir: Path, rank: int) -> list[dict]:
 
 
 def explain(result: subprocess.CompletedProcess) -> str:
-    return f"exit {result.returncode}\n--- stdout\n{result.stdout[-4000:]}\n--- stderr\n{result.stderr[-4000:]}"
+    return (
+        f"exit {result.returncode}\n--- stdout\n{result.stdout[-4000:]}\n--- stderr\n{result.stderr[-4000:]}"
+    )

@@ -14,8 +14,16 @@ from pathlib import Path
 
 import numpy as np
 
-from data_prep.manifest import (MANIFEST_NAME, NSP_EXT, SPECIAL_TOKENS, TOKENIZER_DIR, TOKENS_EXT, build_manifest,
-                                sha256_file, write_json_atomic)
+from data_prep.manifest import (
+    MANIFEST_NAME,
+    NSP_EXT,
+    SPECIAL_TOKENS,
+    TOKENIZER_DIR,
+    TOKENS_EXT,
+    build_manifest,
+    sha256_file,
+    write_json_atomic,
+)
 
 N_SPECIAL = len(SPECIAL_TOKENS)  # [PAD] [UNK] [CLS] [SEP] [MASK] = 0..4
 PAD, UNK, CLS, SEP, MASK = range(N_SPECIAL)
@@ -31,9 +39,19 @@ def write_tokenizer(directory: Path, vocab_size: int, seq_len: int) -> None:
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", CLS), ("[SEP]", SEP)])
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]",
-                                   sep_token="[SEP]", mask_token="[MASK]", model_max_length=seq_len)
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", CLS), ("[SEP]", SEP)],
+    )
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token="[PAD]",
+        unk_token="[UNK]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+        model_max_length=seq_len,
+    )
     fast.save_pretrained(str(directory))
 
 
@@ -43,7 +61,9 @@ def _zipf_words(rng: np.random.Generator, vocab_size: int, size) -> np.ndarray:
     return N_SPECIAL + rng.choice(vocab_size - N_SPECIAL, size=size, p=weights / weights.sum())
 
 
-def markov_tokens(rng: np.random.Generator, vocab_size: int, length: int, successors: np.ndarray) -> np.ndarray:
+def markov_tokens(
+    rng: np.random.Generator, vocab_size: int, length: int, successors: np.ndarray
+) -> np.ndarray:
     out = np.empty(length, dtype=np.int64)
     out[0] = _zipf_words(rng, vocab_size, 1)[0]
     for i in range(1, length):
@@ -51,7 +71,9 @@ def markov_tokens(rng: np.random.Generator, vocab_size: int, length: int, succes
     return out
 
 
-def make_examples(n: int, *, seed: int, vocab_size: int, seq_len: int, nsp: bool) -> list[tuple[np.ndarray, int | None]]:
+def make_examples(
+    n: int, *, seed: int, vocab_size: int, seq_len: int, nsp: bool
+) -> list[tuple[np.ndarray, int | None]]:
     rng = np.random.default_rng(seed)
     successors = _zipf_words(np.random.default_rng(0), vocab_size, (vocab_size - N_SPECIAL, 4))
     examples = []
@@ -97,26 +119,53 @@ def write_shard(path: Path, index: int, examples, extra_members: dict[str, bytes
             tokens += int(ids.size)
         for name, payload in (extra_members or {}).items():
             _member(tar, name, payload)
-    return {"path": "", "samples": len(examples), "tokens": tokens, "bytes": path.stat().st_size,
-            "sha256": sha256_file(path)}
+    return {
+        "path": "",
+        "samples": len(examples),
+        "tokens": tokens,
+        "bytes": path.stat().st_size,
+        "sha256": sha256_file(path),
+    }
 
 
-def make_data_dir(root: Path, *, train_shards: int = 4, samples_per_shard: int = 64, valid_samples: int = 64,
-                  vocab_size: int = 200, seq_len: int = 64, nsp: bool = True, seed: int = 0) -> Path:
+def make_data_dir(
+    root: Path,
+    *,
+    train_shards: int = 4,
+    samples_per_shard: int = 64,
+    valid_samples: int = 64,
+    vocab_size: int = 200,
+    seq_len: int = 64,
+    nsp: bool = True,
+    seed: int = 0,
+) -> Path:
     """A complete data dir; returns its path."""
     root.mkdir(parents=True, exist_ok=True)
     write_tokenizer(root / TOKENIZER_DIR, vocab_size, seq_len)
     shards: dict[str, list[dict]] = {}
-    for split, count, number in (("train", train_shards * samples_per_shard, train_shards), ("valid", valid_samples, 1)):
-        examples = make_examples(count, seed=seed + (split == "valid"), vocab_size=vocab_size, seq_len=seq_len, nsp=nsp)
+    for split, count, number in (
+        ("train", train_shards * samples_per_shard, train_shards),
+        ("valid", valid_samples, 1),
+    ):
+        examples = make_examples(
+            count, seed=seed + (split == "valid"), vocab_size=vocab_size, seq_len=seq_len, nsp=nsp
+        )
         per = -(-count // number)
         shards[split] = []
         for index in range(number):
             relative = f"shards/{split}/synthetic-{index:06d}.tar"
             entry = write_shard(root / relative, index, examples[index * per : (index + 1) * per])
             shards[split].append({**entry, "path": relative})
-    manifest = build_manifest(root, objective="mlm+nsp" if nsp else "mlm", seq_len=seq_len, token_dtype="uint16",
-                              vocab_size=vocab_size, special_ids={"pad": PAD, "unk": UNK, "cls": CLS, "sep": SEP, "mask": MASK},
-                              shards=shards, samples_per_shard=samples_per_shard, prep_config={"synthetic": True, "seed": seed})
+    manifest = build_manifest(
+        root,
+        objective="mlm+nsp" if nsp else "mlm",
+        seq_len=seq_len,
+        token_dtype="uint16",
+        vocab_size=vocab_size,
+        special_ids={"pad": PAD, "unk": UNK, "cls": CLS, "sep": SEP, "mask": MASK},
+        shards=shards,
+        samples_per_shard=samples_per_shard,
+        prep_config={"synthetic": True, "seed": seed},
+    )
     write_json_atomic(root / MANIFEST_NAME, manifest)
     return root

@@ -38,11 +38,19 @@ def _padded_batch(data_dir: Path):
     """A real collated, masked batch of the generated data that contains padding."""
     manifest = load_manifest(data_dir)
     layout = TokenLayout.from_manifest(manifest)
-    stream = TrainStream(shard_specs(data_dir, manifest, "train"), layout, rank=0, world_size=1, seed=0,
-                         micro_batch_size=8, mlm_probability=0.15)
+    stream = TrainStream(
+        shard_specs(data_dir, manifest, "train"),
+        layout,
+        rank=0,
+        world_size=1,
+        seed=0,
+        micro_batch_size=8,
+        mlm_probability=0.15,
+    )
     batch = next(b for b in stream if b["num_tokens"] < b["input_ids"].numel())
-    config = bert_config_from_preset(resolve_model_config_path("tiny"), layout.vocab_size,
-                                     manifest["tokenizer"]["special_ids"], SEQ_LEN)
+    config = bert_config_from_preset(
+        resolve_model_config_path("tiny"), layout.vocab_size, manifest["tokenizer"]["special_ids"], SEQ_LEN
+    )
     return batch, config
 
 
@@ -53,29 +61,49 @@ def _counted_flops(loss_fn) -> int:
 
 
 def test_executed_flops_of_a_benchmark_step_match_torch_counter(tmp_path):
-    batch, config = _padded_batch(write_synthetic_data_dir(tmp_path / "data", seq_len=SEQ_LEN, vocab_size=VOCAB,
-                                                           train_shards=1, samples_per_shard=64))
+    batch, config = _padded_batch(
+        write_synthetic_data_dir(
+            tmp_path / "data", seq_len=SEQ_LEN, vocab_size=VOCAB, train_shards=1, samples_per_shard=64
+        )
+    )
     shape = BertShape.from_config(config, nsp=True)
     torch.manual_seed(0)
     stock = build_hf_model(config, nsp=True)
     ours = PretrainingObjective(build_hf_model(config, nsp=True))
 
     counted_ours = _counted_flops(lambda: ours(**batch)["loss"])
-    counted_stock = _counted_flops(lambda: stock(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                                                 token_type_ids=batch["token_type_ids"], labels=stock_labels(batch),
-                                                 next_sentence_label=batch["next_sentence_label"]).loss)
+    counted_stock = _counted_flops(
+        lambda: (
+            stock(
+                input_ids=batch["input_ids"],
+                attention_mask=batch["attention_mask"],
+                token_type_ids=batch["token_type_ids"],
+                labels=stock_labels(batch),
+                next_sentence_label=batch["next_sentence_label"],
+            ).loss
+        )
+    )
     our_step = count_step(shape, batch, 1.0, full_vocab_head=False)
     stock_step = count_step(shape, batch, 1.0, full_vocab_head=True)
     assert our_step.hardware_flops == pytest.approx(counted_ours, rel=0.05)
     assert stock_step.hardware_flops == pytest.approx(counted_stock, rel=0.05)
     # The objective's FLOPs are the same for both, and less than either executed: padding is not counted.
-    assert our_step.model_flops == stock_step.model_flops < our_step.hardware_flops < stock_step.hardware_flops
+    assert (
+        our_step.model_flops == stock_step.model_flops < our_step.hardware_flops < stock_step.hardware_flops
+    )
 
 
 def test_summary_times_a_step_by_its_slowest_rank_and_counts_all_ranks():
     def record(seconds, tokens):
-        return {"seconds": seconds, "samples": 4, "tokens": tokens, "padded_tokens": 512, "masked": 60,
-                "model_flops": 1e9, "hardware_flops": 2e9}
+        return {
+            "seconds": seconds,
+            "samples": 4,
+            "tokens": tokens,
+            "padded_tokens": 512,
+            "masked": 60,
+            "model_flops": 1e9,
+            "hardware_flops": 2e9,
+        }
 
     rank0 = [record(1.0, 400), record(2.0, 400), record(9.0, 400)]
     rank1 = [record(1.5, 500), record(1.0, 500), record(1.0, 500)]
@@ -93,17 +121,53 @@ def test_summary_times_a_step_by_its_slowest_rank_and_counts_all_ranks():
 
 @pytest.mark.slow
 def test_sweep_on_tiny_model_writes_valid_results(tmp_path, capsys):
-    main(["--model", "tiny", "--seq-len", str(SEQ_LEN), "--batch-sizes", "2,4", "--vocab-size", str(VOCAB),
-          "--precision", "bf16", "--zero-stage", "0", "--ranks", "1", "--warmup-steps", "1", "--steps", "2",
-          "--baseline", "--out", str(tmp_path)])
+    main(
+        [
+            "--model",
+            "tiny",
+            "--seq-len",
+            str(SEQ_LEN),
+            "--batch-sizes",
+            "2,4",
+            "--vocab-size",
+            str(VOCAB),
+            "--precision",
+            "bf16",
+            "--zero-stage",
+            "0",
+            "--ranks",
+            "1",
+            "--warmup-steps",
+            "1",
+            "--steps",
+            "2",
+            "--baseline",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     assert len(capsys.readouterr().out.splitlines()) >= 4  # header, one line per point, loader, files
     (json_path,) = tmp_path.glob("*.json")
     assert json_path.with_suffix(".md").is_file() and json_path.with_suffix(".png").stat().st_size > 0
     result = json.loads(json_path.read_text())
-    for key in ("device", "peak_flops", "model", "seq_len", "precision", "zero_stage", "ranks", "loader_samples_per_s"):
+    for key in (
+        "device",
+        "peak_flops",
+        "model",
+        "seq_len",
+        "precision",
+        "zero_stage",
+        "ranks",
+        "loader_samples_per_s",
+    ):
         assert result[key] is not None, key
-    assert (result["model"], result["seq_len"], result["precision"], result["zero_stage"], result["ranks"]) == \
-        ("tiny", SEQ_LEN, "bf16", 0, 1)
+    assert (
+        result["model"],
+        result["seq_len"],
+        result["precision"],
+        result["zero_stage"],
+        result["ranks"],
+    ) == ("tiny", SEQ_LEN, "bf16", 0, 1)
     assert result["peak_flops"] == max(probe["flops_per_s"] for probe in result["gemm_probes"]) > 1e9
     assert len(result["gemm_probes"]) == 2 and result["loader_samples_per_s"] > 0  # probed before and after
     assert [point["micro_batch_size"] for point in result["points"]] == [2, 4]
@@ -112,7 +176,9 @@ def test_sweep_on_tiny_model_writes_valid_results(tmp_path, capsys):
         assert 0 < point["tokens_per_s"] <= point["padded_tokens_per_s"]
         assert point["step_time_s"] > 0 and point["peak_memory_bytes"] > 0
         assert 0 < point["mfu"] <= point["hfu"] < 1
-        assert point["baseline_mfu"] < point["baseline_hfu"]  # its full-vocabulary head runs on every position
+        assert (
+            point["baseline_mfu"] < point["baseline_hfu"]
+        )  # its full-vocabulary head runs on every position
         assert point["speedup"] == pytest.approx(point["tokens_per_s"] / point["baseline_tokens_per_s"])
         # the same batch and initial weights give the same loss, up to bf16 rounding
         assert point["initial_loss"] == pytest.approx(point["baseline_initial_loss"], rel=2e-2)
@@ -122,8 +188,22 @@ def test_a_failed_point_is_recorded_and_ends_the_sweep(tmp_path):
     # A point timeout shorter than any launch: the first point fails, its process group is killed,
     # the sweep stops there and still writes its report.
     with pytest.raises(SystemExit, match="no point completed"):
-        main(["--model", "tiny", "--seq-len", str(SEQ_LEN), "--batch-sizes", "2,4", "--vocab-size", str(VOCAB),
-              "--point-timeout-s", "0.5", "--out", str(tmp_path)])
+        main(
+            [
+                "--model",
+                "tiny",
+                "--seq-len",
+                str(SEQ_LEN),
+                "--batch-sizes",
+                "2,4",
+                "--vocab-size",
+                str(VOCAB),
+                "--point-timeout-s",
+                "0.5",
+                "--out",
+                str(tmp_path),
+            ]
+        )
     (json_path,) = tmp_path.glob("*.json")
     points = json.loads(json_path.read_text())["points"]
     assert [(point["micro_batch_size"], point["status"]) for point in points] == [(2, "timeout")]

@@ -3,7 +3,14 @@
 import torch
 from transformers import BertConfig, BertForPreTraining
 
-from pretrain.cpu_dropout import ATTENTION_NAME, Dropout, fast_dropout, keep_mask, sdpa_cpu_dropout, use_cpu_dropout
+from pretrain.cpu_dropout import (
+    ATTENTION_NAME,
+    Dropout,
+    fast_dropout,
+    keep_mask,
+    sdpa_cpu_dropout,
+    use_cpu_dropout,
+)
 
 
 def test_keep_rate_and_scaling_match_torch_dropout():
@@ -34,7 +41,9 @@ def test_attention_math_equals_sdpa():
 
 
 def test_model_swap_keeps_eval_outputs_and_drops_in_training():
-    cfg = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+    cfg = BertConfig(
+        vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64
+    )
     cfg._attn_implementation = "sdpa"
     torch.manual_seed(0)
     stock = BertForPreTraining(cfg).eval()
@@ -44,11 +53,13 @@ def test_model_swap_keeps_eval_outputs_and_drops_in_training():
     assert swapped.config._attn_implementation == ATTENTION_NAME
     assert not any(isinstance(m, torch.nn.Dropout) for m in swapped.modules())
     assert sum(isinstance(m, Dropout) for m in swapped.modules()) == sum(
-        isinstance(m, torch.nn.Dropout) for m in stock.modules())
+        isinstance(m, torch.nn.Dropout) for m in stock.modules()
+    )
     ids = torch.randint(5, 100, (3, 16))
     with torch.no_grad():
-        assert torch.allclose(swapped.eval()(input_ids=ids).prediction_logits, stock(input_ids=ids).prediction_logits,
-                              atol=1e-5)
+        assert torch.allclose(
+            swapped.eval()(input_ids=ids).prediction_logits, stock(input_ids=ids).prediction_logits, atol=1e-5
+        )
         train_a = swapped.train()(input_ids=ids).prediction_logits
         train_b = swapped(input_ids=ids).prediction_logits
     assert not torch.allclose(train_a, train_b)  # dropout is active when training

@@ -7,8 +7,8 @@ import sys
 
 import pytest
 import yaml
-
 from launching import LAUNCHER_VARS, REPO
+
 from pretrain.docstring_task import split_of
 
 pytestmark = pytest.mark.slow
@@ -18,9 +18,31 @@ def test_demo_runs_every_stage_and_reports(tmp_path):
     out = tmp_path / "demo"
     env = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARS}
     result = subprocess.run(
-        [sys.executable, "-m", "pretrain.demo", "--out", str(out), "--pretrain-steps", "12", "--max-docs", "300",
-         "--samples-per-shard", "128", "--task-per-class", "40", "10", "20", "--finetune-epochs", "1"],
-        cwd=REPO, env={**env, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True, timeout=900)
+        [
+            sys.executable,
+            "-m",
+            "pretrain.demo",
+            "--out",
+            str(out),
+            "--pretrain-steps",
+            "12",
+            "--max-docs",
+            "300",
+            "--samples-per-shard",
+            "128",
+            "--task-per-class",
+            "40",
+            "10",
+            "20",
+            "--finetune-epochs",
+            "1",
+        ],
+        cwd=REPO,
+        env={**env, "HF_HUB_OFFLINE": "1"},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["pretrain"]["steps"] == 12 and summary["pretrain"]["world_size"] == 2

@@ -13,10 +13,10 @@ import time
 
 import numpy as np
 import pytest
-
-from data_prep.manifest import load_manifest, write_json_atomic
 from launching import LAUNCHER_VARS, REPO, explain, metrics, run_pretrain
 from synthetic_data import CLS, SEP, make_data_dir, npy_bytes, write_shard
+
+from data_prep.manifest import load_manifest, write_json_atomic
 
 pytestmark = pytest.mark.slow
 
@@ -36,14 +36,23 @@ def _latest(run_dir):
 
 # 2. Killed while saving ---------------------------------------------------------------------
 
-@pytest.mark.parametrize("phase, rank", [("before_deepspeed", 0), ("after_deepspeed", 1), ("before_commit", 1),
-                                         ("after_commit", 0)])
+
+@pytest.mark.parametrize(
+    "phase, rank",
+    [("before_deepspeed", 0), ("after_deepspeed", 1), ("before_commit", 1), ("after_commit", 0)],
+)
 def test_killed_at_each_phase_of_a_save_leaves_a_loadable_latest(tmp_path, data_dir, phase, rank):
     """One rank dies at a phase of the step-6 save while the other carries on: only a save whose
     commit (rank 0 replacing `latest` after every rank confirmed) happened is ever visible."""
     run_dir = tmp_path / "run"
-    crashed = run_pretrain(data_dir, run_dir, "max_steps=6", "save_every=3", ranks=2,
-                           env={"PRETRAIN_CRASH_AT": f"save:{phase}:6@{rank}"})
+    crashed = run_pretrain(
+        data_dir,
+        run_dir,
+        "max_steps=6",
+        "save_every=3",
+        ranks=2,
+        env={"PRETRAIN_CRASH_AT": f"save:{phase}:6@{rank}"},
+    )
     assert crashed.returncode != 0, explain(crashed)
     # the commit (replacing `latest`) is the last thing a save does: only after it is step 6 visible
     committed = "step00000006" if phase == "after_commit" else "step00000003"
@@ -57,6 +66,7 @@ def test_killed_at_each_phase_of_a_save_leaves_a_loadable_latest(tmp_path, data_
 
 
 # 3. / 4. Corrupt and hostile shards ---------------------------------------------------------
+
 
 def _copy_data(data_dir, tmp_path):
     copy = tmp_path / "data"
@@ -111,9 +121,16 @@ def test_hostile_members_are_rejected_not_executed(tmp_path, data_dir):
     for index, entry in enumerate(manifest["splits"]["train"]["shards"]):
         # 33 keys per shard; in shard 1, key 31 carries a pickle member and key 32 is a path traversal
         good = [(sample, index % 2)] * (31 if index == 1 else 33)
-        extra = {"000001_000031.pyd": pickle.dumps(_Exploit(str(marker))),
-                 "000001_000031.tokens.npy": npy_bytes(sample), "000001_000031.nsp.cls": b"0",
-                 "../../../escaped.tokens.npy": npy_bytes(sample)} if index == 1 else None
+        extra = (
+            {
+                "000001_000031.pyd": pickle.dumps(_Exploit(str(marker))),
+                "000001_000031.tokens.npy": npy_bytes(sample),
+                "000001_000031.nsp.cls": b"0",
+                "../../../escaped.tokens.npy": npy_bytes(sample),
+            }
+            if index == 1
+            else None
+        )
         written = write_shard(hostile / entry["path"], index, good, extra_members=extra)
         entry.update(sha256=written["sha256"], bytes=written["bytes"], samples=33)
     write_json_atomic(hostile / "manifest.json", manifest)
@@ -129,25 +146,43 @@ def test_hostile_members_are_rejected_not_executed(tmp_path, data_dir):
 
 # 5. Divergence -------------------------------------------------------------------------------
 
+
 def test_a_nonfinite_loss_is_skipped_and_counted(tmp_path, data_dir):
     run_dir = tmp_path / "run"
-    result = run_pretrain(data_dir, run_dir, "max_steps=8", ranks=2, env={"PRETRAIN_NONFINITE_LOSS_AT": "5-5"})
+    result = run_pretrain(
+        data_dir, run_dir, "max_steps=8", ranks=2, env={"PRETRAIN_NONFINITE_LOSS_AT": "5-5"}
+    )
     assert result.returncode == 0, explain(result)
     rows = metrics(run_dir)
     assert [r["step"] for r in rows] == list(range(1, 9))
-    assert "nonfinite_skips" not in rows[3] and rows[4]["nonfinite_skips"] == 1 and rows[-1]["nonfinite_skips"] == 1
+    assert (
+        "nonfinite_skips" not in rows[3]
+        and rows[4]["nonfinite_skips"] == 1
+        and rows[-1]["nonfinite_skips"] == 1
+    )
     assert all(np.isfinite(r["loss"]) for r in rows)
 
 
 def test_persistent_nan_stops_cleanly_with_the_last_good_checkpoint(tmp_path, data_dir):
     run_dir = tmp_path / "run"
-    result = run_pretrain(data_dir, run_dir, "max_steps=12", "save_every=4", "max_nonfinite_steps=3", ranks=2,
-                          env={"PRETRAIN_NONFINITE_LOSS_AT": "6-"})
+    result = run_pretrain(
+        data_dir,
+        run_dir,
+        "max_steps=12",
+        "save_every=4",
+        "max_nonfinite_steps=3",
+        ranks=2,
+        env={"PRETRAIN_NONFINITE_LOSS_AT": "6-"},
+    )
     assert result.returncode == 1
     assert any("NaN/inf for 3 consecutive micro-steps at step 6" in line for line in _error_lines(result))
     assert _latest(run_dir) == "step00000004"
-    export = subprocess.run([sys.executable, "-m", "pretrain.export", str(run_dir), "--out", str(tmp_path / "x")],
-                            cwd=REPO, capture_output=True, text=True)
+    export = subprocess.run(
+        [sys.executable, "-m", "pretrain.export", str(run_dir), "--out", str(tmp_path / "x")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     assert export.returncode == 0, export.stderr
     assert json.loads((tmp_path / "x" / "training_summary.json").read_text())["step"] == 4
 
@@ -165,14 +200,21 @@ def test_fp16_where_deepspeed_has_none_is_refused_in_one_line(tmp_path, data_dir
 
 def test_fp16_overflow_storm_is_skipped_with_the_scale_lowered_and_counted(tmp_path, data_dir):
     run_dir = tmp_path / "run"
-    result = run_pretrain(data_dir, run_dir, "max_steps=8", "precision=fp16", ranks=1,
-                          entry=(str(REPO / "tests" / "fp16_on_cpu.py"),), env={"PRETRAIN_GRAD_OVERFLOW_AT": "3-5"})
+    result = run_pretrain(
+        data_dir,
+        run_dir,
+        "max_steps=8",
+        "precision=fp16",
+        ranks=1,
+        entry=(str(REPO / "tests" / "fp16_on_cpu.py"),),
+        env={"PRETRAIN_GRAD_OVERFLOW_AT": "3-5"},
+    )
     assert result.returncode == 0, explain(result)
     rows = metrics(run_dir)
     assert [r["step"] for r in rows] == list(range(1, 9))
     assert [r["overflow_steps"] for r in rows] == [0, 0, 1, 2, 3, 3, 3, 3]
     scales = [r["loss_scale"] for r in rows]
-    assert scales[:3] == [2.0 ** 16] * 3 and scales[-1] < scales[0]  # hysteresis 2: the first overflow keeps it
+    assert scales[:3] == [2.0**16] * 3 and scales[-1] < scales[0]  # hysteresis 2: the first overflow keeps it
     assert all(np.isfinite(r["loss"]) for r in rows) and all(np.isfinite(r["grad_norm"]) for r in rows[5:])
     lrs = [r["lr"] for r in rows]
     assert lrs[2] == lrs[3] == lrs[4], "a skipped step must not advance the learning-rate schedule"
@@ -180,6 +222,7 @@ def test_fp16_overflow_storm_is_skipped_with_the_scale_lowered_and_counted(tmp_p
 
 
 # 6. Disk errors ------------------------------------------------------------------------------
+
 
 def _limit_file_size():
     # Writes beyond 1 MB fail with EFBIG (an OSError) instead of raising SIGXFSZ: a full disk.
@@ -189,12 +232,20 @@ def _limit_file_size():
 
 def test_disk_error_while_saving_keeps_the_previous_checkpoint(tmp_path, data_dir):
     run_dir = tmp_path / "run"
-    first = run_pretrain(data_dir, run_dir, "max_steps=8", "save_every=4", ranks=1, env={"PRETRAIN_CRASH_AT": "step:6"})
+    first = run_pretrain(
+        data_dir, run_dir, "max_steps=8", "save_every=4", ranks=1, env={"PRETRAIN_CRASH_AT": "step:6"}
+    )
     assert _latest(run_dir) == "step00000004", explain(first)
-    full_disk = run_pretrain(data_dir, run_dir, "max_steps=8", "save_every=4", ranks=1, preexec_fn=_limit_file_size)
+    full_disk = run_pretrain(
+        data_dir, run_dir, "max_steps=8", "save_every=4", ranks=1, preexec_fn=_limit_file_size
+    )
     assert full_disk.returncode == 1, explain(full_disk)
     (line,) = _error_lines(full_disk)
-    assert "step00000008 failed to write" in line and "disk full" in line and "previous complete checkpoint" in line
+    assert (
+        "step00000008 failed to write" in line
+        and "disk full" in line
+        and "previous complete checkpoint" in line
+    )
     assert _latest(run_dir) == "step00000004"
     healed = run_pretrain(data_dir, run_dir, "max_steps=8", "save_every=4", ranks=1)
     assert healed.returncode == 0, explain(healed)
@@ -203,17 +254,34 @@ def test_disk_error_while_saving_keeps_the_previous_checkpoint(tmp_path, data_di
 
 # 1. / 7. Multi-node rehearsal, a rank killed, 8. world-size change -------------------------
 
+
 def _node(rank, hostfile, data_dir, run_dir, port, *overrides, env=None):
     from launching import FAST
 
     config = hostfile.parent / "empty.yaml"  # every setting comes from the overrides, as in run_pretrain
     config.write_text("{}\n")
-    command = [str(REPO / "launch" / "multinode_deepspeed.sh"), str(hostfile), str(config),
-               f"data_dir={data_dir}", f"run_dir={run_dir}", *FAST, *overrides]
+    command = [
+        str(REPO / "launch" / "multinode_deepspeed.sh"),
+        str(hostfile),
+        str(config),
+        f"data_dir={data_dir}",
+        f"run_dir={run_dir}",
+        *FAST,
+        *overrides,
+    ]
     clean = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARS}
-    node_env = {**clean, "NODE_RANK": str(rank), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
-                "DEEPSPEED": str(REPO / ".venv" / "bin" / "deepspeed"), "PYTHONUNBUFFERED": "1", **(env or {})}
-    return subprocess.Popen(command, cwd=REPO, env=node_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    node_env = {
+        **clean,
+        "NODE_RANK": str(rank),
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(port),
+        "DEEPSPEED": str(REPO / ".venv" / "bin" / "deepspeed"),
+        "PYTHONUNBUFFERED": "1",
+        **(env or {}),
+    }
+    return subprocess.Popen(
+        command, cwd=REPO, env=node_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
 
 
 def test_two_node_rehearsal_matches_single_node_and_survives_a_lost_node(tmp_path, data_dir):
@@ -230,11 +298,24 @@ def test_two_node_rehearsal_matches_single_node_and_survives_a_lost_node(tmp_pat
     nodes = [_node(r, hostfile, data_dir, tmp_path / "multi", port, "max_steps=6") for r in range(2)]
     outputs = [node.communicate(timeout=240) for node in nodes]
     assert [node.returncode for node in nodes] == [0, 0], outputs
-    assert [r["loss"] for r in metrics(tmp_path / "multi")] == [r["loss"] for r in metrics(tmp_path / "single")]
+    assert [r["loss"] for r in metrics(tmp_path / "multi")] == [
+        r["loss"] for r in metrics(tmp_path / "single")
+    ]
 
     # Node 1's rank dies at step 3: node 0 has no launcher watching it, so its collective must time out.
-    nodes = [_node(r, hostfile, data_dir, tmp_path / "lost", port + 1, "max_steps=40", "dist_timeout_s=15",
-                   env={"PRETRAIN_CRASH_AT": "step:3@1"}) for r in range(2)]
+    nodes = [
+        _node(
+            r,
+            hostfile,
+            data_dir,
+            tmp_path / "lost",
+            port + 1,
+            "max_steps=40",
+            "dist_timeout_s=15",
+            env={"PRETRAIN_CRASH_AT": "step:3@1"},
+        )
+        for r in range(2)
+    ]
     started = time.monotonic()
     _, err0 = nodes[0].communicate(timeout=180)
     nodes[1].communicate(timeout=60)

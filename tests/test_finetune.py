@@ -32,7 +32,9 @@ FILLER = [f"the{i}" for i in range(20)]
 
 def sentence(rng: random.Random, label: int) -> str:
     topic = GOOD if label == 0 else BAD
-    return " ".join(rng.choice(topic) if rng.random() < 0.4 else rng.choice(FILLER) for _ in range(rng.randint(6, 14)))
+    return " ".join(
+        rng.choice(topic) if rng.random() < 0.4 else rng.choice(FILLER) for _ in range(rng.randint(6, 14))
+    )
 
 
 def write_tsv(path: Path, rows: int, seed: int, text_column: str = "sentence") -> Path:
@@ -54,9 +56,18 @@ def build_tokenizer(vocabulary: list[str]):
     tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     cls, sep = ids["[CLS]"], ids["[SEP]"]
     tokenizer.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
-    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="[PAD]", unk_token="[UNK]",
-                                   cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls), ("[SEP]", sep)],
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        pad_token="[PAD]",
+        unk_token="[UNK]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+    )
 
 
 @pytest.fixture(scope="module")
@@ -69,12 +80,22 @@ def base(tmp_path_factory) -> Path:
     tokenizer = build_tokenizer(SPECIAL + GOOD + BAD + FILLER)
     tokenizer.save_pretrained(path)
     torch.manual_seed(0)
-    model = BertForPreTraining(BertConfig(vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=2,
-                                          num_attention_heads=2, intermediate_size=128, max_position_embeddings=128))
+    model = BertForPreTraining(
+        BertConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=128,
+            max_position_embeddings=128,
+        )
+    )
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
     rng = random.Random(1)
     for _ in range(40):
-        batch = tokenizer([sentence(rng, rng.randrange(2)) for _ in range(32)], padding=True, return_tensors="pt")
+        batch = tokenizer(
+            [sentence(rng, rng.randrange(2)) for _ in range(32)], padding=True, return_tensors="pt"
+        )
         labels = batch["input_ids"].clone()
         masked = (torch.rand(labels.shape) < 0.15) & (labels > len(SPECIAL) - 1)
         labels[~masked] = -100
@@ -104,11 +125,21 @@ def metrics(out: Path) -> list[dict]:
 
 
 def make_config(base: Path, task: dict[str, Path], out: Path, **overrides) -> FinetuneConfig:
-    values = {"model": base, "train_file": task["train"], "valid_file": task["valid"], "test_file": task["test"],
-              "text_column": ["sentence", "content"], "out_dir": out, "lr": 1e-3, "batch_size": 16, "epochs": 3,
-              **overrides}
-    return load_config(FinetuneConfig, None, [f"{key}={'null' if value is None else value}"
-                                              for key, value in values.items()])
+    values = {
+        "model": base,
+        "train_file": task["train"],
+        "valid_file": task["valid"],
+        "test_file": task["test"],
+        "text_column": ["sentence", "content"],
+        "out_dir": out,
+        "lr": 1e-3,
+        "batch_size": 16,
+        "epochs": 3,
+        **overrides,
+    }
+    return load_config(
+        FinetuneConfig, None, [f"{key}={'null' if value is None else value}" for key, value in values.items()]
+    )
 
 
 def test_finetune_beats_chance_and_writes_contract_3(base, task, tmp_path):
@@ -125,7 +156,9 @@ def test_finetune_beats_chance_and_writes_contract_3(base, task, tmp_path):
     assert [row["step"] for row in evals] == [25, 50, 75]  # once per epoch
     assert result["selected"]["accuracy"] == max(row["accuracy"] for row in evals)
     final = {row["split"]: row for row in metrics(out) if row["kind"] == "final"}
-    assert final["test"]["accuracy"] == test["accuracy"] and final["valid"]["step"] == result["selected"]["step"]
+    assert (
+        final["test"]["accuracy"] == test["accuracy"] and final["valid"]["step"] == result["selected"]["step"]
+    )
     predictions = (out / "predictions.tsv").read_text().splitlines()
     assert predictions[0].split("\t") == ["line", "text", "gold", "predicted", "probability"]
     assert len(predictions) == 201
@@ -141,13 +174,26 @@ def test_string_labels_round_trip_through_the_saved_model(base, tmp_path):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     rng = random.Random(5)
-    rows = [{"text": sentence(rng, label), "label": ["negative", "positive"][label]}
-            for label in (rng.randrange(2) for _ in range(300))]
+    rows = [
+        {"text": sentence(rng, label), "label": ["negative", "positive"][label]}
+        for label in (rng.randrange(2) for _ in range(300))
+    ]
     data = tmp_path / "data.jsonl"
     data.write_text("".join(json.dumps(row) + "\n" for row in rows))
     out = tmp_path / "out"
-    config = load_config(FinetuneConfig, None, [f"model={base}", f"train_file={data}", f"out_dir={out}", "lr=1e-3",
-                                                "batch_size=16", "epochs=2", "split.test_fraction=0.2"])
+    config = load_config(
+        FinetuneConfig,
+        None,
+        [
+            f"model={base}",
+            f"train_file={data}",
+            f"out_dir={out}",
+            "lr=1e-3",
+            "batch_size=16",
+            "epochs=2",
+            "split.test_fraction=0.2",
+        ],
+    )
     result = run(config)
     assert result["class_names"] == ["negative", "positive"]
 
@@ -166,8 +212,18 @@ def test_string_labels_round_trip_through_the_saved_model(base, tmp_path):
 
 def test_early_stopping_keeps_the_first_best_model(base, task, tmp_path):
     """With a learning rate too small to change a prediction, no evaluation beats the first one."""
-    result = run(make_config(base, task, tmp_path / "out", lr=1e-12, eval_every=2, patience=2, test_file=None,
-                             **{"split.test_fraction": 0}))
+    result = run(
+        make_config(
+            base,
+            task,
+            tmp_path / "out",
+            lr=1e-12,
+            eval_every=2,
+            patience=2,
+            test_file=None,
+            **{"split.test_fraction": 0},
+        )
+    )
     assert result["stopped_early"] and result["steps"] == 6
     assert result["selected"]["step"] == 2
     assert set(result["splits"]) == {"valid"} and not (tmp_path / "out" / "predictions.tsv").exists()
@@ -176,11 +232,15 @@ def test_early_stopping_keeps_the_first_best_model(base, task, tmp_path):
 def test_tsv_csv_and_jsonl_read_the_same_rows(tmp_path):
     rows = [("0", 'he said "fine"'), ("1", "a, b and c")]
     (tmp_path / "d.tsv").write_text("label\ttext\n" + "".join(f"{label}\t{text}\n" for label, text in rows))
-    (tmp_path / "d.csv").write_text("label,text\n" + "".join(f'{label},"{text.replace(chr(34), 2 * chr(34))}"\n'
-                                                             for label, text in rows))
-    (tmp_path / "d.jsonl").write_text("".join(json.dumps({"label": int(label), "text": text}) + "\n"
-                                              for label, text in rows))
-    tables = [read_table(tmp_path / f"d.{ext}", "train_file", ["text"], "label") for ext in ("tsv", "csv", "jsonl")]
+    (tmp_path / "d.csv").write_text(
+        "label,text\n" + "".join(f'{label},"{text.replace(chr(34), 2 * chr(34))}"\n' for label, text in rows)
+    )
+    (tmp_path / "d.jsonl").write_text(
+        "".join(json.dumps({"label": int(label), "text": text}) + "\n" for label, text in rows)
+    )
+    tables = [
+        read_table(tmp_path / f"d.{ext}", "train_file", ["text"], "label") for ext in ("tsv", "csv", "jsonl")
+    ]
     for table in tables:
         assert table.texts == [text for _, text in rows]
         assert table.labels == ["0", "1"]
@@ -192,7 +252,9 @@ def test_seeded_split_is_disjoint_complete_and_reproducible(tmp_path):
     parts = seeded_split(table, [0.2, 0.1], seed=7, names=["valid", "test"])
     assert [len(part) for part in parts] == [35, 10, 5]
     assert sorted(line for part in parts for line in part.lines) == table.lines
-    assert [part.lines for part in seeded_split(table, [0.2, 0.1], 7, ["valid", "test"])] == [p.lines for p in parts]
+    assert [part.lines for part in seeded_split(table, [0.2, 0.1], 7, ["valid", "test"])] == [
+        p.lines for p in parts
+    ]
 
 
 def test_max_train_samples_keeps_valid_and_test_fixed(base, task, tmp_path):
@@ -209,23 +271,50 @@ def write(path: Path, text: str) -> Path:
     return path
 
 
-@pytest.mark.parametrize("case, message", [
-    ("missing file", "train_file '{tmp}/nope.tsv' does not exist"),
-    ("a directory", "train_file '{tmp}' is not a file"),
-    ("bad json", "train_file '{tmp}/train.jsonl' line 2 is not valid JSON"),
-    ("no label column", "train_file '{tmp}/train.tsv' has no column 'label' (its columns: sentiment, sentence); set label_column="),
-    ("no text column", "train_file '{tmp}/train.tsv' has no text column 'review' or 'body' (its columns: label, sentence)"),
-    ("empty text", "train_file '{tmp}/train.tsv' has 2 rows with empty text in 'sentence' (lines 3, 5); fix them or set drop_empty=true"),
-    ("empty label", "train_file '{tmp}/train.tsv' has 1 row with an empty 'label' (line 3); give every row a label"),
-    ("unseen label", "valid_file '{tmp}/dev.tsv' has labels that the training data never has: '2' (1 row)"),
-    ("no tokenizer", "model dir '{tmp}/base' has no tokenizer (tokenizer.json or vocab.txt missing)"),
-    ("no config", "model dir '{tmp}/base' has no config.json"),
-    ("no weights", "model dir '{tmp}/base' has no weights (model.safetensors missing); use init=random"),
-    ("ragged row", "train_file '{tmp}/train.tsv' line 3 has 3 fields but the header has 2 (a tab inside the text?)"),
-    ("not utf-8", "train_file '{tmp}/train.tsv' is not UTF-8 text"),
-    ("other tokenizer", "model dir '{tmp}/base': the tokenizer has 165 tokens but the model's vocab_size is 65"),
-    ("max_len too long", "max_len=512 is longer than the model's max_position_embeddings (128); set max_len=128"),
-])
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("missing file", "train_file '{tmp}/nope.tsv' does not exist"),
+        ("a directory", "train_file '{tmp}' is not a file"),
+        ("bad json", "train_file '{tmp}/train.jsonl' line 2 is not valid JSON"),
+        (
+            "no label column",
+            "train_file '{tmp}/train.tsv' has no column 'label' (its columns: sentiment, sentence); set label_column=",
+        ),
+        (
+            "no text column",
+            "train_file '{tmp}/train.tsv' has no text column 'review' or 'body' (its columns: label, sentence)",
+        ),
+        (
+            "empty text",
+            "train_file '{tmp}/train.tsv' has 2 rows with empty text in 'sentence' (lines 3, 5); fix them or set drop_empty=true",
+        ),
+        (
+            "empty label",
+            "train_file '{tmp}/train.tsv' has 1 row with an empty 'label' (line 3); give every row a label",
+        ),
+        (
+            "unseen label",
+            "valid_file '{tmp}/dev.tsv' has labels that the training data never has: '2' (1 row)",
+        ),
+        ("no tokenizer", "model dir '{tmp}/base' has no tokenizer (tokenizer.json or vocab.txt missing)"),
+        ("no config", "model dir '{tmp}/base' has no config.json"),
+        ("no weights", "model dir '{tmp}/base' has no weights (model.safetensors missing); use init=random"),
+        (
+            "ragged row",
+            "train_file '{tmp}/train.tsv' line 3 has 3 fields but the header has 2 (a tab inside the text?)",
+        ),
+        ("not utf-8", "train_file '{tmp}/train.tsv' is not UTF-8 text"),
+        (
+            "other tokenizer",
+            "model dir '{tmp}/base': the tokenizer has 165 tokens but the model's vocab_size is 65",
+        ),
+        (
+            "max_len too long",
+            "max_len=512 is longer than the model's max_position_embeddings (128); set max_len=128",
+        ),
+    ],
+)
 def test_bad_input_is_one_line_naming_the_thing(base, task, tmp_path, case, message):
     import shutil
 
@@ -237,11 +326,16 @@ def test_bad_input_is_one_line_naming_the_thing(base, task, tmp_path, case, mess
     elif case == "a directory":
         train = tmp_path
     elif case == "bad json":
-        train = write(tmp_path / "train.jsonl", '{"sentence": "good1", "label": 0}\n{"sentence": "bad1", label: 1}\n')
+        train = write(
+            tmp_path / "train.jsonl", '{"sentence": "good1", "label": 0}\n{"sentence": "bad1", label: 1}\n'
+        )
     elif case == "no label column":
         train = write(tmp_path / "train.tsv", "sentiment\tsentence\n0\ta\n")
     elif case == "no text column":
-        train, overrides = write(tmp_path / "train.tsv", "label\tsentence\n0\ta\n"), {"text_column": "[review, body]"}
+        train, overrides = (
+            write(tmp_path / "train.tsv", "label\tsentence\n0\ta\n"),
+            {"text_column": "[review, body]"},
+        )
     elif case == "empty text":
         train = write(tmp_path / "train.tsv", "label\tsentence\n0\tgood1\n1\t \n0\tgood2\n1\t\n")
     elif case == "empty label":
@@ -260,7 +354,9 @@ def test_bad_input_is_one_line_naming_the_thing(base, task, tmp_path, case, mess
         train = tmp_path / "train.tsv"
         train.write_bytes(b"label\tsentence\n0\tcaf\xe9\n")
     elif case == "other tokenizer":
-        build_tokenizer(SPECIAL + GOOD + BAD + FILLER + [f"new{i}" for i in range(100)]).save_pretrained(model)
+        build_tokenizer(SPECIAL + GOOD + BAD + FILLER + [f"new{i}" for i in range(100)]).save_pretrained(
+            model
+        )
     elif case == "max_len too long":
         overrides = {"max_len": 512}
     config = make_config(model, {**task, "train": train}, tmp_path / "out", **overrides)
@@ -272,7 +368,9 @@ def test_bad_input_is_one_line_naming_the_thing(base, task, tmp_path, case, mess
 
 
 def test_drop_empty_counts_the_dropped_rows(base, task, tmp_path):
-    train = write(tmp_path / "train.tsv", "label\tsentence\n0\tgood1 the1\n1\t\n1\tbad1 the2\n0\tgood3\n1\tbad4\n")
+    train = write(
+        tmp_path / "train.tsv", "label\tsentence\n0\tgood1 the1\n1\t\n1\tbad1 the2\n0\tgood3\n1\tbad4\n"
+    )
     job = setup(make_config(base, {**task, "train": train}, tmp_path / "out", drop_empty="true"))
     assert len(job.splits["train"].table) == 4
     assert any("1 empty rows dropped" in note for note in job.notes)
@@ -293,7 +391,9 @@ def test_fp16_on_cpu_is_refused_with_one_line(base, task, tmp_path):
 
     if get_accelerator().is_fp16_supported():
         pytest.skip("this accelerator supports fp16")
-    with pytest.raises(ConfigError, match=r"^precision=fp16 is not supported by DeepSpeed on cpu; use precision=bf16"):
+    with pytest.raises(
+        ConfigError, match=r"^precision=fp16 is not supported by DeepSpeed on cpu; use precision=bf16"
+    ):
         run(make_config(base, task, tmp_path / "out", precision="fp16"))
     assert not (tmp_path / "out" / "eval.json").exists()
 
@@ -318,17 +418,30 @@ def test_a_run_that_fails_midway_leaves_no_eval_json(base, task, tmp_path, monke
 
 def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-m", "pretrain.finetune", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "pretrain.finetune", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_cli_bad_input_exits_1_with_one_line(base, task, tmp_path):
     train = write(tmp_path / "train.tsv", "label\tsentence\n0\tgood1\n")
-    result = cli(f"model={base}", f"train_file={train}", "text_column=sentence", "label_column=stars",
-                 f"out_dir={tmp_path / 'out'}", cwd=tmp_path)
+    result = cli(
+        f"model={base}",
+        f"train_file={train}",
+        "text_column=sentence",
+        "label_column=stars",
+        f"out_dir={tmp_path / 'out'}",
+        cwd=tmp_path,
+    )
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
-        f"error: train_file '{train}' has no column 'stars' (its columns: label, sentence); set label_column="]
+        f"error: train_file '{train}' has no column 'stars' (its columns: label, sentence); set label_column="
+    ]
     assert not (tmp_path / "out").exists()
 
 
@@ -348,13 +461,29 @@ def test_two_ranks_under_deepspeed_match_one_rank(base, task, tmp_path):
     single = run(make_config(base, task, tmp_path / "one", **same))
 
     config = make_config(base, task, tmp_path / "two", **same)
-    overrides = [f"{key}={value}" for key, value in config.model_dump(mode="json").items()
-                 if key not in ("split", "label_names", "text_column")] + ["text_column=[sentence, content]"]
+    overrides = [
+        f"{key}={value}"
+        for key, value in config.model_dump(mode="json").items()
+        if key not in ("split", "label_names", "text_column")
+    ] + ["text_column=[sentence, content]"]
     launcher = Path(sys.executable).parent / "deepspeed"
-    result = subprocess.run([str(launcher), "--num_gpus", "2", "--master_port", str(free_port()), "--module",
-                             "pretrain.finetune", *[o for o in overrides if not o.endswith("=None")]],
-                            cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"},
-                            capture_output=True, text=True, timeout=240)
+    result = subprocess.run(
+        [
+            str(launcher),
+            "--num_gpus",
+            "2",
+            "--master_port",
+            str(free_port()),
+            "--module",
+            "pretrain.finetune",
+            *[o for o in overrides if not o.endswith("=None")],
+        ],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"},
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     double = json.loads((tmp_path / "two" / "eval.json").read_text())
 
@@ -364,7 +493,9 @@ def test_two_ranks_under_deepspeed_match_one_rank(base, task, tmp_path):
     assert [(row["kind"], row["step"]) for row in two] == [(row["kind"], row["step"]) for row in one]
     for a, b in zip(one, two):
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-3, abs=1e-4), (a, b)
-    assert double["splits"]["test"]["accuracy"] == pytest.approx(single["splits"]["test"]["accuracy"], abs=0.01)
+    assert double["splits"]["test"]["accuracy"] == pytest.approx(
+        single["splits"]["test"]["accuracy"], abs=0.01
+    )
     assert len((tmp_path / "two" / "predictions.tsv").read_text().splitlines()) == 201
 
 
@@ -385,12 +516,25 @@ def test_reads_the_real_sst2_columns():
     sst2 = SHARED_DATA / "sst2"
     if not sst2.is_dir():
         pytest.skip(f"{sst2} is absent (it lives beside the project on the dev machine only)")
-    config = load_config(FinetuneConfig, REPO / "configs" / "finetune" / "sst2.yaml",
-                         [f"train_file={sst2 / 'train.tsv'}", f"valid_file={sst2 / 'dev.tsv'}",
-                          f"test_file={sst2 / 'test.tsv'}"])
+    config = load_config(
+        FinetuneConfig,
+        REPO / "configs" / "finetune" / "sst2.yaml",
+        [
+            f"train_file={sst2 / 'train.tsv'}",
+            f"valid_file={sst2 / 'dev.tsv'}",
+            f"test_file={sst2 / 'test.tsv'}",
+        ],
+    )
     tables = read_splits(config)
-    assert {name: len(table) for name, table in tables.items()} == {"train": 67349, "valid": 872, "test": 1821}
+    assert {name: len(table) for name, table in tables.items()} == {
+        "train": 67349,
+        "valid": 872,
+        "test": 1821,
+    }
     assert {name: table.text_column for name, table in tables.items()} == {
-        "train": "sentence", "valid": "content", "test": "content"}
+        "train": "sentence",
+        "valid": "content",
+        "test": "content",
+    }
     assert all(set(table.labels) == {"0", "1"} for table in tables.values())
     assert np.mean([label == "1" for label in tables["valid"].labels]) == pytest.approx(444 / 872)

@@ -18,8 +18,14 @@ def _batch(rows=256, length=128, seed=0):
 
 def test_selects_round_15_percent_of_maskable_tokens_per_row():
     ids, maskable = _batch()
-    masked, positions, labels = mask_tokens(ids, maskable, probability=0.15, mask_id=MASK, vocab_size=VOCAB,
-                                            generator=torch.Generator().manual_seed(1))
+    masked, positions, labels = mask_tokens(
+        ids,
+        maskable,
+        probability=0.15,
+        mask_id=MASK,
+        vocab_size=VOCAB,
+        generator=torch.Generator().manual_seed(1),
+    )
     rows = positions // ids.shape[1]
     per_row = torch.bincount(rows, minlength=ids.shape[0])
     expected = (maskable.sum(1).float() * 0.15).round().clamp(min=1).long()
@@ -33,8 +39,14 @@ def test_selects_round_15_percent_of_maskable_tokens_per_row():
 
 def test_80_10_10_split():
     ids, maskable = _batch(rows=1024)
-    masked, positions, labels = mask_tokens(ids, maskable, probability=0.15, mask_id=MASK, vocab_size=VOCAB,
-                                            generator=torch.Generator().manual_seed(2))
+    masked, positions, labels = mask_tokens(
+        ids,
+        maskable,
+        probability=0.15,
+        mask_id=MASK,
+        vocab_size=VOCAB,
+        generator=torch.Generator().manual_seed(2),
+    )
     new = masked.flatten()[positions]
     n = positions.numel()
     as_mask = (new == MASK).sum().item() / n
@@ -49,9 +61,21 @@ def test_80_10_10_split():
 
 def test_same_generator_seed_same_masks():
     ids, maskable = _batch(rows=8)
-    first = mask_tokens(ids, maskable, probability=0.15, mask_id=MASK, vocab_size=VOCAB,
-                        generator=torch.Generator().manual_seed(3))
-    again = mask_tokens(ids, maskable, probability=0.15, mask_id=MASK, vocab_size=VOCAB,
-                        generator=torch.Generator().manual_seed(3))
+    first = mask_tokens(
+        ids,
+        maskable,
+        probability=0.15,
+        mask_id=MASK,
+        vocab_size=VOCAB,
+        generator=torch.Generator().manual_seed(3),
+    )
+    again = mask_tokens(
+        ids,
+        maskable,
+        probability=0.15,
+        mask_id=MASK,
+        vocab_size=VOCAB,
+        generator=torch.Generator().manual_seed(3),
+    )
     for a, b in zip(first, again):
         assert torch.equal(a, b)

@@ -10,8 +10,15 @@ VOCAB = 300
 
 
 def _config():
-    cfg = BertConfig(vocab_size=VOCAB, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
-                     intermediate_size=128, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    cfg = BertConfig(
+        vocab_size=VOCAB,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=128,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
     cfg._attn_implementation = "sdpa"
     return cfg
 
@@ -34,8 +41,10 @@ def _grads(model):
     return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-@pytest.mark.parametrize("dtype, rtol, sparse", [(torch.float32, 1e-5, True), (torch.bfloat16, 2e-2, True),
-                                                  (torch.float32, 1e-5, False)])
+@pytest.mark.parametrize(
+    "dtype, rtol, sparse",
+    [(torch.float32, 1e-5, True), (torch.bfloat16, 2e-2, True), (torch.float32, 1e-5, False)],
+)
 def test_mlm_nsp_loss_and_grads_match_stock_model(dtype, rtol, sparse):
     torch.manual_seed(0)
     stock = BertForPreTraining(_config()).to(dtype)
@@ -43,10 +52,18 @@ def test_mlm_nsp_loss_and_grads_match_stock_model(dtype, rtol, sparse):
     ours.model.load_state_dict(stock.state_dict())
     ids, attention, types, labels, positions, nsp = _batch()
 
-    out = stock(input_ids=ids, attention_mask=attention, token_type_ids=types, labels=labels, next_sentence_label=nsp)
+    out = stock(
+        input_ids=ids, attention_mask=attention, token_type_ids=types, labels=labels, next_sentence_label=nsp
+    )
     out.loss.backward()
-    mine = ours(input_ids=ids, attention_mask=attention, token_type_ids=types,
-                mlm_positions=positions, mlm_labels=ids.flatten()[positions], next_sentence_label=nsp)
+    mine = ours(
+        input_ids=ids,
+        attention_mask=attention,
+        token_type_ids=types,
+        mlm_positions=positions,
+        mlm_labels=ids.flatten()[positions],
+        next_sentence_label=nsp,
+    )
     mine["loss"].backward()
 
     assert mine["loss"].item() == pytest.approx(out.loss.float().item(), rel=rtol)
@@ -70,7 +87,12 @@ def test_mlm_only_objective_matches_bert_for_masked_lm():
     ids, attention, types, labels, positions, _ = _batch(seed=1)
     types = torch.zeros_like(types)
     expected = stock(input_ids=ids, attention_mask=attention, token_type_ids=types, labels=labels).loss
-    mine = ours(input_ids=ids, attention_mask=attention, token_type_ids=types,
-                mlm_positions=positions, mlm_labels=ids.flatten()[positions])
+    mine = ours(
+        input_ids=ids,
+        attention_mask=attention,
+        token_type_ids=types,
+        mlm_positions=positions,
+        mlm_labels=ids.flatten()[positions],
+    )
     assert "nsp_loss" not in mine
     assert mine["loss"].item() == pytest.approx(expected.item(), rel=1e-5)

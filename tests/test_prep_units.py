@@ -54,7 +54,15 @@ def test_bad_inputs_become_rejects_with_reasons(tmp_path):
     (tmp_path / "empty.txt").write_bytes(b"")
     (tmp_path / "binary.txt").write_bytes(b"\x7fELF\x00\x01\x02" * 100)
     (tmp_path / "latin1.txt").write_bytes("caf\xe9 cr\xe8me".encode("latin-1"))
-    lines = [b'{"text": "ok"}', b"not json", b'{"other": 1}', b"[1, 2]", b"", b'{"text": 5}', b'{"text": "caf\xe9"}']
+    lines = [
+        b'{"text": "ok"}',
+        b"not json",
+        b'{"other": 1}',
+        b"[1, 2]",
+        b"",
+        b'{"text": 5}',
+        b'{"text": "caf\xe9"}',
+    ]
     (tmp_path / "bad.jsonl").write_bytes(b"\n".join(lines) + b"\n")
     with gzip.open(tmp_path / "cut.jsonl.gz", "wb") as handle:
         handle.write(b'{"text": "first"}\n' * 2000)
@@ -66,8 +74,12 @@ def test_bad_inputs_become_rejects_with_reasons(tmp_path):
     assert latin.text == "café crème" and latin.repaired
     items = read_all(tmp_path / "bad.jsonl", "jsonl")
     assert [(type(i).__name__, getattr(i, "reason", None), i.line) for i in items] == [
-        ("Document", None, 1), ("Reject", "bad_json", 2), ("Reject", "missing_field", 3),
-        ("Reject", "missing_field", 4), ("Reject", "missing_field", 6), ("Document", None, 7),
+        ("Document", None, 1),
+        ("Reject", "bad_json", 2),
+        ("Reject", "missing_field", 3),
+        ("Reject", "missing_field", 4),
+        ("Reject", "missing_field", 6),
+        ("Document", None, 7),
     ]
     assert items[-1].text == "café" and items[-1].repaired
     gz = read_all(tmp_path / "cut.jsonl.gz", "jsonl_gz")
@@ -106,13 +118,18 @@ def test_cleaning_normalises_and_filters():
 
 def test_sentences_split_on_punctuation_and_paragraphs():
     assert split_sentences(["Dr. Smith went home. He slept!", "no period here", "Last one?"]) == [
-        "Dr. Smith went home.", "He slept!", "no period here", "Last one?",
+        "Dr. Smith went home.",
+        "He slept!",
+        "no period here",
+        "Last one?",
     ]
     assert split_sentences(["one line\nanother line"]) == ["one line", "another line"]
     assert split_sentences([]) == []
 
 
-@pytest.mark.parametrize("text", ["", "x", "Hello Mr. Smith. Bye!", "café 😀 東京. Next", "word " * 20000 + "end."])
+@pytest.mark.parametrize(
+    "text", ["", "x", "Hello Mr. Smith. Bye!", "café 😀 東京. Next", "word " * 20000 + "end."]
+)
 def test_sentence_breaker_matches_blingfires_wrapper(text):
     import blingfire
 
@@ -136,7 +153,9 @@ def test_exact_and_near_duplicates_keep_the_first():
     decisions += dedup.check_chunk([exact_fingerprint(t) for t in texts[3:]], shingler.signatures(texts[3:]))
     assert decisions == [None, "duplicate_exact", "duplicate_near", None, None, "duplicate_near"]
     assert DuplicateFilter(exact=False, near=None).check_chunk(["a", "a"], None) == [None, None]
-    assert np.array_equal(shingler.signatures([base]), Shingler(NearDupConfig()).signatures([base]))  # any process
+    assert np.array_equal(
+        shingler.signatures([base]), Shingler(NearDupConfig()).signatures([base])
+    )  # any process
 
 
 def test_chunk_signatures_are_datasketch_minhashes():
@@ -197,7 +216,10 @@ def test_single_document_pool_never_fakes_a_random_b():
 
 
 def test_tar_headers_are_tarfiles_own_bytes():
-    members = [("000000_000000.tokens.npy", npy_bytes(np.arange(9, dtype=np.uint16))), ("000000_000000.nsp.cls", b"1")]
+    members = [
+        ("000000_000000.tokens.npy", npy_bytes(np.arange(9, dtype=np.uint16))),
+        ("000000_000000.nsp.cls", b"1"),
+    ]
     ours = io.BytesIO()
     stream = TarStream(ours)
     for name, data in members:
@@ -226,7 +248,13 @@ def test_shards_are_reproducible_and_readable_by_webdataset(tmp_path):
     assert first.sha256 == second.sha256 and first.samples == 25 and first.tokens == 125
     assert not list((tmp_path / "a").glob(".*"))  # no temporary left behind
     read = list(iter_samples(tmp_path / "a/s-000004.tar"))
-    assert read[3][0] == "000004_000003" and load_tokens(read[3][1]["tokens.npy"]).tolist() == [2, 10, 3, 9, 3]
+    assert read[3][0] == "000004_000003" and load_tokens(read[3][1]["tokens.npy"]).tolist() == [
+        2,
+        10,
+        3,
+        9,
+        3,
+    ]
     dataset = list(webdataset.WebDataset(str(tmp_path / "a/s-000004.tar"), shardshuffle=False))
     assert len(dataset) == 25 and dataset[1]["nsp.cls"] == b"1" and dataset[1]["__key__"] == "000004_000001"
 
@@ -244,7 +272,11 @@ def test_pydocs_is_deterministic_filterable_and_never_imports():
     assert not {"json.tool", "pydoc_data.topics"} & (set(sys.modules) - before)
     topic = next(d for d in docs if d.source_id == "pydocs:pydoc_data.topics:assert")
     assert "assert" in topic.text
-    assert [d.module for d in iter_pydocs(include=["json"], exclude=["json.decoder"])].count("json.decoder") == 0
+    assert [d.module for d in iter_pydocs(include=["json"], exclude=["json.decoder"])].count(
+        "json.decoder"
+    ) == 0
     assert len(list(iter_pydocs(include=["json"], max_docs=2))) == 2
-    assert all(not f.module.startswith(("test.", "json.tests")) for f in list_module_files(include=["json", "test"]))
+    assert all(
+        not f.module.startswith(("test.", "json.tests")) for f in list_module_files(include=["json", "test"])
+    )
     assert module_matches("email.mime.text", ["email.*"]) and not module_matches("emailx", ["email"])

@@ -9,9 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
-
 from launching import LAUNCHER_VARS, REPO, explain, metrics, run_pretrain, sample_log
+from safetensors.torch import load_file
 from synthetic_data import make_data_dir
 
 pytestmark = pytest.mark.slow
@@ -29,8 +28,16 @@ def _shm_buffers() -> set[str]:
 def test_two_ranks_learn_evaluate_checkpoint_and_export(tmp_path, data_dir):
     run_dir = tmp_path / "run"
     shm_before = _shm_buffers()
-    result = run_pretrain(data_dir, run_dir, "max_steps=40", "eval_every=20", "save_every=10", "keep_last=2",
-                          "zero_stage=2", "precision=bf16")
+    result = run_pretrain(
+        data_dir,
+        run_dir,
+        "max_steps=40",
+        "eval_every=20",
+        "save_every=10",
+        "keep_last=2",
+        "zero_stage=2",
+        "precision=bf16",
+    )
     assert result.returncode == 0, explain(result)
     rows = metrics(run_dir)
     assert [r["step"] for r in rows] == list(range(1, 41))
@@ -60,7 +67,9 @@ def test_resume_after_a_crash_is_exact(tmp_path, data_dir):
     resumed_dir = tmp_path / "resumed"
     kill_at, victim = random.randint(9, 15), random.randint(0, 1)  # after the step-8 save, before the end
     print(f"rank {victim} is killed after step {kill_at}")  # shown by pytest if the test fails
-    crashed = run_pretrain(data_dir, resumed_dir, *common, env={"PRETRAIN_CRASH_AT": f"step:{kill_at}@{victim}"})
+    crashed = run_pretrain(
+        data_dir, resumed_dir, *common, env={"PRETRAIN_CRASH_AT": f"step:{kill_at}@{victim}"}
+    )
     assert crashed.returncode != 0, f"rank {victim} killed after step {kill_at}: " + explain(crashed)
     assert (resumed_dir / "checkpoints" / "latest").read_text() == "step00000008"
     resumed = run_pretrain(data_dir, resumed_dir, *common)
@@ -69,7 +78,9 @@ def test_resume_after_a_crash_is_exact(tmp_path, data_dir):
 
     for rank in range(2):
         expected, got = sample_log(tmp_path / "straight", rank), sample_log(resumed_dir, rank)
-        assert [r["step"] for r in got] == list(range(1, 17))  # steps 9..kill_at of the crashed run were dropped
+        assert [r["step"] for r in got] == list(
+            range(1, 17)
+        )  # steps 9..kill_at of the crashed run were dropped
         assert [r["keys"] for r in got] == [r["keys"] for r in expected]  # no sample repeated or skipped
         assert [r["loss"] for r in got] == [r["loss"] for r in expected]
     a = load_file(tmp_path / "straight" / "export" / "model.safetensors")
@@ -79,14 +90,21 @@ def test_resume_after_a_crash_is_exact(tmp_path, data_dir):
 
 def test_export_gives_the_engines_logits(tmp_path, data_dir, monkeypatch):
     """fp32 run; the engine rebuilt from the checkpoint and the offline export agree on a batch."""
+    from launching import FAST
     from transformers import AutoModelForPreTraining
 
     from pretrain.config import load_pretrain_config
     from pretrain.train import prepare_run
-    from launching import FAST
 
     run_dir = tmp_path / "run"
-    args = [f"data_dir={data_dir}", f"run_dir={run_dir}", *FAST, "max_steps=6", "precision=fp32", "zero_stage=1"]
+    args = [
+        f"data_dir={data_dir}",
+        f"run_dir={run_dir}",
+        *FAST,
+        "max_steps=6",
+        "precision=fp32",
+        "zero_stage=1",
+    ]
     result = run_pretrain(data_dir, run_dir, *args[2:], ranks=1)
     assert result.returncode == 0, explain(result)
 
@@ -111,7 +129,7 @@ def test_export_gives_the_engines_logits(tmp_path, data_dir, monkeypatch):
 def test_mismatched_data_dir_is_refused_with_one_line(tmp_path, data_dir):
     wrong_len = run_pretrain(data_dir, tmp_path / "r1", "max_steps=2", "seq_len=128", ranks=1)
     assert wrong_len.returncode == 1
-    (line,) = [l for l in wrong_len.stderr.splitlines() if l.startswith("error:")]
+    (line,) = [ln for ln in wrong_len.stderr.splitlines() if ln.startswith("error:")]
     assert "seq_len=64" in line and "seq_len=128" in line and "data_prep" in line
 
     other = tmp_path / "other"
@@ -134,8 +152,15 @@ def test_export_never_replaces_a_directory_it_did_not_write(tmp_path):
     victim = tmp_path / "victim"
     victim.mkdir()
     (victim / "notes.txt").write_text("keep me")
-    result = subprocess.run([sys.executable, "-m", "pretrain.export", str(tmp_path / "run"), "--out", str(victim)],
-                            cwd=REPO, capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "pretrain.export", str(tmp_path / "run"), "--out", str(victim)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 1
-    assert "exists and is not an earlier export" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert (
+        "exists and is not an earlier export" in result.stderr
+        and len(result.stderr.strip().splitlines()) == 1
+    )
     assert (victim / "notes.txt").read_text() == "keep me"

@@ -6,9 +6,9 @@ import pickle
 
 import numpy as np
 import pytest
+from synthetic_data import CLS, SEP, npy_bytes, write_shard
 
 from pretrain.shards import BadSample, Sample, SampleRules, ShardError, ShardSpec, read_shard
-from synthetic_data import CLS, SEP, npy_bytes, write_shard
 
 RULES = SampleRules(nsp=True, vocab_size=100, seq_len=32, cls_id=CLS)
 
@@ -18,7 +18,9 @@ def _good(n):
 
 
 def _spec(path, entry, samples=None):
-    return ShardSpec(path=path, sha256=entry["sha256"], samples=samples if samples is not None else entry["samples"])
+    return ShardSpec(
+        path=path, sha256=entry["sha256"], samples=samples if samples is not None else entry["samples"]
+    )
 
 
 def test_good_shard_reads_back(tmp_path):
@@ -67,12 +69,18 @@ def test_hostile_members_are_rejected_and_never_unpickled(tmp_path):
     object_ids = io.BytesIO()
     np.save(object_ids, np.array([_Exploit(str(marker))], dtype=object), allow_pickle=True)
     path2 = tmp_path / "s2.tar"
-    entry2 = write_shard(path2, 1, [(np.array([CLS, SEP], dtype=np.uint16), 0)],
-                         extra_members={"000001_000001.tokens.npy": object_ids.getvalue(), "000001_000001.nsp.cls": b"0"})
+    entry2 = write_shard(
+        path2,
+        1,
+        [(np.array([CLS, SEP], dtype=np.uint16), 0)],
+        extra_members={"000001_000001.tokens.npy": object_ids.getvalue(), "000001_000001.nsp.cls": b"0"},
+    )
     cwd = os.getcwd()
     os.chdir(tmp_path)
     try:
-        samples = read_shard(_spec(path, entry, samples=4), RULES) + read_shard(_spec(path2, entry2, samples=2), RULES)
+        samples = read_shard(_spec(path, entry, samples=4), RULES) + read_shard(
+            _spec(path2, entry2, samples=2), RULES
+        )
     finally:
         os.chdir(cwd)
     bad = {s.key: s.reason for s in samples if isinstance(s, BadSample)}
@@ -85,13 +93,16 @@ def test_hostile_members_are_rejected_and_never_unpickled(tmp_path):
     assert not (tmp_path.parent / "escape.tokens.npy").exists()
 
 
-@pytest.mark.parametrize("ids, label, reason", [
-    ([CLS, 5, 100, SEP], b"0", "outside the vocabulary"),
-    ([7, 5, 6, SEP], b"0", "does not start with [CLS]"),
-    ([CLS] + [5] * 40 + [SEP], b"0", "outside 2..seq_len=32"),
-    ([CLS, 5, SEP], b"2", "must be 0 or 1"),
-    ([CLS, 5, SEP], None, "missing member .nsp.cls"),
-])
+@pytest.mark.parametrize(
+    "ids, label, reason",
+    [
+        ([CLS, 5, 100, SEP], b"0", "outside the vocabulary"),
+        ([7, 5, 6, SEP], b"0", "does not start with [CLS]"),
+        ([CLS] + [5] * 40 + [SEP], b"0", "outside 2..seq_len=32"),
+        ([CLS, 5, SEP], b"2", "must be 0 or 1"),
+        ([CLS, 5, SEP], None, "missing member .nsp.cls"),
+    ],
+)
 def test_bad_samples_are_named_with_the_failed_check(tmp_path, ids, label, reason):
     path = tmp_path / "s.tar"
     members = {"000000_000001.tokens.npy": npy_bytes(np.array(ids, dtype=np.int32))}

@@ -5,25 +5,38 @@ import shutil
 
 import pytest
 import torch
+from synthetic_data import make_data_dir
 
 from data_prep.manifest import load_manifest
 from pretrain.data import TokenLayout, TrainStream, shard_specs, train_loader
-from synthetic_data import make_data_dir
 
 SPS = 16  # samples per shard
 
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
-    return make_data_dir(tmp_path_factory.mktemp("stream") / "data", train_shards=5, samples_per_shard=SPS,
-                         valid_samples=16, seq_len=48)
+    return make_data_dir(
+        tmp_path_factory.mktemp("stream") / "data",
+        train_shards=5,
+        samples_per_shard=SPS,
+        valid_samples=16,
+        seq_len=48,
+    )
 
 
 def _stream(data_dir, rank=0, world=1, start=0, micro=4, budget=0):
     manifest = load_manifest(data_dir)
-    return TrainStream(shard_specs(data_dir, manifest, "train"), TokenLayout.from_manifest(manifest), rank=rank,
-                       world_size=world, seed=7, micro_batch_size=micro, mlm_probability=0.15, start=start,
-                       skip_budget=budget)
+    return TrainStream(
+        shard_specs(data_dir, manifest, "train"),
+        TokenLayout.from_manifest(manifest),
+        rank=rank,
+        world_size=world,
+        seed=7,
+        micro_batch_size=micro,
+        mlm_probability=0.15,
+        start=start,
+        skip_budget=budget,
+    )
 
 
 def _take(iterable, n):
@@ -37,8 +50,10 @@ def test_ranks_get_disjoint_equal_shares_of_each_epoch(data_dir):
     assert len(keys[0]) == len(keys[1]) == 2 * SPS
     assert not set(keys[0]) & set(keys[1])
     # the shard left out differs between epochs, so every shard is used over a few epochs
-    left_out = {frozenset(range(5)) - frozenset(per_rank[0].rank_shards(e) + per_rank[1].rank_shards(e))
-                for e in range(6)}
+    left_out = {
+        frozenset(range(5)) - frozenset(per_rank[0].rank_shards(e) + per_rank[1].rank_shards(e))
+        for e in range(6)
+    }
     assert len(left_out) > 1
 
 

@@ -38,12 +38,17 @@ def _config_keys() -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m pretrain.finetune", epilog=_config_keys(),
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     description="Fine-tune a pretrained BERT as a text classifier.")
+    parser = argparse.ArgumentParser(
+        prog="python -m pretrain.finetune",
+        epilog=_config_keys(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Fine-tune a pretrained BERT as a text classifier.",
+    )
     parser.add_argument("--config", help="YAML config (see configs/finetune/)")
     parser.add_argument("--local_rank", type=int, help=argparse.SUPPRESS)  # passed by the deepspeed launcher
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="override a config key (dotted for nesting)")
+    parser.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="override a config key (dotted for nesting)"
+    )
     args = parser.parse_args(argv)
     try:
         config = load_config(FinetuneConfig, args.config, args.overrides)

@@ -8,9 +8,10 @@ from __future__ import annotations
 import csv
 import itertools
 import json
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Iterator, Sequence, TextIO
+from typing import TextIO
 
 import numpy as np
 
@@ -40,8 +41,13 @@ class Table:
         def pick(values: list) -> list:
             return [values[i] for i in indices]
 
-        return replace(self, texts=pick(self.texts), pairs=pick(self.pairs) if self.pairs else None,
-                       labels=pick(self.labels), lines=pick(self.lines))
+        return replace(
+            self,
+            texts=pick(self.texts),
+            pairs=pick(self.pairs) if self.pairs else None,
+            labels=pick(self.labels),
+            lines=pick(self.lines),
+        )
 
 
 def _json_rows(handle: TextIO, source: str) -> Iterator[tuple[int, dict[str, object]]]:
@@ -53,11 +59,15 @@ def _json_rows(handle: TextIO, source: str) -> Iterator[tuple[int, dict[str, obj
         except json.JSONDecodeError as err:
             raise InputError(f"{source} line {number} is not valid JSON ({err.msg})") from None
         if not isinstance(row, dict):
-            raise InputError(f"{source} line {number} is not a JSON object (one object per line, with named fields)")
+            raise InputError(
+                f"{source} line {number} is not a JSON object (one object per line, with named fields)"
+            )
         yield number, row
 
 
-def _delimited_rows(handle: TextIO, source: str, delimiter: str) -> tuple[list[str], Iterator[tuple[int, dict]]]:
+def _delimited_rows(
+    handle: TextIO, source: str, delimiter: str
+) -> tuple[list[str], Iterator[tuple[int, dict]]]:
     # GLUE's TSV files are unquoted: a '"' is part of the text, so TSV is read without quoting;
     # CSV follows RFC 4180 quoting.
     quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
@@ -70,8 +80,10 @@ def _delimited_rows(handle: TextIO, source: str, delimiter: str) -> tuple[list[s
                 continue
             if len(fields) != len(header):
                 sep = "tab" if delimiter == "\t" else "comma"
-                raise InputError(f"{source} line {reader.line_num} has {len(fields)} fields but the header has "
-                                 f"{len(header)} (a {sep} inside the text?); fix that line")
+                raise InputError(
+                    f"{source} line {reader.line_num} has {len(fields)} fields but the header has "
+                    f"{len(header)} (a {sep} inside the text?); fix that line"
+                )
             yield reader.line_num, dict(zip(header, fields))
 
     return header, rows()
@@ -82,28 +94,37 @@ def _rows(count: int) -> str:
 
 
 def _first_lines(lines: list[int]) -> str:
-    """"line 7", "lines 3, 5", "lines 1, 2, 3, 4, 5 and 9 more"."""
+    """ "line 7", "lines 3, 5", "lines 1, 2, 3, 4, 5 and 9 more"."""
     shown = ", ".join(str(n) for n in lines[:_SHOWN_LINES])
     more = f" and {len(lines) - _SHOWN_LINES} more" if len(lines) > _SHOWN_LINES else ""
     return f"{'line' if len(lines) == 1 else 'lines'} {shown}{more}"
 
 
-def _choose_text_column(source: str, columns: list[str], text_columns: Sequence[str],
-                        required: dict[str, str | None]) -> str:
+def _choose_text_column(
+    source: str, columns: list[str], text_columns: Sequence[str], required: dict[str, str | None]
+) -> str:
     """The first of ``text_columns`` present; ``required`` maps config keys to columns that must be."""
     shown = ", ".join(map(str, columns)) or "none"
     present = [name for name in text_columns if name in columns]
     if not present:
-        raise InputError(f"{source} has no text column {' or '.join(map(repr, text_columns))} "
-                         f"(its columns: {shown}); set text_column=")
+        raise InputError(
+            f"{source} has no text column {' or '.join(map(repr, text_columns))} "
+            f"(its columns: {shown}); set text_column="
+        )
     for key, name in required.items():
         if name is not None and name not in columns:
             raise InputError(f"{source} has no column {name!r} (its columns: {shown}); set {key}=")
     return present[0]
 
 
-def read_table(path: str | Path, role: str, text_columns: Sequence[str], label_column: str,
-               pair_column: str | None = None, drop_empty: bool = False) -> Table:
+def read_table(
+    path: str | Path,
+    role: str,
+    text_columns: Sequence[str],
+    label_column: str,
+    pair_column: str | None = None,
+    drop_empty: bool = False,
+) -> Table:
     """Read a labelled file; ``role`` ("train_file", ...) names it in messages as the config key does.
 
     The text column is the first of ``text_columns`` that the file has, so one config serves files
@@ -114,11 +135,15 @@ def read_table(path: str | Path, role: str, text_columns: Sequence[str], label_c
     source = f"{role} {str(path)!r}"
     suffix = path.suffix.lower()
     if not path.exists():
-        raise InputError(f"{source} does not exist; check the path (relative paths start at the current directory)")
+        raise InputError(
+            f"{source} does not exist; check the path (relative paths start at the current directory)"
+        )
     if not path.is_file():
         raise InputError(f"{source} is not a file")
     if suffix not in (*_DELIMITED, *_JSON_LINES):
-        raise InputError(f"{source}: unknown format {path.suffix!r}; use .tsv or .csv (with a header row) or .jsonl")
+        raise InputError(
+            f"{source}: unknown format {path.suffix!r}; use .tsv or .csv (with a header row) or .jsonl"
+        )
 
     texts: list[str] = []
     pairs: list[str] = []
@@ -137,12 +162,17 @@ def read_table(path: str | Path, role: str, text_columns: Sequence[str], label_c
                 columns, rows = _delimited_rows(handle, source, _DELIMITED[suffix])
             if not columns:
                 raise InputError(f"{source} is empty")
-            text_column = _choose_text_column(source, columns, text_columns,
-                                              {"label_column": label_column, "text_pair_column": pair_column})
+            text_column = _choose_text_column(
+                source, columns, text_columns, {"label_column": label_column, "text_pair_column": pair_column}
+            )
             for number, row in rows:
-                missing = [name for name in (text_column, label_column, pair_column) if name and name not in row]
+                missing = [
+                    name for name in (text_column, label_column, pair_column) if name and name not in row
+                ]
                 if missing:
-                    raise InputError(f"{source} line {number} has no field {missing[0]!r}; every row needs it")
+                    raise InputError(
+                        f"{source} line {number} has no field {missing[0]!r}; every row needs it"
+                    )
                 text = _as_text(row[text_column], source, number, text_column)
                 pair = _as_text(row[pair_column], source, number, pair_column) if pair_column else ""
                 label = "" if row[label_column] is None else str(row[label_column]).strip()
@@ -163,15 +193,26 @@ def read_table(path: str | Path, role: str, text_columns: Sequence[str], label_c
         raise InputError(f"{source} is not valid {suffix[1:].upper()}: {err}") from None
 
     if empty_label:
-        raise InputError(f"{source} has {_rows(len(empty_label))} with an empty {label_column!r} "
-                         f"({_first_lines(empty_label)}); give every row a label")
+        raise InputError(
+            f"{source} has {_rows(len(empty_label))} with an empty {label_column!r} "
+            f"({_first_lines(empty_label)}); give every row a label"
+        )
     if empty_text and not drop_empty:
-        raise InputError(f"{source} has {_rows(len(empty_text))} with empty text in {text_column!r} "
-                         f"({_first_lines(empty_text)}); fix them or set drop_empty=true")
+        raise InputError(
+            f"{source} has {_rows(len(empty_text))} with empty text in {text_column!r} "
+            f"({_first_lines(empty_text)}); fix them or set drop_empty=true"
+        )
     if not texts:
         raise InputError(f"{source} has no data rows")
-    return Table(source=source, text_column=text_column, texts=texts, pairs=pairs if pair_column else None,
-                 labels=labels, lines=lines, dropped_empty=len(empty_text))
+    return Table(
+        source=source,
+        text_column=text_column,
+        texts=texts,
+        pairs=pairs if pair_column else None,
+        labels=labels,
+        lines=lines,
+        dropped_empty=len(empty_text),
+    )
 
 
 def _as_text(value: object, source: str, line: int, column: str) -> str:
@@ -187,7 +228,9 @@ def label_vocabulary(train: Table) -> list[str]:
     anything else in string order."""
     values = set(train.labels)
     if len(values) < 2:
-        raise InputError(f"{train.source} has only the label {next(iter(values))!r}; a classifier needs at least 2")
+        raise InputError(
+            f"{train.source} has only the label {next(iter(values))!r}; a classifier needs at least 2"
+        )
     if all(_is_int(value) for value in values):
         return sorted(values, key=int)
     return sorted(values)
@@ -207,9 +250,11 @@ def check_known_labels(table: Table, vocabulary: Sequence[str]) -> None:
     unseen = sorted({label for label in table.labels if label not in known})
     if unseen:
         count = sum(label in set(unseen) for label in table.labels)
-        raise InputError(f"{table.source} has labels that the training data never has: "
-                         f"{', '.join(map(repr, unseen))} ({_rows(count)}); training labels are "
-                         f"{', '.join(map(repr, vocabulary))}; fix the labels or add examples to train_file")
+        raise InputError(
+            f"{table.source} has labels that the training data never has: "
+            f"{', '.join(map(repr, unseen))} ({_rows(count)}); training labels are "
+            f"{', '.join(map(repr, vocabulary))}; fix the labels or add examples to train_file"
+        )
 
 
 def seeded_split(table: Table, fractions: Sequence[float], seed: int, names: Sequence[str]) -> list[Table]:
@@ -217,11 +262,13 @@ def seeded_split(table: Table, fractions: Sequence[float], seed: int, names: Seq
     order = np.random.default_rng(seed).permutation(len(table))
     sizes = [max(1, round(fraction * len(table))) for fraction in fractions]
     if sum(sizes) >= len(table):
-        raise InputError(f"{table.source} has {len(table)} rows, too few to hold out {', '.join(names)}; "
-                         f"give them their own files or lower split.*_fraction")
+        raise InputError(
+            f"{table.source} has {len(table)} rows, too few to hold out {', '.join(names)}; "
+            f"give them their own files or lower split.*_fraction"
+        )
     parts, start = [], 0
     for size, name in zip(sizes, names):
-        part = table.subset(sorted(order[start:start + size]))
+        part = table.subset(sorted(order[start : start + size]))
         parts.append(replace(part, source=f"{table.source} ({name} part)"))
         start += size
     return [table.subset(sorted(order[start:]))] + parts
@@ -242,10 +289,19 @@ class Encoded:
 def encode(table: Table, tokenizer, vocabulary: Sequence[str], max_len: int) -> Encoded:
     """Tokenize once up front ([CLS] text [SEP] (pair [SEP])), truncated to ``max_len`` tokens."""
     ids = {label: index for index, label in enumerate(vocabulary)}
-    encoded = tokenizer(table.texts, table.pairs, truncation=True, max_length=max_len,
-                        return_token_type_ids=True, return_attention_mask=False)
-    return Encoded(input_ids=encoded["input_ids"], token_type_ids=encoded["token_type_ids"],
-                   labels=np.array([ids[label] for label in table.labels], dtype=np.int64))
+    encoded = tokenizer(
+        table.texts,
+        table.pairs,
+        truncation=True,
+        max_length=max_len,
+        return_token_type_ids=True,
+        return_attention_mask=False,
+    )
+    return Encoded(
+        input_ids=encoded["input_ids"],
+        token_type_ids=encoded["token_type_ids"],
+        labels=np.array([ids[label] for label in table.labels], dtype=np.int64),
+    )
 
 
 def collate(data: Encoded, indices: Sequence[int], pad_id: int) -> dict:
@@ -261,5 +317,9 @@ def collate(data: Encoded, indices: Sequence[int], pad_id: int) -> dict:
         input_ids[row, :length] = torch.tensor(data.input_ids[index])
         token_type_ids[row, :length] = torch.tensor(data.token_type_ids[index])
         attention_mask[row, :length] = 1
-    return {"input_ids": input_ids, "token_type_ids": token_type_ids, "attention_mask": attention_mask,
-            "labels": torch.from_numpy(data.labels[list(indices)])}
+    return {
+        "input_ids": input_ids,
+        "token_type_ids": token_type_ids,
+        "attention_mask": attention_mask,
+        "labels": torch.from_numpy(data.labels[list(indices)]),
+    }

@@ -12,7 +12,7 @@ split neither helps nor hurts. Accuracy = trace(C) / sum(C).
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -43,8 +43,12 @@ def classification_report(gold: np.ndarray, predicted: np.ndarray, class_names: 
         "accuracy": float(true_positives.sum() / max(1, matrix.sum())),
         "macro_f1": float(f1[occurring].mean()) if occurring.any() else 0.0,
         "per_class": {
-            name: {"precision": float(precision[c]), "recall": float(recall[c]), "f1": float(f1[c]),
-                   "support": int(support[c])}
+            name: {
+                "precision": float(precision[c]),
+                "recall": float(recall[c]),
+                "f1": float(f1[c]),
+                "support": int(support[c]),
+            }
             for c, name in enumerate(class_names)
         },
         "confusion_matrix": {"labels": list(class_names), "rows_gold_columns_predicted": matrix.tolist()},
@@ -56,12 +60,16 @@ def format_reports(reports: dict[str, dict], class_names: Sequence[str]) -> str:
     width = max(len("class"), *(len(name) for name in class_names))
     lines = [f"{'split':<6} {'rows':>6} {'accuracy':>8} {'macro_f1':>8} {'loss':>7}"]
     for split, report in reports.items():
-        lines.append(f"{split:<6} {report['rows']:>6} {report['accuracy']:>8.4f} {report['macro_f1']:>8.4f} "
-                     f"{report.get('loss', float('nan')):>7.4f}")
+        lines.append(
+            f"{split:<6} {report['rows']:>6} {report['accuracy']:>8.4f} {report['macro_f1']:>8.4f} "
+            f"{report.get('loss', float('nan')):>7.4f}"
+        )
     lines.append(f"{'split':<6} {'class':<{width}} {'precision':>9} {'recall':>7} {'f1':>7} {'support':>7}")
     for split, report in reports.items():
         for name in class_names:
             scores = report["per_class"][name]
-            lines.append(f"{split:<6} {name:<{width}} {scores['precision']:>9.4f} {scores['recall']:>7.4f} "
-                         f"{scores['f1']:>7.4f} {scores['support']:>7}")
+            lines.append(
+                f"{split:<6} {name:<{width}} {scores['precision']:>9.4f} {scores['recall']:>7.4f} "
+                f"{scores['f1']:>7.4f} {scores['support']:>7}"
+            )
     return "\n".join(lines)

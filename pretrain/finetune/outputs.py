@@ -1,10 +1,10 @@
 """The fine-tune dir (DESIGN.md, Contract 3), written by rank 0 only:
 
-    <out_dir>/config.yaml       the resolved config of the run
-              metrics.jsonl     training, validation and final rows
-              model/            the selected model + tokenizer (save_pretrained), swapped in whole
-              predictions.tsv   the test split's predictions
-              eval.json         written last: its presence means the run finished
+<out_dir>/config.yaml       the resolved config of the run
+          metrics.jsonl     training, validation and final rows
+          model/            the selected model + tokenizer (save_pretrained), swapped in whole
+          predictions.tsv   the test split's predictions
+          eval.json         written last: its presence means the run finished
 """
 
 from __future__ import annotations
@@ -83,16 +83,27 @@ def save_model(engine, tokenizer, out: Path, zero_stage: int, is_main: bool) -> 
     barrier()
 
 
-def write_predictions(path: Path, table: Table, gold: np.ndarray, probabilities: np.ndarray,
-                      class_names: list[str]) -> None:
+def write_predictions(
+    path: Path, table: Table, gold: np.ndarray, probabilities: np.ndarray, class_names: list[str]
+) -> None:
     """One row per test row: its line in the source file, the text, gold and predicted class, P(predicted)."""
     predicted = probabilities.argmax(axis=1)
     staging = path.with_name(path.name + ".tmp")
     with staging.open("w", encoding="utf-8", newline="") as handle:
         writer = csv.writer(handle, delimiter="\t", lineterminator="\n")
-        writer.writerow(["line", "text", *(["text_pair"] if table.pairs else []), "gold", "predicted", "probability"])
+        writer.writerow(
+            ["line", "text", *(["text_pair"] if table.pairs else []), "gold", "predicted", "probability"]
+        )
         for row in range(len(table)):
             pair = [table.pairs[row]] if table.pairs else []
-            writer.writerow([table.lines[row], table.texts[row], *pair, class_names[gold[row]],
-                             class_names[predicted[row]], f"{probabilities[row, predicted[row]]:.4f}"])
+            writer.writerow(
+                [
+                    table.lines[row],
+                    table.texts[row],
+                    *pair,
+                    class_names[gold[row]],
+                    class_names[predicted[row]],
+                    f"{probabilities[row, predicted[row]]:.4f}",
+                ]
+            )
     os.replace(staging, path)

@@ -20,11 +20,25 @@ import numpy as np
 from data_prep.typed_config import ConfigError
 from pretrain.finetune import InputError
 from pretrain.finetune.config import FinetuneConfig
-from pretrain.finetune.data import (Encoded, Table, check_known_labels, collate, encode, label_vocabulary,
-                                    read_table, seeded_split)
+from pretrain.finetune.data import (
+    Encoded,
+    Table,
+    check_known_labels,
+    collate,
+    encode,
+    label_vocabulary,
+    read_table,
+    seeded_split,
+)
 from pretrain.finetune.metrics import classification_report, format_reports
 from pretrain.finetune.model import check_base_dir, check_compatible, load_classifier, load_tokenizer
-from pretrain.finetune.outputs import MetricsLog, save_model, start_out_dir, write_eval_report, write_predictions
+from pretrain.finetune.outputs import (
+    MetricsLog,
+    save_model,
+    start_out_dir,
+    write_eval_report,
+    write_predictions,
+)
 
 EVAL_FORMAT = "bert-finetune-eval/1"
 # AdamW as in BERT's reference optimization.py: betas (0.9, 0.999), epsilon 1e-6.
@@ -92,8 +106,9 @@ def read_splits(config: FinetuneConfig) -> dict[str, Table]:
     neither test_file nor split.test_fraction is set)."""
 
     def read(role: str, path: str) -> Table:
-        return read_table(path, role, config.text_column, config.label_column, config.text_pair_column,
-                          config.drop_empty)
+        return read_table(
+            path, role, config.text_column, config.label_column, config.text_pair_column, config.drop_empty
+        )
 
     tables = {"train": read("train_file", config.train_file)}
     held_out: dict[str, float] = {}
@@ -115,8 +130,10 @@ def class_names_for(config: FinetuneConfig, vocabulary: list[str], source: str) 
     """Display names per class id: ``label_names`` where given, else the raw label value."""
     unknown = sorted(set(config.label_names) - set(vocabulary))
     if unknown:
-        raise InputError(f"label_names has {', '.join(map(repr, unknown))}, which {source} never has as a label "
-                         f"(its labels: {', '.join(map(repr, vocabulary))})")
+        raise InputError(
+            f"label_names has {', '.join(map(repr, unknown))}, which {source} never has as a label "
+            f"(its labels: {', '.join(map(repr, vocabulary))})"
+        )
     names = [config.label_names.get(value, value) for value in vocabulary]
     if len(set(names)) < len(names):
         raise InputError(f"label_names gives two labels the same name ({names}); make the names unique")
@@ -136,25 +153,33 @@ def setup(config: FinetuneConfig) -> Job:
         if name in tables:
             check_known_labels(tables[name], vocabulary)
     class_names = class_names_for(config, vocabulary, tables["train"].source)
-    notes = [f"{name}: {len(table):,} rows from {table.source}"
-             + (f", {table.dropped_empty} empty rows dropped" if table.dropped_empty else "")
-             for name, table in tables.items()]
+    notes = [
+        f"{name}: {len(table):,} rows from {table.source}"
+        + (f", {table.dropped_empty} empty rows dropped" if table.dropped_empty else "")
+        for name, table in tables.items()
+    ]
     if config.max_train_samples and config.max_train_samples < len(tables["train"]):
         # Subsample after the split so that valid/test are the same as in the full run.
-        chosen = np.random.default_rng([config.seed, 1]).choice(len(tables["train"]), config.max_train_samples,
-                                                                replace=False)
+        chosen = np.random.default_rng([config.seed, 1]).choice(
+            len(tables["train"]), config.max_train_samples, replace=False
+        )
         tables["train"] = tables["train"].subset(sorted(chosen))
         notes.append(f"train: using a seeded subset of {config.max_train_samples:,} rows (max_train_samples)")
 
     import torch
 
     tokenizer = load_tokenizer(base)
-    splits = {name: Split(table, encode(table, tokenizer, vocabulary, config.max_len)) for name, table in tables.items()}
+    splits = {
+        name: Split(table, encode(table, tokenizer, vocabulary, config.max_len))
+        for name, table in tables.items()
+    }
     torch.manual_seed(config.seed)  # the new classifier head (and with init=random, every weight)
     model, summary = load_classifier(base, config.init, class_names, config.dropout)
     check_compatible(base, tokenizer, model, config.max_len)
     notes.append(summary)
-    return Job(config=config, class_names=class_names, tokenizer=tokenizer, model=model, splits=splits, notes=notes)
+    return Job(
+        config=config, class_names=class_names, tokenizer=tokenizer, model=model, splits=splits, notes=notes
+    )
 
 
 def epoch_order(rows: int, global_batch: int, seed: int, epoch: int) -> np.ndarray:
@@ -189,7 +214,7 @@ def predict(model, data: Encoded, batch_size: int, pad_id: int, place: Place) ->
     chunks = []
     with torch.no_grad():
         for start in range(0, per_rank, batch_size):
-            batch = collate(data, mine[start:start + batch_size], pad_id)
+            batch = collate(data, mine[start : start + batch_size], pad_id)
             batch.pop("labels")
             logits = model(**_to_device(batch, place.device)).logits
             chunks.append(torch.softmax(logits.float(), dim=-1))
@@ -198,7 +223,9 @@ def predict(model, data: Encoded, batch_size: int, pad_id: int, place: Place) ->
     if world > 1:
         gathered = [torch.empty_like(local) for _ in range(world)]
         dist.all_gather(gathered, local)
-        local = torch.stack(gathered, dim=1).flatten(0, 1)  # row j * world + r = rank r's j-th = dealt[j * world + r]
+        local = torch.stack(gathered, dim=1).flatten(
+            0, 1
+        )  # row j * world + r = rank r's j-th = dealt[j * world + r]
     probabilities = np.empty((len(order), local.shape[1]), dtype=np.float32)
     probabilities[dealt] = local.cpu().numpy()
     return probabilities
@@ -215,8 +242,10 @@ def evaluate(model, split: Split, job: Job, place: Place) -> tuple[dict, np.ndar
 
 def _check_precision(precision: str, accelerator) -> None:
     if precision == "fp16" and not accelerator.is_fp16_supported():
-        raise ConfigError(f"precision=fp16 is not supported by DeepSpeed on {accelerator.device_name()}; "
-                          f"use precision=bf16 or precision=fp32")
+        raise ConfigError(
+            f"precision=fp16 is not supported by DeepSpeed on {accelerator.device_name()}; "
+            f"use precision=bf16 or precision=fp32"
+        )
 
 
 def _set_threads(threads: int | None, device_type: str) -> None:
@@ -238,13 +267,21 @@ def _engine(model, config: FinetuneConfig, micro_batch: int, total_steps: int, d
     from pretrain.ds_config import build_deepspeed_config
     from pretrain.optim import build_optimizer, param_groups, warmup_decay_schedule
 
-    optimizer = build_optimizer("adamw", param_groups(model, config.weight_decay), config.lr, ADAM_BETAS, ADAM_EPS,
-                                device_type)
+    optimizer = build_optimizer(
+        "adamw", param_groups(model, config.weight_decay), config.lr, ADAM_BETAS, ADAM_EPS, device_type
+    )
     warmup_steps = round(config.warmup_ratio * total_steps)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_decay_schedule(warmup_steps, total_steps))
-    ds_config = build_deepspeed_config(micro_batch_size=micro_batch, grad_accum=1, precision=config.precision,
-                                       zero_stage=config.zero_stage, grad_clip=config.grad_clip)
-    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=schedule, config=ds_config)
+    ds_config = build_deepspeed_config(
+        micro_batch_size=micro_batch,
+        grad_accum=1,
+        precision=config.precision,
+        zero_stage=config.zero_stage,
+        grad_clip=config.grad_clip,
+    )
+    engine, *_ = deepspeed.initialize(
+        model=model, optimizer=optimizer, lr_scheduler=schedule, config=ds_config
+    )
     return engine
 
 
@@ -274,8 +311,10 @@ def train_loop(engine, job: Job, place: Place, log: MetricsLog, out: Path, say) 
     steps_per_epoch, total_steps = step_counts(len(train), config.batch_size, config.epochs)
     eval_points = _eval_points(total_steps, steps_per_epoch, config.eval_every)
     selection = Selection(config.patience)
-    say(f"training: {total_steps} steps of {config.batch_size} rows ({steps_per_epoch} per epoch) on {place.world} "
-        f"rank(s), {place.device}, {config.precision}, ZeRO {config.zero_stage}")
+    say(
+        f"training: {total_steps} steps of {config.batch_size} rows ({steps_per_epoch} per epoch) on {place.world} "
+        f"rank(s), {place.device}, {config.precision}, ZeRO {config.zero_stage}"
+    )
 
     loss_sum, loss_count, last_log = torch.zeros((), device=place.device), 0, time.time()
     bar = tqdm(total=total_steps, unit="step", desc="fine-tune", disable=None if place.is_main else True)
@@ -283,8 +322,10 @@ def train_loop(engine, job: Job, place: Place, log: MetricsLog, out: Path, say) 
         epoch, position = divmod(step - 1, steps_per_epoch)
         if position == 0:
             order = epoch_order(len(train), config.batch_size, config.seed, epoch)
-        start = position * config.batch_size + place.rank * micro_batch  # this rank's slice of the global batch
-        batch = collate(train, order[start:start + micro_batch], job.tokenizer.pad_token_id)
+        start = (
+            position * config.batch_size + place.rank * micro_batch
+        )  # this rank's slice of the global batch
+        batch = collate(train, order[start : start + micro_batch], job.tokenizer.pad_token_id)
         loss = engine(**_to_device(batch, place.device)).loss
         engine.backward(loss)
         engine.step()
@@ -298,8 +339,16 @@ def train_loop(engine, job: Job, place: Place, log: MetricsLog, out: Path, say) 
                 dist.all_reduce(loss_sum)
             mean_loss = loss_sum.item() / (loss_count * place.world)
             now = time.time()
-            log.write({"kind": "train", "step": step, "epoch": epochs_done, "loss": mean_loss,
-                       "lr": engine.get_lr()[0], "samples_per_s": loss_count * config.batch_size / (now - last_log)})
+            log.write(
+                {
+                    "kind": "train",
+                    "step": step,
+                    "epoch": epochs_done,
+                    "loss": mean_loss,
+                    "lr": engine.get_lr()[0],
+                    "samples_per_s": loss_count * config.batch_size / (now - last_log),
+                }
+            )
             bar.set_postfix(loss=f"{mean_loss:.4f}")
             loss_sum.zero_()
             loss_count, last_log = 0, now
@@ -309,11 +358,24 @@ def train_loop(engine, job: Job, place: Place, log: MetricsLog, out: Path, say) 
             improved = selection.improves(report[config.metric], step)
             if improved:
                 save_model(engine, job.tokenizer, out, config.zero_stage, place.is_main)
-            log.write({"kind": "eval", "step": step, "epoch": epochs_done, "split": "valid",
-                       **{key: report[key] for key in ("loss", "accuracy", "macro_f1")}})
-            say(f"step {step}/{total_steps} (epoch {epochs_done:.2f})  valid loss {report['loss']:.4f}  "
+            log.write(
+                {
+                    "kind": "eval",
+                    "step": step,
+                    "epoch": epochs_done,
+                    "split": "valid",
+                    **{key: report[key] for key in ("loss", "accuracy", "macro_f1")},
+                }
+            )
+            say(
+                f"step {step}/{total_steps} (epoch {epochs_done:.2f})  valid loss {report['loss']:.4f}  "
                 f"accuracy {report['accuracy']:.4f}  macro_f1 {report['macro_f1']:.4f}  "
-                + ("[best, saved]" if improved else f"(best {selection.best_value:.4f} at step {selection.best_step})"))
+                + (
+                    "[best, saved]"
+                    if improved
+                    else f"(best {selection.best_value:.4f} at step {selection.best_step})"
+                )
+            )
             if selection.exhausted:
                 say(f"early stop: valid {config.metric} did not improve in {config.patience} evaluations")
                 break
@@ -322,7 +384,9 @@ def train_loop(engine, job: Job, place: Place, log: MetricsLog, out: Path, say) 
     return selection, step
 
 
-def final_evaluation(job: Job, place: Place, log: MetricsLog, out: Path, selected_step: int) -> dict[str, dict]:
+def final_evaluation(
+    job: Job, place: Place, log: MetricsLog, out: Path, selected_step: int
+) -> dict[str, dict]:
     """Reports on valid and test from the saved model reloaded from disk, so that they describe
     exactly what a user of out/model gets; writes predictions.tsv for the test split."""
     from transformers import AutoModelForSequenceClassification
@@ -334,11 +398,19 @@ def final_evaluation(job: Job, place: Place, log: MetricsLog, out: Path, selecte
         if name not in job.splits:
             continue
         reports[name], probabilities = evaluate(model, job.splits[name], job, place)
-        log.write({"kind": "final", "step": selected_step, "split": name,
-                   **{key: reports[name][key] for key in ("loss", "accuracy", "macro_f1")}})
+        log.write(
+            {
+                "kind": "final",
+                "step": selected_step,
+                "split": name,
+                **{key: reports[name][key] for key in ("loss", "accuracy", "macro_f1")},
+            }
+        )
         if name == "test" and place.is_main:
             split = job.splits[name]
-            write_predictions(out / "predictions.tsv", split.table, split.data.labels, probabilities, job.class_names)
+            write_predictions(
+                out / "predictions.tsv", split.table, split.data.labels, probabilities, job.class_names
+            )
     return reports
 
 
@@ -362,8 +434,10 @@ def run(config: FinetuneConfig) -> dict:
     place = Place(info.rank, info.world_size, torch.device(accelerator.device_name(info.local_rank)))
     _check_precision(config.precision, accelerator)
     if config.batch_size % place.world:
-        raise ConfigError(f"config key 'batch_size' = {config.batch_size} does not split evenly across "
-                          f"{place.world} ranks; use a multiple of {place.world}")
+        raise ConfigError(
+            f"config key 'batch_size' = {config.batch_size} does not split evenly across "
+            f"{place.world} ranks; use a multiple of {place.world}"
+        )
     _set_threads(config.threads, place.device.type)
 
     say = tqdm.write if place.is_main else (lambda _text: None)
@@ -376,7 +450,9 @@ def run(config: FinetuneConfig) -> dict:
     log = MetricsLog(out / "metrics.jsonl", enabled=place.is_main, started=started)
 
     train_started = time.time()
-    steps_per_epoch, total_steps = step_counts(len(job.splits["train"].data), config.batch_size, config.epochs)
+    steps_per_epoch, total_steps = step_counts(
+        len(job.splits["train"].data), config.batch_size, config.epochs
+    )
     engine = _engine(job.model, config, config.batch_size // place.world, total_steps, place.device.type)
     selection, steps = train_loop(engine, job, place, log, out, say)
     train_time = time.time() - train_started
@@ -387,8 +463,11 @@ def run(config: FinetuneConfig) -> dict:
         "model": config.model,
         "init": config.init,
         "metric": config.metric,
-        "selected": {"step": selection.best_step, "epoch": round(selection.best_step / steps_per_epoch, 4),
-                     config.metric: selection.best_value},
+        "selected": {
+            "step": selection.best_step,
+            "epoch": round(selection.best_step / steps_per_epoch, 4),
+            config.metric: selection.best_value,
+        },
         "steps": steps,
         "stopped_early": selection.exhausted,
         "train_rows": len(job.splits["train"].data),
@@ -402,7 +481,12 @@ def run(config: FinetuneConfig) -> dict:
     if place.is_main:
         say(format_reports(reports, job.class_names))
         write_eval_report(out, result)
-        written = ["model/", "metrics.jsonl", *(["predictions.tsv"] if "test" in reports else []), "eval.json"]
+        written = [
+            "model/",
+            "metrics.jsonl",
+            *(["predictions.tsv"] if "test" in reports else []),
+            "eval.json",
+        ]
         say(f"wrote {out}/: {', '.join(written)} ({result['wall_time_s']:.0f} s)")
     barrier()
     return result
