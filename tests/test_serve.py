@@ -1,0 +1,265 @@
+"""Serving a fine-tuned model dir: the shared inference code (pretrain.finetune.serving.engine) against
+a plain transformers forward, and the real HTTP server (a subprocess on a free loopback port) for
+predictions, bad input, overload (503), dynamic batching and SIGTERM with a request in flight."""
+
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest
+import torch
+
+from benchmarks.load_test import free_port, make_model_dir, request, start_server
+from pretrain.finetune import InputError
+from pretrain.finetune.serving.engine import Predictor
+
+NER_LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
+NER_WORDS = ["john", "smith", "lives", "in", "paris", "dog", "##s", "the", "walks"]
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("serve")
+    # A fine-tune out_dir of today's layout (no finetune.json): what the model is gets inferred,
+    # the summary comes from eval.json and max_len from config.yaml beside model/.
+    run = root / "sst"
+    cls = make_model_dir(run / "model", labels=["neg", "pos"], max_len=512, seed=1)
+    (run / "config.yaml").write_text("model: runs/x/export\nmax_len: 48\ntext_column: [sentence]\n")
+    (run / "eval.json").write_text(
+        json.dumps(
+            {"metric": "accuracy", "steps": 30, "splits": {"test": {"accuracy": 0.9, "per_class": {}}}}
+        )
+    )
+    ner = make_model_dir(
+        root / "ner" / "model",
+        task="token_classification",
+        labels=NER_LABELS,
+        vocabulary=NER_WORDS,
+        finetune_json={
+            "task": "token_classification",
+            "text_columns": ["tokens"],
+            "pair": False,
+            "max_len": 32,
+            "labels": NER_LABELS,
+            "base_model": "runs/x/export",
+            "method": "lora",
+            "merged": True,
+            "summary": {"test_f1": 0.5},
+        },
+        seed=2,
+    )
+    return {"cls": cls, "ner": ner, "reg": make_model_dir(root / "reg" / "model", task="regression", seed=3)}
+
+
+def direct_logits(model_dir: Path, model_class, *args, **kwargs) -> torch.Tensor:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = model_class.from_pretrained(model_dir).eval()
+    with torch.no_grad():
+        return model(**tokenizer(*args, padding=True, return_tensors="pt", **kwargs)).logits
+
+
+def test_classification_and_pairs_match_a_plain_forward(models):
+    from transformers import AutoModelForSequenceClassification
+
+    predictor = Predictor(models["cls"], dtype="fp32")
+    texts = ["w1 w2 w3 w4", "w10 w20", "w5 w6 w7 w8 w9 w11"]
+    pairs = [("w1 w2", "w3 w4 w5"), ("w7", "w8 w9")]
+    got = predictor.predict([texts[0], pairs[0], texts[1], texts[2], pairs[1]])  # mixed kinds, one forward
+    expected = torch.cat(
+        [
+            torch.softmax(direct_logits(models["cls"], AutoModelForSequenceClassification, texts), -1),
+            torch.softmax(
+                direct_logits(
+                    models["cls"],
+                    AutoModelForSequenceClassification,
+                    [a for a, _ in pairs],
+                    [b for _, b in pairs],
+                ),
+                -1,
+            ),
+        ]
+    )
+    order = [got[0], got[2], got[3], got[1], got[4]]
+    for result, row in zip(order, expected):
+        assert result["label"] == ["neg", "pos"][int(row.argmax())]
+        assert [result["probabilities"]["neg"], result["probabilities"]["pos"]] == pytest.approx(
+            row.tolist(), abs=1e-5
+        )
+    # bf16 inference: the same labels, probabilities within bf16 rounding.
+    bf16 = Predictor(models["cls"], dtype="bf16").predict(texts)
+    for low, high in zip(bf16, [got[0], got[2], got[3]]):
+        assert low["probabilities"]["pos"] == pytest.approx(high["probabilities"]["pos"], abs=0.02)
+
+
+def test_inferred_metadata_comes_from_config_and_the_run_dir(models):
+    info = Predictor(models["cls"], dtype="fp32").info
+    assert info.source == "inferred" and info.task == "sequence_classification"
+    assert info.labels == ["neg", "pos"] and info.max_len == 48  # config.yaml's, not the tokenizer's 512
+    assert info.text_columns == ["sentence"] and info.base_model == "runs/x/export"
+    assert info.summary["splits"] == {"test": {"accuracy": 0.9}}
+    reg = Predictor(models["reg"], dtype="fp32")
+    assert reg.info.task == "regression" and reg.info.labels == []
+
+
+def test_regression_value_matches_a_plain_forward(models):
+    from transformers import AutoModelForSequenceClassification
+
+    got = Predictor(models["reg"], dtype="fp32").predict(["w3 w4 w5", "w9"])
+    expected = direct_logits(models["reg"], AutoModelForSequenceClassification, ["w3 w4 w5", "w9"])[:, 0]
+    assert [row["value"] for row in got] == pytest.approx(expected.tolist(), abs=1e-5)
+
+
+def test_token_classification_labels_words_by_their_first_subtoken(models):
+    from transformers import AutoModelForTokenClassification
+
+    predictor = Predictor(models["ner"], dtype="fp32")
+    assert predictor.info.source == "finetune.json" and predictor.info.method == "lora"
+    words = ["john", "smith", "walks", "the", "dogs", "in", "paris"]
+    [result] = predictor.predict([words])
+    logits = direct_logits(models["ner"], AutoModelForTokenClassification, [words], is_split_into_words=True)[
+        0
+    ]
+    # tokens: [CLS] john smith walks the dog ##s in paris [SEP]: "dogs" is word 4, at positions 5 and 6
+    first = [1, 2, 3, 4, 5, 7, 8]
+    assert result["labels"] == [NER_LABELS[int(logits[p].argmax())] for p in first]
+    assert result["tokens"] == words and result["truncated_words"] == 0
+    # Texts are split on whitespace for token classification.
+    assert predictor.predict([" ".join(words)])[0]["labels"] == result["labels"]
+
+
+def test_spans_follow_the_bio_labels(models):
+    predictor = Predictor(models["ner"], dtype="fp32")
+    words = ["john", "smith", "lives", "in", "paris"]
+    rows = torch.full((8, len(NER_LABELS)), -10.0)
+    tags = ["B-PER", "I-PER", "O", "O", "B-LOC"]
+    for position, tag in enumerate(tags, start=1):
+        rows[position, NER_LABELS.index(tag)] = 10.0
+    word_ids = [None, 0, 1, 2, 3, 4, None, None]
+    result = predictor._tagging(words, word_ids, torch.softmax(rows, -1).numpy())
+    assert result["spans"] == [
+        {"label": "PER", "start": 0, "end": 2, "text": "john smith"},
+        {"label": "LOC", "start": 4, "end": 5, "text": "paris"},
+    ]
+
+
+def test_a_model_dir_that_is_not_one_is_one_line(tmp_path):
+    with pytest.raises(InputError, match=r"has no config.json"):
+        Predictor(tmp_path)
+
+
+# ---- the real server ----------------------------------------------------------------------------
+
+
+def post(port: int, body) -> tuple[int, dict]:
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return request("127.0.0.1", port, "POST", "/predict", data)
+
+
+@pytest.fixture(scope="module")
+def cls_server(models):
+    port = free_port()
+    process = start_server(models["cls"], port, "--max-items", "4", "--max-chars", "200", "--threads", "1")
+    yield port
+    process.terminate()
+    process.wait(30)
+
+
+def test_server_predicts_texts_and_pairs_like_the_engine(models, cls_server):
+    status, body = post(cls_server, {"texts": ["w1 w2 w3 w4", "w10 w20"]})
+    assert status == 200
+    expected = Predictor(models["cls"]).predict(["w1 w2 w3 w4", "w10 w20"])  # same dtype choice (auto)
+    assert [row["label"] for row in body["predictions"]] == [row["label"] for row in expected]
+    assert body["predictions"][0]["probabilities"]["pos"] == pytest.approx(
+        expected[0]["probabilities"]["pos"], abs=1e-3
+    )
+    status, body = post(cls_server, {"pairs": [["w1 w2", "w3 w4 w5"]]})
+    assert status == 200 and set(body["predictions"][0]["probabilities"]) == {"neg", "pos"}
+    status, health = request("127.0.0.1", cls_server, "GET", "/health")
+    assert status == 200 and health["status"] == "ok"
+    status, meta = request("127.0.0.1", cls_server, "GET", "/metadata")
+    assert meta["labels"] == ["neg", "pos"] and meta["max_len"] == 48 and meta["summary"]["steps"] == 30
+    status, schema = request("127.0.0.1", cls_server, "GET", "/openapi.json")
+    assert status == 200 and "/predict" in schema["paths"]
+
+
+BAD_INPUT = [
+    (b"{not json", 400, "request body is not valid JSON"),
+    (b"", 422, "request body must be a JSON object"),
+    (b"[1, 2]", 422, "request body must be a JSON object"),
+    ({"texts": "w1 w2"}, 422, "texts: Input should be a valid list"),
+    ({"texts": [1, 2]}, 422, "texts.0: Input should be a valid string"),
+    ({"texts": []}, 422, "texts is empty; send at least one input"),
+    ({}, 422, "send exactly one of texts, pairs, tokens (got none)"),
+    (
+        {"texts": ["a"], "pairs": [["a", "b"]]},
+        422,
+        "send exactly one of texts, pairs, tokens (got texts, pairs)",
+    ),
+    ({"text": ["w1"]}, 422, "unknown field 'text'; send one of texts, pairs, tokens"),
+    ({"pairs": [["only one"]]}, 422, "pairs.0.1: Field required"),
+    ({"texts": ["w1 " * 100]}, 422, "texts[0] has 300 characters; at most 200"),
+    ({"texts": ["w1"] * 5}, 422, "texts has 5 inputs; at most 4 per request"),
+    ({"texts": ["   "]}, 422, "texts[0] is empty"),
+    (
+        {"tokens": [["w1"]]},
+        422,
+        "tokens are for token classification; this model does sequence_classification",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "message"), BAD_INPUT, ids=[str(case[0])[:30] for case in BAD_INPUT]
+)
+def test_bad_input_gets_a_4xx_with_one_line(cls_server, body, status, message):
+    got_status, got = post(cls_server, body)
+    assert got_status == status
+    assert got["error"].startswith(message) and "\n" not in got["error"]
+    assert request("127.0.0.1", cls_server, "GET", "/health")[0] == 200  # and the server lives on
+
+
+def test_ner_server_batches_refuses_overload_and_drains_on_sigterm(models):
+    """One request waits up to 1 s for company (max_wait); meanwhile the bounded queue (2) fills."""
+    port = free_port()
+    process = start_server(
+        models["ner"], port, "--max-queue", "2", "--max-wait-ms", "1000", "--max-batch-size", "8"
+    )
+    try:
+        results: list = [None] * 4
+
+        def send(index: int) -> None:
+            results[index] = post(port, {"tokens": [["john", "smith", "walks", "the", "dogs"]]})
+
+        threads = [threading.Thread(target=send, args=(i,)) for i in range(4)]
+        for thread in threads:
+            thread.start()
+            time.sleep(0.05)
+        for thread in threads:
+            thread.join()
+        statuses = sorted(status for status, _ in results)
+        assert statuses == [200, 200, 503, 503]
+        assert all(body["error"].startswith("server busy") for status, body in results if status == 503)
+        answer = next(body for status, body in results if status == 200)["predictions"][0]
+        assert answer["tokens"] == ["john", "smith", "walks", "the", "dogs"] and len(answer["labels"]) == 5
+        batching = request("127.0.0.1", port, "GET", "/metadata")[1]["batching"]
+        assert batching["requests"] == 2 and batching["forwards"] == 1  # the two shared one forward
+
+        # SIGTERM while a request waits in the batcher: it is answered, then the server exits 0.
+        thread = threading.Thread(target=send, args=(0,))
+        thread.start()
+        time.sleep(0.3)
+        process.send_signal(signal.SIGTERM)
+        thread.join()
+        assert results[0][0] == 200 and len(results[0][1]["predictions"]) == 1
+        assert process.wait(30) == 0
+        assert "server stopped" in process.stdout.read()
+    finally:
+        if process.poll() is None:
+            process.kill()
