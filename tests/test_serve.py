@@ -263,3 +263,37 @@ def test_ner_server_batches_refuses_overload_and_drains_on_sigterm(models):
     finally:
         if process.poll() is None:
             process.kill()
+
+
+# ---- the file predictor -------------------------------------------------------------------------
+
+
+def test_predict_file_gives_the_engines_predictions_in_file_order(models, tmp_path, capsys):
+    from pretrain.finetune.predict import main as predict_main
+
+    texts = [f"w{i} " * (1 + (i * 7) % 13) for i in range(150)]  # lengths out of order: batches get sorted
+    source = tmp_path / "in.tsv"
+    source.write_text("id\tsentence\n" + "".join(f"{i}\t{text}\n" for i, text in enumerate(texts)))
+    predict_main(
+        [str(models["cls"]), str(source), "--out", str(tmp_path / "out.jsonl"), "--batch-size", "16"]
+    )
+    rows = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    expected = Predictor(models["cls"]).predict(texts)  # one batch, same dtype choice
+    assert [row["line"] for row in rows] == list(range(2, 152)) and [row["input"] for row in rows] == texts
+    assert [row["label"] for row in rows] == [row["label"] for row in expected]
+    assert [row["score"] for row in rows] == pytest.approx([row["score"] for row in expected], abs=0.01)
+
+    # NER from JSONL word lists, as a TSV table.
+    (tmp_path / "ner.jsonl").write_text(json.dumps({"tokens": ["john", "smith", "walks"]}) + "\n")
+    predict_main([str(models["ner"]), str(tmp_path / "ner.jsonl"), "--out", str(tmp_path / "ner.tsv")])
+    header, row = (tmp_path / "ner.tsv").read_text().splitlines()
+    assert header == "line\ttext\tlabels\tspans" and row.startswith("1\tjohn smith walks\t")
+
+    with pytest.raises(SystemExit) as stop:
+        predict_main([str(models["cls"]), str(tmp_path / "ner.jsonl")])
+    assert stop.value.code == 1
+    assert (
+        capsys.readouterr()
+        .err.strip()
+        .endswith("has no text field 'sentence' or 'text' or 'content'; name the text column so")
+    )
