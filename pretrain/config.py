@@ -9,9 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from data_prep.typed_config import Section, load_config
+from data_prep.typed_config import Section, StrList, load_config
+from pretrain.tracking import check_report_to
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MODEL_PRESETS_DIR = REPO_ROOT / "configs" / "model"
@@ -104,6 +105,14 @@ class PretrainConfig(Section):
     """Write the sample keys of every step to run_dir/samples/rank*.jsonl (to audit exact resume)."""
     export: bool = True
     """Write run_dir/export (Hugging Face model + tokenizer) at the end of the run."""
+    report_to: StrList = ["tensorboard"]
+    """Experiment trackers (rank 0): any of tensorboard (run_dir/tb), wandb (run_dir/wandb; offline
+    without a key or network), csv (run_dir/csv); [] for none. pretrain/tracking.py."""
+
+    @field_validator("report_to")
+    @classmethod
+    def _known_trackers(cls, value: list[str]) -> list[str]:
+        return check_report_to(value)
 
     @model_validator(mode="after")
     def _check_combinations(self) -> PretrainConfig:

@@ -1,4 +1,5 @@
-"""The loss curve of a run (``loss.png``): train loss per log step, eval MLM/NSP loss per evaluation."""
+"""The loss curve of a run (``loss.png``): train loss per log step, eval MLM/NSP loss per evaluation
+(a fine-tuning run's rows have no MLM/NSP parts: its train and validation loss are drawn)."""
 
 from __future__ import annotations
 
@@ -15,10 +16,11 @@ def plot_losses(rows: list[dict[str, Any]], out: str | Path, title: str = "pretr
     train = [row for row in rows if row.get("kind") == "train"]
     evals = [row for row in rows if row.get("kind") == "eval"]
     fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
+    pretraining = bool(train) and "mlm_loss" in train[0]
     if train:
-        ax.plot(
-            [r["step"] for r in train], [r["loss"] for r in train], label="train loss (MLM + NSP)", lw=1.2
-        )
+        label = "train loss (MLM + NSP)" if pretraining and "nsp_loss" in train[0] else "train loss"
+        ax.plot([r["step"] for r in train], [r["loss"] for r in train], label=label, lw=1.2)
+    if pretraining:
         ax.plot(
             [r["step"] for r in train],
             [r["mlm_loss"] for r in train],
@@ -26,7 +28,9 @@ def plot_losses(rows: list[dict[str, Any]], out: str | Path, title: str = "pretr
             lw=1,
             alpha=0.7,
         )
-    if evals:
+    if evals and "mlm_loss" not in evals[0]:
+        ax.plot([r["step"] for r in evals], [r["loss"] for r in evals], "o-", label="validation loss", ms=4)
+    elif evals:
         ax.plot([r["step"] for r in evals], [r["mlm_loss"] for r in evals], "o-", label="eval MLM loss", ms=4)
         if "nsp_loss" in evals[0]:
             ax.plot(

@@ -1,8 +1,9 @@
-"""Where a run's numbers go: ``metrics.jsonl``, TensorBoard and the console (rank 0 only).
+"""Where a run's numbers go: ``metrics.jsonl``, the console and the ``report_to`` trackers
+(TensorBoard, W&B, CSV: ``pretrain/tracking.py``), rank 0 only.
 
 ``metrics.jsonl`` holds one JSON object per log step (``kind: train``) and per evaluation
 (``kind: eval``). On resume the rows past the resumed step (written after the last checkpoint by
-the run that crashed) are dropped, and TensorBoard purges them too (``purge_step``), so both hold
+the run that crashed) are dropped, and TensorBoard and the CSV files drop them too, so all hold
 one clean trajectory.
 """
 
@@ -13,6 +14,8 @@ import math
 import sys
 from pathlib import Path
 from typing import Any
+
+from pretrain.tracking import Tracker
 
 METRICS = "metrics.jsonl"
 
@@ -46,33 +49,38 @@ def format_duration(seconds: float) -> str:
 
 
 class RunLog:
-    def __init__(self, run_dir: Path, enabled: bool, resume_step: int, max_steps: int):
+    def __init__(
+        self,
+        run_dir: Path,
+        enabled: bool,
+        resume_step: int,
+        max_steps: int,
+        report_to: list[str] = ("tensorboard",),
+        config: dict[str, Any] | None = None,
+    ):
         self.enabled = enabled
         self.path = run_dir / METRICS
         self.max_steps = max_steps
-        self.tb = None
+        self.tracker = None
         self.bar = None
         if not enabled:
             return
         if self.path.exists():
             _truncate_after(self.path, resume_step)
-        from torch.utils.tensorboard import SummaryWriter
-
-        self.tb = SummaryWriter(str(run_dir / "tb"), purge_step=resume_step + 1 if resume_step else None)
         if sys.stderr.isatty():
             from tqdm import tqdm
 
             self.bar = tqdm(
                 total=max_steps, initial=resume_step, unit="step", dynamic_ncols=True, leave=False
             )
+        self.tracker = Tracker(
+            run_dir, list(report_to), enabled, config=config, resume_step=resume_step, say=self.print
+        )
 
     def _write(self, row: dict[str, Any]) -> None:
         with open(self.path, "a") as handle:
             handle.write(json.dumps(row) + "\n")
-        for key, value in row.items():
-            if isinstance(value, (int, float)) and key not in ("step", "kind"):
-                self.tb.add_scalar(f"{row['kind']}/{key}", value, row["step"])
-        self.tb.flush()
+        self.tracker.log(row)
 
     def print(self, text: str) -> None:
         if not self.enabled:
@@ -108,8 +116,15 @@ class RunLog:
             text += f" | nsp loss {row['nsp_loss']:.4f} acc {row['nsp_acc']:.4f}"
         self.print(text)
 
+    def finish(self, summary: dict[str, Any], loss_plot: Path | None) -> None:
+        """The run's summary and loss plot to the trackers."""
+        if self.tracker is not None:
+            self.tracker.summary(summary)
+            if loss_plot is not None:
+                self.tracker.image("loss_plot", loss_plot)
+
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
-        if self.tb is not None:
-            self.tb.close()
+        if self.tracker is not None:
+            self.tracker.close()

@@ -303,7 +303,14 @@ def prepare_run(cfg: PretrainConfig) -> Run:
         torch.set_rng_state(own["torch_rng"])
         if "accelerator_rng" in own:
             get_accelerator().set_rng_state(own["accelerator_rng"])
-    log = RunLog(run_dir, enabled=info.is_main, resume_step=progress.step, max_steps=cfg.max_steps)
+    log = RunLog(
+        run_dir,
+        enabled=info.is_main,
+        resume_step=progress.step,
+        max_steps=cfg.max_steps,
+        report_to=cfg.report_to,
+        config=cfg.model_dump(mode="json"),
+    )
     return Run(
         cfg=cfg,
         dist=info,
@@ -583,6 +590,7 @@ def finish(run: Run, last_eval: dict[str, float] | None, started: float, start_s
     if run.dist.is_main:
         if rows:
             plot_losses(rows, run.run_dir / "loss.png", title=f"{run.cfg.model} pretraining")
+        run.log.finish(summary, run.run_dir / "loss.png" if rows else None)
         if run.cfg.export:
             path = export_checkpoint(run.run_dir, summary={"run": summary})
             run.log.print(f"exported Hugging Face model to {path}")

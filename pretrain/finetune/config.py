@@ -12,6 +12,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from data_prep.typed_config import Section, StrList
+from pretrain.tracking import check_report_to
 
 
 class SplitConfig(Section):
@@ -89,6 +90,14 @@ class FinetuneConfig(Section):
     """Write a training row (loss, lr, throughput) to metrics.jsonl every this many steps."""
     threads: int | None = Field(None, ge=1)
     """CPU threads per rank; unset: torch's default, divided among the ranks sharing this host."""
+    report_to: StrList = []
+    """Experiment trackers (rank 0): any of tensorboard (out_dir/tb), wandb (out_dir/wandb; offline
+    without a key or network), csv (out_dir/csv); pretrain/tracking.py."""
+
+    @field_validator("report_to")
+    @classmethod
+    def _known_trackers(cls, value: list[str]) -> list[str]:
+        return check_report_to(value)
 
     @field_validator("text_column")
     @classmethod

@@ -27,15 +27,32 @@ class MetricsLog:
     """metrics.jsonl: one JSON object per training log step (kind "train"), per validation (kind "eval")
     and per split for the selected model (kind "final"), as in the pretraining run dir."""
 
-    def __init__(self, path: Path, enabled: bool, started: float):
+    def __init__(self, path: Path, enabled: bool, started: float, tracker=None):
         self.path = path
         self.enabled = enabled
         self.started = started
+        self.tracker = tracker  # pretrain.tracking.Tracker: the report_to backends
 
     def write(self, row: dict) -> None:
         if self.enabled:
+            row = {**row, "elapsed_s": round(time.time() - self.started, 2)}
             with self.path.open("a", encoding="utf-8") as handle:
-                handle.write(json.dumps({**row, "elapsed_s": round(time.time() - self.started, 2)}) + "\n")
+                handle.write(json.dumps(row) + "\n")
+            if self.tracker is not None:
+                self.tracker.log(row)
+
+
+def report_run(tracker, out: Path, result: dict) -> None:
+    """The eval report and the loss plot (out/loss.png) to the report_to trackers, then close them."""
+    from pretrain.plot import plot_losses
+    from pretrain.run_log import read_metrics
+
+    if tracker.backends:
+        tracker.summary(result)
+        rows = read_metrics(out)
+        if rows:
+            tracker.image("loss_plot", plot_losses(rows, out / "loss.png", title="fine-tuning loss"))
+    tracker.close()
 
 
 def write_eval_report(out: Path, report: dict) -> None:

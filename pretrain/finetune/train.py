@@ -34,11 +34,13 @@ from pretrain.finetune.metrics import classification_report, format_reports
 from pretrain.finetune.model import check_base_dir, check_compatible, load_classifier, load_tokenizer
 from pretrain.finetune.outputs import (
     MetricsLog,
+    report_run,
     save_model,
     start_out_dir,
     write_eval_report,
     write_predictions,
 )
+from pretrain.tracking import Tracker
 
 EVAL_FORMAT = "bert-finetune-eval/1"
 # AdamW as in BERT's reference optimization.py: betas (0.9, 0.999), epsilon 1e-6.
@@ -447,7 +449,10 @@ def run(config: FinetuneConfig) -> dict:
     if place.is_main:
         start_out_dir(out, config)
     barrier()
-    log = MetricsLog(out / "metrics.jsonl", enabled=place.is_main, started=started)
+    tracker = Tracker(
+        out, config.report_to, place.is_main, config=config.model_dump(mode="json"), fresh=True, say=say
+    )
+    log = MetricsLog(out / "metrics.jsonl", enabled=place.is_main, started=started, tracker=tracker)
 
     train_started = time.time()
     steps_per_epoch, total_steps = step_counts(
@@ -480,6 +485,7 @@ def run(config: FinetuneConfig) -> dict:
     }
     if place.is_main:
         say(format_reports(reports, job.class_names))
+        report_run(tracker, out, result)
         write_eval_report(out, result)
         written = [
             "model/",

@@ -164,6 +164,10 @@ class Predictor:
         if threads:
             torch.set_num_threads(threads)
         self.threads = torch.get_num_threads()
+        if not Path(model_dir).is_dir():
+            raise InputError(
+                f"model dir {str(model_dir)!r} does not exist; give a fine-tuned model dir (<out_dir>/model)"
+            )
         self.model_dir = check_base_dir(model_dir, need_weights=False)
         config = _read_json(self.model_dir / "config.json")
         self.tokenizer = load_tokenizer(self.model_dir)
