@@ -32,6 +32,8 @@ import time
 from datetime import date
 from pathlib import Path
 
+from benchmarks.contention import OtherProcessesMeter
+
 REPO = Path(__file__).resolve().parents[1]
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
@@ -162,7 +164,18 @@ def sentences(count: int, seed: int = 0) -> list[str]:
     return [" ".join(rng.choices(vocabulary, k=rng.randint(5, 40))) for _ in range(count)]
 
 
-def run_point(port: int, concurrency: int, max_requests: int, seconds: float, texts: list[str]) -> dict:
+def process_cpu_seconds(pid: int) -> float:
+    """CPU time of a running process (/proc/<pid>/stat utime + stime); 0 where there is no /proc."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_point(
+    port: int, concurrency: int, max_requests: int, seconds: float, texts: list[str], server_pid: int = 0
+) -> dict:
     latencies: list[float] = []
     failures: dict[int, int] = {}
     lock = threading.Lock()
@@ -191,6 +204,7 @@ def run_point(port: int, concurrency: int, max_requests: int, seconds: float, te
         connection.close()
 
     before = request("127.0.0.1", port, "GET", "/metadata")[1]["batching"]
+    meter, server_cpu = OtherProcessesMeter(), process_cpu_seconds(server_pid)
     threads = [threading.Thread(target=client, args=(i,)) for i in range(concurrency)]
     started = time.perf_counter()
     for thread in threads:
@@ -198,6 +212,8 @@ def run_point(port: int, concurrency: int, max_requests: int, seconds: float, te
     for thread in threads:
         thread.join()
     wall = time.perf_counter() - started
+    server_cores = (process_cpu_seconds(server_pid) - server_cpu) / wall
+    others = meter.cores()
     after = request("127.0.0.1", port, "GET", "/metadata")[1]["batching"]
     forwards = after["forwards"] - before["forwards"]
     latencies.sort()
@@ -215,19 +231,23 @@ def run_point(port: int, concurrency: int, max_requests: int, seconds: float, te
         "p99_ms": round(percentile(0.99), 1),
         "mean_ms": round(statistics.fmean(latencies) * 1000, 1),
         "requests_per_forward": round((after["requests"] - before["requests"]) / max(1, forwards), 2),
+        "server_cores": round(server_cores, 2),
+        # busy cores of the machine minus this client's and the server's: other processes' share
+        "other_cores": None if others is None else round(max(0.0, others - server_cores), 2),
     }
 
 
 def table(rows: list[dict]) -> str:
     lines = [
-        "| batching | concurrency | requests | requests/s | p50 ms | p99 ms | requests per forward | non-200 |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| batching | concurrency | requests | requests/s | p50 ms | p99 ms | requests per forward | non-200 "
+        "| server cores | other processes' cores |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for row in rows:
         lines.append(
             f"| {row['batching']} | {row['concurrency']} | {row['requests']} | {row['requests_per_s']:.1f} | "
             f"{row['p50_ms']:.1f} | {row['p99_ms']:.1f} | {row['requests_per_forward']:.2f} | "
-            f"{sum(row['failures'].values())} |"
+            f"{sum(row['failures'].values())} | {row['server_cores']:.2f} | {row['other_cores']} |"
         )
     return "\n".join(lines)
 
@@ -247,6 +267,10 @@ def plot(rows: list[dict], out: Path, title: str) -> None:
         right.plot(xs, [row["p99_ms"] for row in points], style, alpha=0.5, label=f"p99, batching {mode}")
     for axis, label in ((left, "requests/s"), (right, "latency (ms)")):
         axis.set_xscale("log", base=2)
+        axis.set_xticks(
+            sorted({row["concurrency"] for row in rows}),
+            [str(x) for x in sorted({row["concurrency"] for row in rows})],
+        )
         axis.set_xlabel("concurrent clients")
         axis.set_ylabel(label)
         axis.grid(alpha=0.3)
@@ -299,7 +323,10 @@ def main(argv: list[str] | None = None) -> None:
         try:
             run_point(port, 4, args.warmup, 30, texts)
             for level in levels:
-                row = {"batching": mode, **run_point(port, level, args.requests, args.seconds, texts)}
+                row = {
+                    "batching": mode,
+                    **run_point(port, level, args.requests, args.seconds, texts, server.pid),
+                }
                 print(json.dumps(row), flush=True)
                 rows.append(row)
             metadata = request("127.0.0.1", port, "GET", "/metadata")[1]

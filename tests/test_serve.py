@@ -297,3 +297,44 @@ def test_predict_file_gives_the_engines_predictions_in_file_order(models, tmp_pa
         .err.strip()
         .endswith("has no text field 'sentence' or 'text' or 'content'; name the text column so")
     )
+
+
+def test_load_test_point_counts_and_times_requests(cls_server):
+    from benchmarks.load_test import run_point, sentences, table
+
+    row = run_point(cls_server, 2, 12, 30, sentences(5))
+    assert row["requests"] == 12 and row["failures"] == {} and 0 < row["p50_ms"] <= row["p99_ms"]
+    assert row["requests_per_s"] == pytest.approx(12 / row["seconds"], rel=0.05)
+    assert "| on | 2 | 12 |" in table([{"batching": "on", **row}])
+
+
+def test_an_unmerged_lora_adapter_dir_is_merged_at_load(tmp_path):
+    from peft import LoraConfig, TaskType, get_peft_model
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    base = make_model_dir(tmp_path / "base", labels=["a", "b", "c"])
+    model = get_peft_model(
+        AutoModelForSequenceClassification.from_pretrained(base),
+        LoraConfig(task_type=TaskType.SEQ_CLS, r=4, target_modules=["query", "value"]),
+    )
+    with torch.no_grad():  # a trained adapter: B is 0 at initialisation, which would merge to nothing
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name or "classifier" in name:
+                parameter.normal_()
+    model.eval().save_pretrained(tmp_path / "model")
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    tokenizer.save_pretrained(tmp_path / "model")
+    with pytest.raises(InputError, match="holds a LoRA adapter without finetune.json"):
+        Predictor(tmp_path / "model")
+    info = {
+        "task": "sequence_classification",
+        "labels": ["a", "b", "c"],
+        "max_len": 32,
+        "method": "lora",
+        "merged": False,
+    }
+    (tmp_path / "model" / "finetune.json").write_text(json.dumps(info))
+    with torch.no_grad():
+        expected = torch.softmax(model(**tokenizer(["w1 w2 w3"], return_tensors="pt")).logits, -1)[0]
+    [got] = Predictor(tmp_path / "model", dtype="fp32").predict(["w1 w2 w3"])
+    assert list(got["probabilities"].values()) == pytest.approx(expected.tolist(), abs=1e-5)

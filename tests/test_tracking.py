@@ -169,3 +169,47 @@ def test_pretraining_reports_to_all_three(tmp_path, no_wandb_account):
         "wandb: offline (no API key configured); upload later with: wandb sync"
         in result.stdout + result.stderr
     )
+
+
+def test_finetuning_reports_and_its_model_dir_serves(tmp_path, no_wandb_account):
+    """A short real fine-tuning run with all three trackers; its model/ (today's layout, no
+    finetune.json) then loads for serving with what the run knew: labels, max_len, summary."""
+    from test_finetune import BAD, FILLER, GOOD, write_tsv
+
+    from benchmarks.load_test import make_model_dir
+    from pretrain.finetune.config import FinetuneConfig
+    from pretrain.finetune.serving.engine import Predictor
+    from pretrain.finetune.train import run
+
+    base = make_model_dir(tmp_path / "base", vocabulary=GOOD + BAD + FILLER, max_len=64)
+    train = write_tsv(tmp_path / "train.tsv", 160, seed=1)
+    out = tmp_path / "out"
+    config = load_config(
+        FinetuneConfig,
+        None,
+        [
+            f"model={base}",
+            f"train_file={train}",
+            f"out_dir={out}",
+            "text_column=sentence",
+            "epochs=1",
+            "batch_size=16",
+            "lr=1e-3",
+            "max_len=40",
+            "label_names={0: good, 1: bad}",
+            "report_to=[tensorboard, wandb, csv]",
+        ],
+    )
+    result = run(config)
+    final = {row["split"]: row for row in read_csv(out / "csv" / "final.csv")}
+    assert float(final["test"]["accuracy"]) == pytest.approx(result["splits"]["test"]["accuracy"])
+    assert len(read_csv(out / "csv" / "eval.csv")) == 1 and (out / "loss.png").is_file()
+    tb = scalars(out / "tb")
+    assert tb["final/test/accuracy"][0][1] == pytest.approx(result["splits"]["test"]["accuracy"])
+    _, files = wandb_run_files(out)
+    assert any(name.startswith("files/media/images/loss_plot") for name in files)
+
+    predictor = Predictor(out / "model")
+    assert predictor.info.labels == ["good", "bad"] and predictor.info.max_len == 40
+    assert predictor.info.summary["splits"]["test"]["accuracy"] == result["splits"]["test"]["accuracy"]
+    assert predictor.predict(["good1 the2 good3"])[0]["label"] in ("good", "bad")

@@ -30,7 +30,7 @@ class ModelInfo:
     task: str
     labels: list[str]  # class names in id order; [] for regression
     max_len: int
-    pair: bool | None  # trained on sentence pairs; None when unknown
+    pair: bool | None = None  # trained on sentence pairs; None when unknown
     text_columns: list[str] = field(default_factory=list)
     base_model: str | None = None
     method: str | None = None  # full | lora | adalora
@@ -106,6 +106,11 @@ def read_model_info(model_dir: Path, config: dict, tokenizer_max: int | None) ->
         return infer_model_info(model_dir, config, tokenizer_max)
     data = _read_json(path)
     known = {name for name in ModelInfo.__dataclass_fields__ if name != "source"}
+    missing = [key for key in ("task", "labels", "max_len") if key not in data]
+    if missing:
+        raise InputError(
+            f"{str(path)!r} lacks {', '.join(missing)}; write it again with the fine-tuning stage"
+        )
     info = ModelInfo(**{key: value for key, value in data.items() if key in known})
     if info.task not in TASKS:
         raise InputError(f"{str(path)!r}: task {info.task!r} is not one of {', '.join(TASKS)}")
@@ -129,16 +134,19 @@ def _model_class(task: str):
     }[task]
 
 
+def _is_adapter_dir(model_dir: Path) -> bool:
+    return (model_dir / "adapter_config.json").is_file() and not (model_dir / "config.json").is_file()
+
+
 def _load_model(model_dir: Path, info: ModelInfo, dtype):
     """The model in eval mode; a LoRA dir whose adapter was not merged is merged here (peft)."""
     import torch
 
     model_class = _model_class(info.task)
-    adapter = model_dir / "adapter_config.json"
-    if adapter.is_file() and not (model_dir / "model.safetensors").is_file():
+    if _is_adapter_dir(model_dir):
         from peft import PeftModel
 
-        base = _read_json(adapter).get("base_model_name_or_path")
+        base = _read_json(model_dir / "adapter_config.json").get("base_model_name_or_path")
         if not base or not Path(base).is_dir():
             raise InputError(
                 f"model dir {str(model_dir)!r} holds a LoRA adapter whose base model {base!r} is not a "
@@ -168,8 +176,18 @@ class Predictor:
             raise InputError(
                 f"model dir {str(model_dir)!r} does not exist; give a fine-tuned model dir (<out_dir>/model)"
             )
-        self.model_dir = check_base_dir(model_dir, need_weights=False)
-        config = _read_json(self.model_dir / "config.json")
+        self.model_dir = Path(model_dir)
+        if _is_adapter_dir(self.model_dir):
+            # A LoRA adapter saved unmerged: what the model is can only come from finetune.json.
+            if not (self.model_dir / "finetune.json").is_file():
+                raise InputError(
+                    f"model dir {str(model_dir)!r} holds a LoRA adapter without finetune.json, which "
+                    f"says its task and labels; serve the merged model dir instead"
+                )
+            config = {}
+        else:
+            check_base_dir(self.model_dir, need_weights=False)
+            config = _read_json(self.model_dir / "config.json")
         self.tokenizer = load_tokenizer(self.model_dir)
         if not self.tokenizer.is_fast:
             raise InputError(f"model dir {str(model_dir)!r}: a fast tokenizer (tokenizer.json) is needed")
