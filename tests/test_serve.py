@@ -300,9 +300,9 @@ def test_predict_file_gives_the_engines_predictions_in_file_order(models, tmp_pa
 
 
 def test_load_test_point_counts_and_times_requests(cls_server):
-    from benchmarks.load_test import run_point, sentences, table
+    from benchmarks.load_test import run_point, table
 
-    row = run_point(cls_server, 2, 12, 30, sentences(5))
+    row = run_point(cls_server, 2, 12, 30, ["w1 w2 w3", "w4 w5"])
     assert row["requests"] == 12 and row["failures"] == {} and 0 < row["p50_ms"] <= row["p99_ms"]
     assert row["requests_per_s"] == pytest.approx(12 / row["seconds"], rel=0.05)
     assert "| on | 2 | 12 |" in table([{"batching": "on", **row}])
