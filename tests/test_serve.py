@@ -338,3 +338,16 @@ def test_an_unmerged_lora_adapter_dir_is_merged_at_load(tmp_path):
         expected = torch.softmax(model(**tokenizer(["w1 w2 w3"], return_tensors="pt")).logits, -1)[0]
     [got] = Predictor(tmp_path / "model", dtype="fp32").predict(["w1 w2 w3"])
     assert list(got["probabilities"].values()) == pytest.approx(expected.tolist(), abs=1e-5)
+
+
+def test_pair_models_take_pairs_and_single_text_models_texts():
+    from pretrain.finetune.serve import Limits, PredictRequest, check_request
+    from pretrain.finetune.serving.engine import ModelInfo
+
+    pair_model = ModelInfo(task="sequence_classification", labels=["a", "b"], max_len=16, pair=True)
+    assert check_request(PredictRequest(pairs=[["x", "y"]]), pair_model, Limits()) == [("x", "y")]
+    with pytest.raises(ValueError, match=r"trained on sentence pairs; send pairs: \[\[a, b\], \.\.\.\]"):
+        check_request(PredictRequest(texts=["x"]), pair_model, Limits())
+    single = ModelInfo(task="regression", labels=[], max_len=16, pair=False)
+    with pytest.raises(ValueError, match="trained on single texts, not pairs; send texts"):
+        check_request(PredictRequest(pairs=[["x", "y"]]), single, Limits())

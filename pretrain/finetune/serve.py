@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, StrictStr  # noqa: E402
 
 from pretrain.finetune import InputError  # noqa: E402
 from pretrain.finetune.serving.batcher import Batcher, Overloaded  # noqa: E402
-from pretrain.finetune.serving.engine import Predictor  # noqa: E402
+from pretrain.finetune.serving.engine import ModelInfo, Predictor  # noqa: E402
 
 
 class PredictRequest(BaseModel):
@@ -63,8 +63,9 @@ def _validation_message(err: RequestValidationError) -> tuple[int, str]:
     return 422, f"{where}: {first.get('msg', 'invalid value')}"
 
 
-def check_request(body: PredictRequest, task: str, limits: Limits) -> list:
+def check_request(body: PredictRequest, info: ModelInfo, limits: Limits) -> list:
     """The request's inputs, or ValueError with the one-line reason."""
+    task = info.task
     given = [name for name in ("texts", "pairs", "tokens") if getattr(body, name) is not None]
     if len(given) != 1:
         raise ValueError(f"send exactly one of texts, pairs, tokens (got {', '.join(given) or 'none'})")
@@ -78,6 +79,10 @@ def check_request(body: PredictRequest, task: str, limits: Limits) -> list:
         raise ValueError(f"tokens are for token classification; this model does {task}: send texts")
     if name == "pairs" and task == "token_classification":
         raise ValueError("pairs are not supported by token classification; send tokens or texts")
+    if name == "pairs" and info.pair is False:
+        raise ValueError("this model was trained on single texts, not pairs; send texts")
+    if name == "texts" and info.pair and task != "token_classification":
+        raise ValueError("this model was trained on sentence pairs; send pairs: [[a, b], ...]")
     for index, item in enumerate(items):
         parts = item if isinstance(item, (tuple, list)) else [item]
         if not any(part.strip() for part in parts):
@@ -103,6 +108,17 @@ def create_app(predictor: Predictor, batcher: Batcher, limits: Limits) -> FastAP
         description=f"{info.task} model from {predictor.model_dir}",
         lifespan=lifespan,
     )
+
+    # The largest valid body (every input at max_chars, JSON-escaped at worst 6 bytes a character)
+    # plus slack: anything longer is refused from its Content-Length before it is read into memory.
+    max_body = limits.max_items * (limits.max_chars * 6 + 64) + 1024
+
+    @app.middleware("http")
+    async def _body_size(request: Request, call_next):
+        length = request.headers.get("content-length", "")
+        if length.isdigit() and int(length) > max_body:
+            return _error(413, f"request body of {int(length):,} bytes is over the limit of {max_body:,}")
+        return await call_next(request)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_request: Request, err: RequestValidationError) -> JSONResponse:
@@ -130,7 +146,7 @@ def create_app(predictor: Predictor, batcher: Batcher, limits: Limits) -> FastAP
     @app.post("/predict", responses={400: {}, 422: {}, 503: {}})
     async def predict(body: PredictRequest):
         try:
-            items = check_request(body, info.task, limits)
+            items = check_request(body, info, limits)
         except ValueError as err:
             return _error(422, str(err))
         try:
