@@ -150,7 +150,8 @@ def write_results(
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m pretrain.finetune.predict", description=__doc__.split("\n")[2]
+        prog="python -m pretrain.finetune.predict",
+        description="The server's predictions for every row of a .txt, .tsv, .csv or .jsonl file.",
     )
     parser.add_argument("model_dir", help="a fine-tuned model dir (<out_dir>/model)")
     parser.add_argument("input", type=Path, help=".txt, .tsv, .csv or .jsonl")

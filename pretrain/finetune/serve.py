@@ -161,12 +161,15 @@ def create_app(predictor: Predictor, batcher: Batcher, limits: Limits) -> FastAP
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m pretrain.finetune.serve", description=__doc__.split("\n")[2]
+        prog="python -m pretrain.finetune.serve",
+        description="Serve a fine-tuned model dir over HTTP (FastAPI + uvicorn): POST /predict, GET /health, "
+        "/metadata, /docs.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("model_dir", help="a fine-tuned model dir (<out_dir>/model)")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--max-batch-size", type=int, default=32, help="inputs per forward pass (default 32)")
+    parser.add_argument("--max-batch-size", type=int, default=32, help="inputs per forward pass")
     parser.add_argument(
         "--max-wait-ms",
         type=float,
@@ -179,7 +182,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--max-items", type=int, default=Limits().max_items, help="inputs per request")
     parser.add_argument("--max-chars", type=int, default=Limits().max_chars, help="characters per input")
-    parser.add_argument("--threads", type=int, help="torch threads for inference (default: all cores)")
+    parser.add_argument(
+        "--threads", type=int, help="torch threads for inference (unset: torch's default, the physical cores)"
+    )
     parser.add_argument(
         "--dtype",
         choices=("auto", "bf16", "fp32"),
