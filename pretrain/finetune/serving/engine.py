@@ -118,10 +118,11 @@ def read_model_info(model_dir: Path, config: dict, tokenizer_max: int | None) ->
 
 
 def cpu_supports_bf16() -> bool:
-    """bf16 matmuls run natively (AVX512-BF16 / AMX) rather than emulated, which would be slower than fp32."""
+    """bf16 matmuls run natively (AVX512-BF16 / AMX) rather than emulated in fp32 (slower than fp32)."""
     import torch
 
-    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    cpu = torch.cpu
+    return bool(cpu._is_avx512_bf16_supported() or cpu._is_amx_tile_supported())
 
 
 def _model_class(task: str):
