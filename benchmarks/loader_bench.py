@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import time
 
-from data_prep.manifest import load_manifest
+from data_prep.manifest import load_manifest, shard_specs
 from pretrain.config import PretrainConfig
-from pretrain.data import TokenLayout, TrainStream, shard_specs, train_loader
+from pretrain.data import TokenLayout, TrainStream, train_loader
 
 MIN_BATCHES = 30
 MIN_SECONDS = 2.0

@@ -32,10 +32,9 @@ def main(argv: list[str] | None = None) -> None:
     except ConfigError as err:
         exit_on_config_error(err)
 
-    from data_prep.manifest import ManifestError
+    from data_prep.manifest import ManifestError, ShardError
     from pretrain.checkpoint import CheckpointError
     from pretrain.data import DataError
-    from pretrain.shards import ShardError
     from pretrain.train import NonFiniteLossError, SetupError, train
 
     try:

@@ -9,7 +9,7 @@ Layout under ``<run_dir>/checkpoints/``::
 
 Saving goes: check every rank can write -> DeepSpeed save (ends in a barrier) -> each rank's own
 state -> every rank confirms (all-reduce) -> rank 0 fsyncs the files, then replaces ``latest``
-atomically (temporary file + ``os.replace``) -> old checkpoints are pruned. DeepSpeed's own
+atomically (``data_prep.manifest.write_text_atomic``) -> old checkpoints are pruned. DeepSpeed's own
 ``latest`` is written before the other ranks finish, so it is disabled (``save_latest=False``).
 A crash at any point leaves ``latest`` naming the previous complete checkpoint; a partial
 directory is never named and is removed by the next save.
@@ -18,7 +18,6 @@ directory is never named and is removed by the next save.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 from pathlib import Path
@@ -27,6 +26,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from data_prep.manifest import fsync_tree, write_text_atomic
 from pretrain.fault_injection import crash_point
 
 LATEST = "latest"
@@ -69,32 +69,6 @@ def _all_ranks_ok(ok: bool) -> bool:
     flag = torch.tensor([0.0 if ok else 1.0])
     dist.all_reduce(flag, op=dist.ReduceOp.MAX)
     return flag.item() == 0.0
-
-
-def _fsync_tree(directory: Path) -> None:
-    for path in sorted(directory.rglob("*")):
-        if path.is_file():
-            with open(path, "rb") as handle:
-                os.fsync(handle.fileno())
-    _fsync_dir(directory)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
 
 
 def _describe_write_error(err: Exception) -> str:
@@ -156,8 +130,8 @@ def save(
             f"or permissions?); `latest` still names the previous complete checkpoint"
         )
     if rank == 0:
-        _fsync_tree(tag_dir)
-        _write_text_atomic(ckpt_dir / LATEST, tag)
+        fsync_tree(tag_dir)
+        write_text_atomic(ckpt_dir / LATEST, tag)
         crash_point(f"save:after_commit:{step}")
         kept = sorted(
             (

@@ -26,16 +26,22 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from data_prep.manifest import shard_paths
+from data_prep.manifest import (
+    WHOLE_SHARD,
+    BadSample,
+    Sample,
+    SampleRules,
+    ShardError,
+    ShardSpec,
+    read_shard,
+)
 from pretrain.masking import mask_tokens
-from pretrain.shards import WHOLE_SHARD, BadSample, Sample, SampleRules, ShardError, ShardSpec, read_shard
 
 PAD_TO_MULTIPLE = 8  # pad batches to a multiple of 8 tokens: aligned GEMM shapes (tensor cores, AMX)
 
@@ -55,6 +61,7 @@ class TokenLayout:
     vocab_size: int
     seq_len: int
     nsp: bool
+    rules: SampleRules  # what the reader checks every sample against
 
     @classmethod
     def from_manifest(cls, manifest: dict[str, Any]) -> TokenLayout:
@@ -67,11 +74,8 @@ class TokenLayout:
             vocab_size=int(manifest["tokenizer"]["vocab_size"]),
             seq_len=int(manifest["seq_len"]),
             nsp=manifest["objective"] == "mlm+nsp",
+            rules=SampleRules.from_manifest(manifest),
         )
-
-    @property
-    def rules(self) -> SampleRules:
-        return SampleRules(nsp=self.nsp, vocab_size=self.vocab_size, seq_len=self.seq_len, cls_id=self.cls_id)
 
 
 def collate(
@@ -123,14 +127,6 @@ def _generator(*seed_parts: int) -> torch.Generator:
         np.random.SeedSequence([abs(int(p)) for p in seed_parts]).generate_state(1, dtype=np.uint64)[0] >> 1
     )
     return torch.Generator().manual_seed(seed)
-
-
-def shard_specs(data_dir: str | Path, manifest: dict[str, Any], split: str) -> list[ShardSpec]:
-    entries = manifest["splits"].get(split, {}).get("shards", [])
-    return [
-        ShardSpec(path=path, sha256=entry["sha256"], samples=int(entry["samples"]))
-        for path, entry in zip(shard_paths(data_dir, manifest, split), entries)
-    ]
 
 
 class TrainStream(IterableDataset):
@@ -186,7 +182,7 @@ class TrainStream(IterableDataset):
                     samples = read_shard(self.specs[shard], self.layout.rules)
                 except ShardError as err:
                     samples = [
-                        BadSample(self.specs[shard].path.name, WHOLE_SHARD, str(err))
+                        BadSample(self.specs[shard].name, WHOLE_SHARD, str(err))
                     ] * self.samples_per_shard
                 order = np.random.default_rng([self.seed, epoch, shard]).permutation(len(samples))
                 base = epoch * self.epoch_length + slot * self.samples_per_shard

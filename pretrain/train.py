@@ -21,12 +21,12 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from data_prep.manifest import TOKENIZER_DIR, ManifestError, load_manifest, sha256_tree
+from data_prep.manifest import TOKENIZER_DIR, ManifestError, load_manifest, sha256_tree, shard_specs
 from data_prep.typed_config import to_yaml
 from pretrain import checkpoint
 from pretrain.config import PretrainConfig, resolve_model_config_path
 from pretrain.cpu_dropout import use_cpu_dropout
-from pretrain.data import DataError, TokenLayout, TrainStream, eval_batches, shard_specs, train_loader
+from pretrain.data import DataError, TokenLayout, TrainStream, eval_batches, train_loader
 from pretrain.distributed import DistInfo, init_distributed
 from pretrain.ds_config import build_deepspeed_config, read_user_deepspeed_config
 from pretrain.export import RUN_MODEL_CONFIG, RUN_TOKENIZER, export_checkpoint

@@ -7,8 +7,8 @@ import pytest
 import torch
 from synthetic_data import make_data_dir
 
-from data_prep.manifest import load_manifest
-from pretrain.data import TokenLayout, TrainStream, shard_specs, train_loader
+from data_prep.manifest import load_manifest, shard_specs
+from pretrain.data import TokenLayout, TrainStream, train_loader
 
 SPS = 16  # samples per shard
 
