@@ -1,4 +1,4 @@
-"""The fine-tune dir (DESIGN.md, Contract 3), written by rank 0 only:
+"""The fine-tune dir (contract 3 in docs/contracts.md), written by rank 0 only:
 
 <out_dir>/config.yaml       the resolved config of the run
           metrics.jsonl     training, validation and final rows
