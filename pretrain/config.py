@@ -43,6 +43,10 @@ class LoaderConfig(Section):
     """DataLoader worker processes per rank reading shards and masking (0 = in the training process)."""
     prefetch_batches: int = Field(4, ge=1)
     """Batches each worker prepares ahead of the trainer."""
+    lanes: int | None = Field(None, ge=1)
+    """Reading lanes the training stream's sample order is cut into (pretrain/data.py); default 4 per
+    rank. Fixed when a run starts and kept on resume. Ranks and workers read disjoint shards when
+    the lanes are a multiple of ranks x workers."""
 
 
 class PretrainConfig(Section):

@@ -26,7 +26,7 @@ from data_prep.typed_config import to_yaml
 from pretrain import checkpoint
 from pretrain.config import PretrainConfig, resolve_model_config_path
 from pretrain.cpu_dropout import use_cpu_dropout
-from pretrain.data import DataError, TokenLayout, TrainStream, eval_batches, train_loader
+from pretrain.data import DataError, TokenLayout, TrainStream, budget_error, eval_batches, train_loader
 from pretrain.distributed import DistInfo, init_distributed
 from pretrain.ds_config import build_deepspeed_config, read_user_deepspeed_config
 from pretrain.export import RUN_MODEL_CONFIG, RUN_TOKENIZER, export_checkpoint
@@ -70,7 +70,8 @@ class Progress:
     """Where the run stands; saved with every checkpoint."""
 
     step: int = 0
-    position: int = 0  # this rank's position in its training stream (samples consumed, incl. skipped)
+    position: int = 0  # global batches consumed by all ranks together (pretrain/data.py)
+    lane_positions: list[int] | None = None  # each reading lane's sample position (None: fresh start)
     skipped: int = 0  # bad samples this rank skipped (against skip_bad_samples)
     local_tokens: int = 0  # real (non-pad) tokens this rank trained on
     nonfinite_skips: int = 0  # micro-steps skipped for a NaN/inf loss, all ranks agreeing
@@ -104,9 +105,13 @@ class Run:
     log: RunLog
     progress: Progress
     resumed_from: str | None
-    skipped_at_launch: int = 0
     forward_passes: int = 0  # training forward passes of this launch (the fault-injection clock)
+    lane_ends: dict[int, int] = field(
+        default_factory=dict
+    )  # lane -> its position after this rank's last batch
     eval_set: list[dict[str, Any]] | None = None
+    lanes: int | None = None  # reading lanes of the training stream (fixed by the run's first launch)
+    stream: TrainStream | None = None
 
     def global_tokens(self) -> int:
         return int(_reduce_sum([self.progress.local_tokens], self.engine.device)[0])
@@ -295,7 +300,8 @@ def prepare_run(cfg: PretrainConfig) -> Run:
         own = checkpoint.load(engine, ckpt_dir, tag)
         progress = Progress(
             step=saved["step"],
-            position=own["position"],
+            position=saved["data"]["position"],
+            lane_positions=saved["data"]["lane_positions"],
             skipped=own["skipped"],
             local_tokens=own["local_tokens"],
             nonfinite_skips=saved["nonfinite_skips"],
@@ -304,6 +310,11 @@ def prepare_run(cfg: PretrainConfig) -> Run:
         if "accelerator_rng" in own:
             get_accelerator().set_rng_state(own["accelerator_rng"])
     log = RunLog(run_dir, enabled=info.is_main, resume_step=progress.step, max_steps=cfg.max_steps)
+    lanes = saved["data"]["lanes"] if tag is not None else cfg.loader.lanes
+    if tag is not None and cfg.loader.lanes not in (None, lanes):
+        log.print(
+            f"note: loader.lanes={cfg.loader.lanes} ignored: the run keeps the {lanes} lanes it started with"
+        )
     return Run(
         cfg=cfg,
         dist=info,
@@ -317,7 +328,7 @@ def prepare_run(cfg: PretrainConfig) -> Run:
         log=log,
         progress=progress,
         resumed_from=tag,
-        skipped_at_launch=progress.skipped,
+        lanes=lanes,
     )
 
 
@@ -348,6 +359,10 @@ def micro_step(run: Run, batches: Iterator[dict[str, Any]]) -> tuple[dict[str, A
     while True:
         batch = next(batches)
         error = batch.get("error")
+        if error is None and progress.skipped + batch["skipped"] > run.cfg.skip_bad_samples:
+            error = budget_error(
+                batch["skip_reason"], progress.skipped + batch["skipped"], run.cfg.skip_bad_samples
+            )
         if _any_rank(error is not None, device):
             raise DataError(error or "another rank stopped on a data error (its message names the shard)")
         _note_skipped(run, batch)
@@ -377,16 +392,19 @@ def micro_step(run: Run, batches: Iterator[dict[str, Any]]) -> tuple[dict[str, A
 
 
 def _note_skipped(run: Run, batch: dict[str, Any]) -> None:
-    """Advance this rank's data position; report bad samples the stream skipped (any rank prints)."""
+    """Advance the data position; report bad samples the stream passed over (any rank prints)."""
     progress = run.progress
-    skipped = run.skipped_at_launch + batch["skipped"]
-    if skipped > progress.skipped:
+    if batch["skipped"]:
+        progress.skipped += batch["skipped"]
         print(
-            f"[rank {run.dist.rank}] warning: skipped {skipped - progress.skipped} bad sample(s) "
-            f"({skipped} of the skip_bad_samples budget of {run.cfg.skip_bad_samples}): {batch['skip_reason']}",
+            f"[rank {run.dist.rank}] warning: skipped {batch['skipped']} bad sample(s) "
+            f"({progress.skipped} of the skip_bad_samples budget of {run.cfg.skip_bad_samples}): "
+            f"{batch['skip_reason']}",
             flush=True,
         )
-    progress.position, progress.skipped = batch["stream_end"], skipped
+    # every rank consumes one batch per micro-step: the global batches before this one's round, and its round
+    progress.position = batch["batch_index"] - run.dist.rank + run.dist.world_size
+    run.lane_ends[batch["lane"]] = batch["lane_end"]
 
 
 def _reduce_sum(values: list[float], device) -> list[float]:
@@ -445,7 +463,6 @@ def save(run: Run) -> str:
 
     progress = run.progress
     own = {
-        "position": progress.position,
         "skipped": progress.skipped,
         "local_tokens": progress.local_tokens,
         "torch_rng": torch.get_rng_state(),
@@ -461,10 +478,30 @@ def save(run: Run) -> str:
         "precision": run.cfg.precision,
         "objective": run.manifest["objective"],
         "fingerprint": run.fingerprint,
+        "data": _data_position(run),
     }
     tag = checkpoint.save(run.engine, run.ckpt_dir, progress.step, shared, own, run.cfg.keep_last)
     run.log.print(f"saved checkpoint {tag}")
     return tag
+
+
+def _data_position(run: Run) -> dict[str, Any]:
+    """Where the global training stream stands, the same on every rank (a collective): each lane's
+    position is that of the last batch any rank took from it (positions only grow: MAX)."""
+    progress, lanes = run.progress, run.stream.lanes
+    positions = list(progress.lane_positions or run.stream.lane_positions)
+    for lane, end in run.lane_ends.items():
+        positions[lane] = max(positions[lane], end)
+    tensor = torch.tensor(positions, dtype=torch.int64, device=run.engine.device)
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    progress.lane_positions = tensor.tolist()
+    return {
+        "position": progress.position,
+        "lanes": lanes,
+        "lane_positions": progress.lane_positions,
+        "micro_batch_size": run.cfg.micro_batch_size,
+    }
 
 
 def _log_train(run: Run, window: Window, run_started: float, steps_this_launch: int) -> None:
@@ -515,7 +552,7 @@ def train(cfg: PretrainConfig) -> dict[str, Any]:
     run = prepare_run(cfg)
     progress, log = run.progress, run.log
     log.print(_banner(run))
-    stream = TrainStream(
+    run.stream = stream = TrainStream(
         shard_specs(cfg.data_dir, run.manifest, "train"),
         run.layout,
         rank=run.dist.rank,
@@ -524,6 +561,8 @@ def train(cfg: PretrainConfig) -> dict[str, Any]:
         micro_batch_size=cfg.micro_batch_size,
         mlm_probability=cfg.mlm_probability,
         start=progress.position,
+        lanes=run.lanes,
+        lane_positions=progress.lane_positions,
         skip_budget=cfg.skip_bad_samples - progress.skipped,
     )
     batches = iter(train_loader(stream, cfg.loader.workers, cfg.loader.prefetch_batches))
