@@ -3,8 +3,8 @@
 Layout under ``<run_dir>/checkpoints/``::
 
     step00000100/            DeepSpeed's files (model, ZeRO partitions, optimizer, scheduler)
-        rank_state_00000.pt  per rank: data position, skipped samples, RNG states (tensors only)
-        run_state.json       step, world size, what the run was trained on (read before loading)
+        rank_state_00000.pt  per rank: skipped samples, tokens, RNG states (tensors only)
+        run_state.json       step, world size, the data position, what the run was trained on
     latest                   the tag of the newest COMPLETE checkpoint
 
 Saving goes: check every rank can write -> DeepSpeed save (ends in a barrier) -> each rank's own
