@@ -21,10 +21,12 @@ import shutil
 import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
+
+from data_prep.storage import DataSource, FetchError, join
 
 FORMAT = "bert-pretrain-wds/1"
 MANIFEST_NAME = "manifest.json"
@@ -144,15 +146,43 @@ def sha256_file(path: str | Path, chunk_bytes: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def _tree_digest(file_digests: dict[str, str]) -> str:
+    digest = hashlib.sha256()
+    for name in sorted(file_digests, key=PurePosixPath):
+        digest.update(name.encode())
+        digest.update(b"\0")
+        digest.update(file_digests[name].encode())
+    return digest.hexdigest()
+
+
 def sha256_tree(directory: str | Path) -> str:
     """One digest over every file below ``directory`` (relative names and contents, sorted)."""
     directory = Path(directory)
-    digest = hashlib.sha256()
-    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
-        digest.update(path.relative_to(directory).as_posix().encode())
-        digest.update(b"\0")
-        digest.update(sha256_file(path).encode())
-    return digest.hexdigest()
+    files = (p for p in directory.rglob("*") if p.is_file())
+    return _tree_digest({p.relative_to(directory).as_posix(): sha256_file(p) for p in files})
+
+
+def sha256_files(files: dict[str, bytes]) -> str:
+    """``sha256_tree`` of a directory held in memory as ``{relative name: bytes}``."""
+    return _tree_digest({name: hashlib.sha256(data).hexdigest() for name, data in files.items()})
+
+
+def tokenizer_files(source: DataSource, manifest: dict[str, Any]) -> dict[str, bytes]:
+    """The tokenizer dir of a data dir (local or remote), checked against the manifest's sha256."""
+    tokenizer = manifest["tokenizer"]
+    try:
+        files = source.tree(tokenizer["path"], tokenizer.get("files"))
+    except (OSError, FetchError) as err:
+        raise ManifestError(
+            f"the tokenizer of {source.root} cannot be read ({err}); {REGENERATE_HINT}"
+        ) from None
+    if not files or sha256_files(files) != tokenizer.get("sha256"):
+        raise ManifestError(
+            f"the tokenizer in {source.location(tokenizer['path'])} is not the one its shards were made "
+            f"with (sha256 {sha256_files(files)[:12]}... vs manifest {str(tokenizer.get('sha256'))[:12]}...); "
+            f"{REGENERATE_HINT}"
+        )
+    return files
 
 
 def build_manifest(
@@ -190,26 +220,35 @@ def build_manifest(
             "vocab_size": vocab_size,
             "special_ids": special_ids,
             "sha256": sha256_tree(Path(data_dir) / TOKENIZER_DIR),
+            "files": sorted(
+                (
+                    p.relative_to(Path(data_dir) / TOKENIZER_DIR).as_posix()
+                    for p in (Path(data_dir) / TOKENIZER_DIR).rglob("*")
+                    if p.is_file()
+                ),
+                key=PurePosixPath,
+            ),
         },
         "splits": splits,
         "prep_config": prep_config,
     }
 
 
-def load_manifest(data_dir: str | Path) -> dict[str, Any]:
-    """Read and check ``<data_dir>/manifest.json``; raise ``ManifestError`` with a fix on any mismatch."""
-    data_dir = Path(data_dir)
-    path = data_dir / MANIFEST_NAME
-    if not data_dir.is_dir():
+def load_manifest(data_dir: str | Path, source: DataSource | None = None) -> dict[str, Any]:
+    """Read and check ``<data_dir>/manifest.json`` (a path or URL, read through ``source`` when
+    given); raise ``ManifestError`` with a fix on any mismatch."""
+    source = source or DataSource(data_dir)
+    path = source.location(MANIFEST_NAME)
+    if not source.remote and not Path(data_dir).is_dir():
         raise ManifestError(f"data dir {str(data_dir)!r} does not exist; {REGENERATE_HINT}")
-    if not path.is_file():
+    if not source.remote and not Path(path).is_file():
         raise ManifestError(
             f"{str(path)!r} is missing, so {str(data_dir)!r} is not a complete prepared data dir "
             f"(an interrupted data_prep leaves none); {REGENERATE_HINT}"
         )
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as err:
+        manifest = json.loads(source.read_text(MANIFEST_NAME))
+    except (OSError, FetchError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ManifestError(f"{str(path)!r} is unreadable ({err}); {REGENERATE_HINT}") from None
     found = manifest.get("format") if isinstance(manifest, dict) else None
     if found != FORMAT:
@@ -226,10 +265,10 @@ def load_manifest(data_dir: str | Path) -> dict[str, Any]:
     return manifest
 
 
-def shard_paths(data_dir: str | Path, manifest: dict[str, Any], split: str) -> list[Path]:
-    """Absolute paths of one split's shards, in manifest order."""
+def shard_paths(data_dir: str | Path, manifest: dict[str, Any], split: str) -> list[Path | str]:
+    """Locations of one split's shards (paths, or URLs for a remote data dir), in manifest order."""
     entries = manifest["splits"].get(split, {}).get("shards", [])
-    return [Path(data_dir) / entry["path"] for entry in entries]
+    return [join(data_dir, entry["path"]) for entry in entries]
 
 
 # ---------------------------------------------------------------------------------------------

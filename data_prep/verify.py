@@ -1,4 +1,4 @@
-"""``python -m data_prep verify DIR``: re-read every shard and check it against manifest.json.
+"""``python -m data_prep verify DIR|URL``: re-read every shard and check it against manifest.json.
 
 Checks, per shard: the sha256, size, sample and token counts of the manifest, and every sample
 against the data contract's one rule set (``data_prep.manifest.check_sample``, the same the
@@ -25,18 +25,19 @@ from data_prep.manifest import (
     load_manifest,
     parse_shard,
     sha256_mismatch,
-    sha256_tree,
+    tokenizer_files,
 )
 from data_prep.progress import Progress, bars_wanted
+from data_prep.storage import DataSource, FetchError
 
 
-def verify_shard(data_dir: Path, entry: dict[str, Any], rules: SampleRules) -> tuple[list[str], int, int]:
+def verify_shard(source: DataSource, entry: dict[str, Any], rules: SampleRules) -> tuple[list[str], int, int]:
     """Problems found in one shard, and the samples and tokens read from it."""
     name = entry["path"]
-    path = data_dir / name
-    if not path.is_file():
-        return [f"{name}: missing"], 0, 0
-    data = path.read_bytes()
+    try:
+        data = source.read_bytes(name)
+    except (OSError, FetchError) as err:
+        return [f"{name}: missing or unreadable ({err})"], 0, 0
     problems = []
     if len(data) != entry["bytes"]:
         problems.append(f"{name}: {len(data)} bytes, manifest says {entry['bytes']}")
@@ -60,14 +61,16 @@ def verify_shard(data_dir: Path, entry: dict[str, Any], rules: SampleRules) -> t
     return problems, len(samples), tokens
 
 
-def verify(data_dir: Path, show_progress: bool = False) -> tuple[list[str], list[str]]:
-    """``(problems, summary lines)`` for a prepared data dir."""
-    manifest = load_manifest(data_dir)
+def verify(data_dir: str | Path, show_progress: bool = False) -> tuple[list[str], list[str]]:
+    """``(problems, summary lines)`` for a prepared data dir, local or remote (a URL)."""
+    source = DataSource(data_dir)
+    manifest = load_manifest(data_dir, source)
     problems, lines = [], []
     rules = SampleRules.from_manifest(manifest)
     tokenizer = manifest["tokenizer"]
-    tokenizer_dir = data_dir / tokenizer["path"]
-    if not tokenizer_dir.is_dir() or sha256_tree(tokenizer_dir) != tokenizer["sha256"]:
+    try:
+        tokenizer_files(source, manifest)
+    except ManifestError:
         problems.append(f"{tokenizer['path']}/: missing or its sha256 differs from the manifest's")
     for split in SPLITS:
         info = manifest["splits"].get(split, {"shards": []})
@@ -75,7 +78,7 @@ def verify(data_dir: Path, show_progress: bool = False) -> tuple[list[str], list
         progress = Progress(f"verify {split}", total, show_progress, item="shards")
         samples = tokens = 0
         for entry in info["shards"]:
-            shard_problems, n, t = verify_shard(data_dir, entry, rules)
+            shard_problems, n, t = verify_shard(source, entry, rules)
             problems += shard_problems
             samples, tokens = samples + n, tokens + t
             progress.update(entry["bytes"], 1)
@@ -102,10 +105,10 @@ def verify(data_dir: Path, show_progress: bool = False) -> tuple[list[str], list
 
 def main(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m data_prep verify", description=__doc__.splitlines()[0])
-    parser.add_argument("data_dir")
+    parser.add_argument("data_dir", help="a prepared data dir: a path or a URL (https://, s3://, gs://)")
     args = parser.parse_args(argv)
     try:
-        problems, lines = verify(Path(args.data_dir), bars_wanted(True, 0))
+        problems, lines = verify(args.data_dir, bars_wanted(True, 0))
     except ManifestError as err:
         print(f"error: {err}")
         return 1

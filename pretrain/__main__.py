@@ -33,6 +33,7 @@ def main(argv: list[str] | None = None) -> None:
         exit_on_config_error(err)
 
     from data_prep.manifest import ManifestError, ShardError
+    from data_prep.storage import FetchError
     from pretrain.checkpoint import CheckpointError
     from pretrain.data import DataError
     from pretrain.train import NonFiniteLossError, SetupError, train
@@ -43,6 +44,7 @@ def main(argv: list[str] | None = None) -> None:
         ManifestError,
         DataError,
         ShardError,
+        FetchError,
         CheckpointError,
         NonFiniteLossError,
         SetupError,

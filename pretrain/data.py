@@ -52,6 +52,7 @@ from data_prep.manifest import (
     ShardSpec,
     read_shard,
 )
+from data_prep.storage import DataSource, FetchError
 from pretrain.masking import mask_tokens
 
 PAD_TO_MULTIPLE = 8  # pad batches to a multiple of 8 tokens: aligned GEMM shapes (tensor cores, AMX)
@@ -232,7 +233,7 @@ class TrainStream(IterableDataset):
         lanes: int | None = None,
         lane_positions: list[int] | None = None,
         skip_budget: int = 0,
-        read=None,
+        source: DataSource | None = None,
     ):
         self.specs, self.layout = specs, layout
         self.rank, self.world_size, self.seed = rank, world_size, seed
@@ -252,8 +253,12 @@ class TrainStream(IterableDataset):
         )
         if len(self.lane_positions) != self.lanes:
             raise DataError(f"{len(self.lane_positions)} lane positions for {self.lanes} lanes")
-        # How a shard's bytes are obtained (a local read by default; remote data dirs pass their own).
-        self.read = read or (lambda spec: read_shard(spec, layout.rules))
+        self.source = source  # where shards come from (a remote data dir: fetched, cached, retried)
+        self.read = self._read
+
+    def _read(self, spec: ShardSpec) -> list[Sample | BadSample]:
+        data = self.source.read_shard_bytes(spec.path, spec.sha256) if self.source else None
+        return read_shard(spec, self.layout.rules, data)
 
     def batch_indices(self, worker: int = 0, workers: int = 1) -> Iterator[int]:
         """The global batch numbers this rank (and loader worker) makes, in order."""
@@ -270,17 +275,22 @@ class TrainStream(IterableDataset):
         lanes: dict[int, Lane] = {}
         groups_done: dict[int, int] = {}  # per lane: global batches of it passed so far
         skipped = 0
+        retries_reported = self.source.retries if self.source else 0  # counted before this iterator
         for index in self.batch_indices(worker, workers):
             lane_id = index % self.lanes
             lane = lanes.get(lane_id)
             if lane is None:
                 lane = lanes[lane_id] = Lane(self, lane_id, self.lane_positions[lane_id])
                 groups_done[lane_id] = self._first_of_lane(lane_id)
-            # Batches of this lane that other ranks or workers make: walk past them (shared lanes only).
-            while groups_done[lane_id] < index:
-                lane.next_group(self.micro_batch_size)
-                groups_done[lane_id] += self.lanes
-            good, bad = lane.next_group(self.micro_batch_size)
+            try:
+                # Batches of this lane that other ranks or workers make: walk past them (shared lanes only).
+                while groups_done[lane_id] < index:
+                    lane.next_group(self.micro_batch_size)
+                    groups_done[lane_id] += self.lanes
+                good, bad = lane.next_group(self.micro_batch_size)
+            except FetchError as err:  # permanent: no budget applies, every rank stops
+                yield {"error": str(err)}
+                return
             groups_done[lane_id] += self.lanes
             skipped += len(bad)
             if skipped > self.skip_budget:
@@ -295,7 +305,9 @@ class TrainStream(IterableDataset):
                 lane_end=lane.position,
                 skipped=len(bad),
                 skip_reason=bad[-1].describe() if bad else "",
+                fetch_retries=(self.source.retries if self.source else 0) - retries_reported,
             )
+            retries_reported += batch["fetch_retries"]
             yield batch
 
     def _first_of_lane(self, lane: int) -> int:
@@ -333,6 +345,7 @@ def eval_batches(
     micro_batch_size: int,
     mlm_probability: float,
     max_samples: int,
+    source: DataSource | None = None,
 ) -> list[dict[str, Any]]:
     """This rank's share of the first ``max_samples`` valid samples, masked the same way every time.
 
@@ -341,7 +354,8 @@ def eval_batches(
     """
     samples: list[Sample] = []
     for spec in specs:
-        for sample in read_shard(spec, layout.rules):
+        data = source.read_shard_bytes(spec.path, spec.sha256) if source else None
+        for sample in read_shard(spec, layout.rules, data):
             if isinstance(sample, BadSample):
                 raise DataError(f"valid split: {sample.describe()}")
             samples.append(sample)

@@ -7,6 +7,7 @@ evaluate and checkpoint at their intervals. Both are plain functions a test can 
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
@@ -21,7 +22,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from data_prep.manifest import TOKENIZER_DIR, ManifestError, load_manifest, sha256_tree, shard_specs
+from data_prep.manifest import ManifestError, load_manifest, shard_specs, tokenizer_files
+from data_prep.storage import DataSource
 from data_prep.typed_config import to_yaml
 from pretrain import checkpoint
 from pretrain.config import PretrainConfig, resolve_model_config_path
@@ -112,6 +114,8 @@ class Run:
     eval_set: list[dict[str, Any]] | None = None
     lanes: int | None = None  # reading lanes of the training stream (fixed by the run's first launch)
     stream: TrainStream | None = None
+    source: DataSource | None = None  # the data dir, local or remote
+    fetch_retries: int = 0  # transient fetch failures this rank's loader retried (this launch)
 
     def global_tokens(self) -> int:
         return int(_reduce_sum([self.progress.local_tokens], self.engine.device)[0])
@@ -143,23 +147,17 @@ def _check_compiler(device_type: str) -> None:
         )
 
 
-def _check_data(cfg: PretrainConfig, manifest: dict[str, Any]) -> None:
-    data_dir = Path(cfg.data_dir)
+def _check_data(cfg: PretrainConfig, manifest: dict[str, Any], source: DataSource) -> dict[str, bytes]:
+    """The data dir matches this run; returns its tokenizer's files (checked against the manifest)."""
     hint = f"regenerate it: python -m data_prep --config configs/prep/NAME.yaml out_dir={cfg.data_dir} seq_len={cfg.seq_len}"
     if int(manifest["seq_len"]) != cfg.seq_len:
         raise ManifestError(
             f"data dir {cfg.data_dir} was prepared for seq_len={manifest['seq_len']}, "
             f"this run has seq_len={cfg.seq_len}; set seq_len={manifest['seq_len']} or {hint}"
         )
-    recorded = manifest["tokenizer"].get("sha256")
-    actual = sha256_tree(data_dir / TOKENIZER_DIR)
-    if recorded != actual:
-        raise ManifestError(
-            f"the tokenizer in {data_dir / TOKENIZER_DIR} is not the one its shards were made with "
-            f"(sha256 {actual[:12]}... vs manifest {str(recorded)[:12]}...); {hint}"
-        )
     if not manifest["splits"].get("train", {}).get("shards"):
         raise ManifestError(f"data dir {cfg.data_dir} has no train shards; {hint}")
+    return tokenizer_files(source, manifest)
 
 
 def _fingerprint(cfg: PretrainConfig, hf_config, manifest: dict[str, Any]) -> dict[str, Any]:
@@ -206,14 +204,18 @@ def _check_resumable(
         )
 
 
-def _write_run_files(cfg: PretrainConfig, hf_config, run_dir: Path) -> None:
+def _write_run_files(
+    cfg: PretrainConfig, hf_config, run_dir: Path, tokenizer_files: dict[str, bytes]
+) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(to_yaml(cfg))
     hf_config.to_json_file(str(run_dir / RUN_MODEL_CONFIG))
     tokenizer = run_dir / RUN_TOKENIZER
     if tokenizer.exists():
         shutil.rmtree(tokenizer)
-    shutil.copytree(Path(cfg.data_dir) / TOKENIZER_DIR, tokenizer)
+    for name, data in tokenizer_files.items():
+        (tokenizer / name).parent.mkdir(parents=True, exist_ok=True)
+        (tokenizer / name).write_bytes(data)
 
 
 def prepare_run(cfg: PretrainConfig) -> Run:
@@ -228,8 +230,17 @@ def prepare_run(cfg: PretrainConfig) -> Run:
             "precision=fp16: DeepSpeed supports no fp16 on this device "
             "(a CPU without AVX512-FP16/AMX-FP16); use precision=bf16 or fp32"
         )
-    manifest = load_manifest(cfg.data_dir)
-    _check_data(cfg, manifest)
+    loader = cfg.loader
+    source = DataSource(
+        cfg.data_dir,
+        retries=loader.retries,
+        backoff_s=loader.retry_backoff_s,
+        timeout_s=loader.timeout_s,
+        cache_dir=loader.cache_dir,
+        cache_bytes=int(loader.cache_gb * 1e9) if loader.cache_gb is not None else None,
+    )
+    manifest = load_manifest(cfg.data_dir, source)
+    tokenizer = _check_data(cfg, manifest, source)
     layout = TokenLayout.from_manifest(manifest)
     special = manifest["tokenizer"]["special_ids"]
     try:  # a malformed model or deepspeed JSON: one line
@@ -257,7 +268,7 @@ def prepare_run(cfg: PretrainConfig) -> Run:
         _check_resumable(checkpoint.read_run_state(ckpt_dir, tag), fingerprint, info.world_size, run_dir)
     if info.is_main:
         try:
-            _write_run_files(cfg, hf_config, run_dir)
+            _write_run_files(cfg, hf_config, run_dir, tokenizer)
         except OSError as err:
             raise SetupError(
                 f"run_dir {run_dir}: cannot write there ({err.strerror}); choose a writable run_dir"
@@ -329,6 +340,7 @@ def prepare_run(cfg: PretrainConfig) -> Run:
         progress=progress,
         resumed_from=tag,
         lanes=lanes,
+        source=source,
     )
 
 
@@ -405,6 +417,7 @@ def _note_skipped(run: Run, batch: dict[str, Any]) -> None:
     # every rank consumes one batch per micro-step: the global batches before this one's round, and its round
     progress.position = batch["batch_index"] - run.dist.rank + run.dist.world_size
     run.lane_ends[batch["lane"]] = batch["lane_end"]
+    run.fetch_retries += batch["fetch_retries"]
 
 
 def _reduce_sum(values: list[float], device) -> list[float]:
@@ -429,6 +442,7 @@ def evaluate(run: Run) -> dict[str, float] | None:
             micro_batch_size=run.cfg.micro_batch_size,
             mlm_probability=run.cfg.mlm_probability,
             max_samples=run.cfg.eval_samples,
+            source=run.source,
         )
     engine, device = run.engine, run.engine.device
     sums = [0.0] * 6
@@ -506,7 +520,7 @@ def _data_position(run: Run) -> dict[str, Any]:
 
 def _log_train(run: Run, window: Window, run_started: float, steps_this_launch: int) -> None:
     engine, device = run.engine, run.engine.device
-    loss, mlm, nsp, micro, tokens, flops, skipped = _reduce_sum(
+    loss, mlm, nsp, micro, tokens, flops, skipped, retries = _reduce_sum(
         [
             window.loss,
             window.mlm_loss,
@@ -515,6 +529,7 @@ def _log_train(run: Run, window: Window, run_started: float, steps_this_launch: 
             window.tokens,
             window.flops,
             run.progress.skipped,
+            run.fetch_retries + run.source.retries,
         ],
         device,
     )
@@ -539,6 +554,8 @@ def _log_train(run: Run, window: Window, run_started: float, steps_this_launch: 
         row["nonfinite_skips"] = run.progress.nonfinite_skips
     if skipped:
         row["skipped_samples"] = int(skipped)
+    if retries:
+        row["fetch_retries"] = int(retries)  # transient fetch failures retried, all ranks, this launch
     per_step = (time.perf_counter() - run_started) / max(1, steps_this_launch)
     run.log.train(row, eta_s=per_step * (run.cfg.max_steps - run.progress.step))
 
@@ -564,6 +581,7 @@ def train(cfg: PretrainConfig) -> dict[str, Any]:
         lanes=run.lanes,
         lane_positions=progress.lane_positions,
         skip_budget=cfg.skip_bad_samples - progress.skipped,
+        source=copy.copy(run.source),  # its own retry count: the loader's are reported through batches
     )
     batches = iter(train_loader(stream, cfg.loader.workers, cfg.loader.prefetch_batches))
     samples_log = _open_samples_log(run)
