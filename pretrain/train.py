@@ -183,9 +183,7 @@ def _fingerprint(cfg: PretrainConfig, hf_config, manifest: dict[str, Any]) -> di
     }
 
 
-def _check_resumable(
-    saved: dict[str, Any], fingerprint: dict[str, Any], world_size: int, run_dir: Path
-) -> None:
+def _check_resumable(saved: dict[str, Any], fingerprint: dict[str, Any], run_dir: Path) -> None:
     differs = [key for key in fingerprint if saved["fingerprint"].get(key) != fingerprint[key]]
     if differs:
         detail = [
@@ -196,12 +194,19 @@ def _check_resumable(
             f"run_dir {run_dir} holds a run with another {names}; use a new run_dir, "
             f"or the model and data_dir it was started with"
         )
-    if saved["world_size"] != world_size:
-        raise SetupError(
-            f"run_dir {run_dir} was checkpointed with {saved['world_size']} rank(s), this launch has {world_size}: "
-            f"resuming on another world size is refused (each rank's data position belongs to its rank); "
-            f"relaunch with {saved['world_size']} rank(s)"
-        )
+
+
+def _resume_note(saved: dict[str, Any], cfg: PretrainConfig, world_size: int) -> str | None:
+    """One line when the resumed run's shape differs from the saved one (the samples continue exactly)."""
+    if saved["world_size"] == world_size and saved["data"]["micro_batch_size"] == cfg.micro_batch_size:
+        return None
+    before = saved["data"]["global_batch"]
+    after = cfg.micro_batch_size * cfg.grad_accum * world_size
+    same = "the same samples per step" if before == after else "steps of another size from here"
+    return (
+        f"note: resuming on {world_size} rank(s), saved on {saved['world_size']}: global batch {before} -> "
+        f"{after} samples; the sample order continues at the exact sample, {same}"
+    )
 
 
 def _write_run_files(
@@ -263,9 +268,15 @@ def prepare_run(cfg: PretrainConfig) -> Run:
         raise SetupError(str(err)) from None
     fingerprint = _fingerprint(cfg, hf_config, manifest)
     run_dir, ckpt_dir = Path(cfg.run_dir), Path(cfg.run_dir) / "checkpoints"
-    tag = checkpoint.latest_tag(ckpt_dir)
-    if tag is not None:
-        _check_resumable(checkpoint.read_run_state(ckpt_dir, tag), fingerprint, info.world_size, run_dir)
+    tag, load_tag = checkpoint.latest_tag(ckpt_dir), None
+    saved = checkpoint.read_run_state(ckpt_dir, tag) if tag is not None else None
+    same_world = saved is None or saved["world_size"] == info.world_size
+    if saved is not None:
+        _check_resumable(saved, fingerprint, run_dir)
+    if not same_world:  # ZeRO partitions of the optimizer state are regrouped for the new world size
+        load_tag = checkpoint.universal_tag(ckpt_dir, tag)
+        if load_tag is not None:
+            ds_config["checkpoint"] = {**ds_config.get("checkpoint", {}), "load_universal": True}
     if info.is_main:
         try:
             _write_run_files(cfg, hf_config, run_dir, tokenizer)
@@ -306,9 +317,18 @@ def prepare_run(cfg: PretrainConfig) -> Run:
     )
 
     progress = Progress()
-    if tag is not None:
-        saved = checkpoint.read_run_state(ckpt_dir, tag)
-        own = checkpoint.load(engine, ckpt_dir, tag)
+    if saved is not None:
+        own = checkpoint.load(engine, ckpt_dir, tag, load_tag, same_world)
+        if own is None:  # another world size: the run's totals go to rank 0, fresh per-rank RNG streams
+            own = {
+                "skipped": saved["data"]["skipped"] if info.is_main else 0,
+                "local_tokens": saved["tokens"] if info.is_main else 0,
+            }
+            torch.manual_seed(cfg.seed * 1_000_003 + saved["step"] * 1009 + info.rank)
+        else:
+            torch.set_rng_state(own["torch_rng"])
+            if "accelerator_rng" in own:
+                get_accelerator().set_rng_state(own["accelerator_rng"])
         progress = Progress(
             step=saved["step"],
             position=saved["data"]["position"],
@@ -317,12 +337,12 @@ def prepare_run(cfg: PretrainConfig) -> Run:
             local_tokens=own["local_tokens"],
             nonfinite_skips=saved["nonfinite_skips"],
         )
-        torch.set_rng_state(own["torch_rng"])
-        if "accelerator_rng" in own:
-            get_accelerator().set_rng_state(own["accelerator_rng"])
     log = RunLog(run_dir, enabled=info.is_main, resume_step=progress.step, max_steps=cfg.max_steps)
-    lanes = saved["data"]["lanes"] if tag is not None else cfg.loader.lanes
-    if tag is not None and cfg.loader.lanes not in (None, lanes):
+    note = _resume_note(saved, cfg, info.world_size) if saved is not None else None
+    if note:
+        log.print(note)
+    lanes = saved["data"]["lanes"] if saved is not None else cfg.loader.lanes
+    if saved is not None and cfg.loader.lanes not in (None, lanes):
         log.print(
             f"note: loader.lanes={cfg.loader.lanes} ignored: the run keeps the {lanes} lanes it started with"
         )
@@ -510,11 +530,14 @@ def _data_position(run: Run) -> dict[str, Any]:
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
     progress.lane_positions = tensor.tolist()
+    cfg = run.cfg
     return {
         "position": progress.position,
         "lanes": lanes,
         "lane_positions": progress.lane_positions,
-        "micro_batch_size": run.cfg.micro_batch_size,
+        "micro_batch_size": cfg.micro_batch_size,
+        "global_batch": cfg.micro_batch_size * cfg.grad_accum * run.dist.world_size,
+        "skipped": int(_reduce_sum([progress.skipped], run.engine.device)[0]),  # all ranks
     }
 
 

@@ -327,10 +327,32 @@ def test_two_node_rehearsal_matches_single_node_and_survives_a_lost_node(tmp_pat
     assert "lost contact with another rank" in err0
 
 
-def test_resume_on_another_world_size_is_refused(tmp_path, data_dir):
-    run_dir = tmp_path / "run"
-    assert run_pretrain(data_dir, run_dir, "max_steps=2", "save_every=2", ranks=2).returncode == 0
-    refused = run_pretrain(data_dir, run_dir, "max_steps=4", ranks=1)
-    assert refused.returncode == 1
-    (line,) = _error_lines(refused)
-    assert "checkpointed with 2 rank(s), this launch has 1" in line and "relaunch with 2 rank(s)" in line
+def test_resume_on_another_world_size_continues_the_global_sample_order(tmp_path, data_dir):
+    """1 rank (grad_accum 2) -> 2 ranks (grad_accum 1) -> 1 rank: per step, the same samples as an
+    uninterrupted run; ZeRO-1's optimizer partitions are regrouped through a universal checkpoint."""
+
+    def keys_per_step(run_dir):
+        steps = {}
+        for log in sorted((run_dir / "samples").glob("rank*.jsonl")):
+            for row in map(json.loads, log.read_text().splitlines()):
+                steps.setdefault(row["step"], set()).update(row["keys"])
+        return steps
+
+    common = ["log_samples=true", "save_every=2", "zero_stage=1"]
+    straight = run_pretrain(data_dir, tmp_path / "straight", *common, "max_steps=6", "grad_accum=2", ranks=1)
+    assert straight.returncode == 0, explain(straight)
+    run_dir = tmp_path / "elastic"
+    for ranks, accum, steps in ((1, 2, 2), (2, 1, 4), (1, 2, 6)):
+        result = run_pretrain(
+            data_dir, run_dir, *common, f"max_steps={steps}", f"grad_accum={accum}", ranks=ranks
+        )
+        assert result.returncode == 0, explain(result)
+        if steps > 2:
+            assert (
+                f"note: resuming on {ranks} rank(s), saved on {3 - ranks}: global batch 16 -> 16"
+                in result.stdout
+            )
+    expected = keys_per_step(tmp_path / "straight")
+    assert sorted(expected) == list(range(1, 7)) and all(len(keys) == 16 for keys in expected.values())
+    assert keys_per_step(run_dir) == expected  # no sample repeated or skipped, in either direction
+    assert (run_dir / "checkpoints" / "step00000004" / "universal" / "zero").is_dir()
