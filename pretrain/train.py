@@ -184,6 +184,11 @@ def _fingerprint(cfg: PretrainConfig, hf_config, manifest: dict[str, Any]) -> di
 
 
 def _check_resumable(saved: dict[str, Any], fingerprint: dict[str, Any], run_dir: Path) -> None:
+    if "data" not in saved:
+        raise SetupError(
+            f"run_dir {run_dir} holds a checkpoint of an older format (per-rank data positions, before "
+            f"the global one); finish it with the version that wrote it, or use a new run_dir"
+        )
     differs = [key for key in fingerprint if saved["fingerprint"].get(key) != fingerprint[key]]
     if differs:
         detail = [
