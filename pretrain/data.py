@@ -156,15 +156,17 @@ class EpochOrder:
         self.specs, self.seed = specs, seed
         self.counts = np.array([spec.samples for spec in specs], dtype=np.int64)
         self.total = int(self.counts.sum())
-        self._cached: tuple[int, np.ndarray, np.ndarray] | None = None
+        self._cached: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
     def shard_order(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
         """The epoch's shard permutation and the first epoch position of each slot."""
-        if self._cached is None or self._cached[0] != epoch:
+        if epoch not in self._cached:
+            if len(self._cached) >= 4:  # lanes are at most an epoch apart: a few epochs suffice
+                del self._cached[min(self._cached)]
             order = np.random.default_rng([self.seed, epoch]).permutation(len(self.specs))
             starts = np.concatenate([[0], np.cumsum(self.counts[order])[:-1]])
-            self._cached = (epoch, order, starts)
-        return self._cached[1], self._cached[2]
+            self._cached[epoch] = (order, starts)
+        return self._cached[epoch]
 
     def locate(self, epoch: int, index: int) -> tuple[int, int]:
         order, starts = self.shard_order(epoch)
