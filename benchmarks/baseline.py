@@ -32,9 +32,9 @@ from typing import Any
 import torch
 
 from benchmarks.step_timing import is_out_of_memory, peak_memory_bytes, synchronizer, time_steps
-from data_prep.manifest import load_manifest
+from data_prep.manifest import load_manifest, shard_specs
 from pretrain.config import PretrainConfig, load_pretrain_config, resolve_model_config_path
-from pretrain.data import TokenLayout, TrainStream, shard_specs, train_loader
+from pretrain.data import TokenLayout, TrainStream, train_loader
 from pretrain.flops import BertShape
 from pretrain.model import bert_config_from_preset, build_hf_model
 

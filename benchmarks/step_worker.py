@@ -65,7 +65,8 @@ def measure(cfg, warmup: int, steps: int, initial_weights: Path | None) -> dict[
     from deepspeed.accelerator import get_accelerator
 
     from benchmarks.step_timing import peak_memory_bytes, synchronizer, time_steps
-    from pretrain.data import DataError, TrainStream, shard_specs, train_loader
+    from data_prep.manifest import shard_specs
+    from pretrain.data import DataError, TrainStream, train_loader
     from pretrain.train import micro_step, prepare_run
 
     run = prepare_run(cfg)

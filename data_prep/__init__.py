@@ -1,4 +1,4 @@
-"""Stage 1: raw text to the prepared data dir of DESIGN.md's Contract 1.
+"""Stage 1: raw text to the prepared data dir of contract 1 in docs/contracts.md.
 
 ``python -m data_prep --config configs/prep/NAME.yaml [key=value ...]`` (also under ``mpirun``),
 ``python -m data_prep verify DIR``, ``python -m data_prep inspect DIR``. Other stages import only

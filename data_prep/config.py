@@ -1,6 +1,6 @@
 """The prep stage's one typed config, loaded from ``configs/prep/*.yaml`` plus ``key=value`` overrides.
 
-Key names that other stages rely on are fixed by DESIGN.md: ``inputs``, ``out_dir``, ``seq_len``,
+Key names that other stages rely on are fixed by docs/contracts.md: ``inputs``, ``out_dir``, ``seq_len``,
 ``objective``, ``tokenizer.vocab_size`` / ``tokenizer.path``, ``valid_fraction``,
 ``samples_per_shard``, ``workers``, ``seed``. Everything here is documented by attribute docstrings;
 the YAML presets mirror them.
@@ -105,7 +105,7 @@ class PrepConfig(Section):
     """Files, folders (searched recursively), globs (``**`` allowed) of .txt / .jsonl / .jsonl.gz,
     or the word ``pydocs``. Relative paths are relative to the current directory."""
     out_dir: str
-    """The prepared data dir (Contract 1 in DESIGN.md). Must be new, empty or an earlier output."""
+    """The prepared data dir (contract 1 in docs/contracts.md). Must be new, empty or an earlier output."""
     seq_len: int = Field(128, ge=8, le=65536)
     """Maximum tokens per example, [CLS] and [SEP]s included."""
     objective: Literal["mlm+nsp", "mlm"] = "mlm+nsp"

@@ -8,8 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data_prep.manifest import NSP_EXT, TOKENS_EXT, ManifestError, load_manifest, shard_paths
-from data_prep.shards import iter_samples, load_tokens
+from data_prep.manifest import BadSample, ManifestError, SampleRules, load_manifest, parse_shard, shard_paths
 from data_prep.tokenizer import decoder_for
 
 NSP_MEANING = {"0": "B follows A", "1": "B is random"}
@@ -49,15 +48,18 @@ def main(argv: Sequence[str]) -> int:
         return 1
     tokenizer = decoder_for(data_dir / manifest["tokenizer"]["path"])
     sep_id = manifest["tokenizer"]["special_ids"]["sep"]
+    rules = SampleRules.from_manifest(manifest)
     lengths, shown, nsp_ones = [], 0, 0
     for path in shard_paths(data_dir, manifest, args.split):
-        for key, members in iter_samples(path):
-            ids = load_tokens(members[TOKENS_EXT])
-            nsp = members[NSP_EXT].decode() if NSP_EXT in members else None
+        for sample in parse_shard(path.read_bytes(), path.name, rules):
+            if isinstance(sample, BadSample):
+                print(f"bad sample: {sample.describe()}")
+                continue
+            nsp = None if sample.nsp_label is None else str(sample.nsp_label)
             nsp_ones += nsp == "1"
-            lengths.append(len(ids))
+            lengths.append(len(sample.tokens))
             if shown < args.n:
-                print(f"{path.name} {key}: {_describe(ids, nsp, tokenizer.decode, sep_id)}")
+                print(f"{path.name} {sample.key}: {_describe(sample.tokens, nsp, tokenizer.decode, sep_id)}")
                 shown += 1
             if len(lengths) >= args.max_samples:
                 break

@@ -1,17 +1,32 @@
-"""Contract 1: the prepared data directory's versioned format, shared by writer and readers.
+"""The data contract: the prepared data dir's versioned format, shared by its writer and readers.
 
 ``data_prep`` writes ``<data_dir>/manifest.json`` last and atomically; ``pretrain`` and
 ``data_prep verify`` read it through ``load_manifest``, which checks the format loudly and says how
-to regenerate. This module is the public surface other stages may import from ``data_prep``.
+to regenerate. Also here: the shard member names and key pattern, the one rule set every sample
+must satisfy (``check_sample``), the one shard reader (``read_shard``, WebDataset's tar iterator,
+never unpickling) and the one atomic write every stage uses. docs/contracts.md describes the
+layout in prose. This module is the public surface other stages may import from ``data_prep``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import os
-from pathlib import Path
+import re
+import secrets
+import shutil
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
 from typing import Any
+
+import numpy as np
+
+from data_prep.storage import DataSource, FetchError, join
 
 FORMAT = "bert-pretrain-wds/1"
 MANIFEST_NAME = "manifest.json"
@@ -22,6 +37,7 @@ SPLITS = ("train", "valid")
 TOKENS_EXT = "tokens.npy"  # unpadded ids: [CLS] A [SEP] B [SEP] (mlm+nsp) or [CLS] text [SEP] (mlm)
 NSP_EXT = "nsp.cls"  # ASCII "0" (B follows A) or "1" (B is random), as HF's next_sentence_label
 SAMPLE_EXTS = frozenset({TOKENS_EXT, NSP_EXT})
+KEY_PATTERN = re.compile(r"^[A-Za-z0-9_-]+$")  # ``<shard:06d>_<sample:06d>`` when written here
 
 OBJECTIVES = ("mlm+nsp", "mlm")
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")  # at ids 0..4 when trained here
@@ -29,8 +45,97 @@ SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")  # at ids 0..4 w
 REGENERATE_HINT = "regenerate it with: python -m data_prep --config configs/prep/NAME.yaml out_dir=DIR"
 
 
+VERIFY_HINT = (
+    "run `python -m data_prep verify DATA_DIR` to list bad shards, and regenerate them with data_prep"
+)
+WHOLE_SHARD = "*"  # BadSample.key of the samples of a shard that failed as a whole
+
+
 class ManifestError(ValueError):
     """The data directory is missing, incomplete or of another format; the message says how to fix it."""
+
+
+class ShardError(RuntimeError):
+    """A shard failed as a whole (sha256, unreadable tar, sample count); the message names it."""
+
+
+def sample_key(shard_index: int, sample_index: int) -> str:
+    """``000003_000017`` = shard 3, sample 17: unique within a split, no dots (WebDataset splits on them)."""
+    return f"{shard_index:06d}_{sample_index:06d}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Atomic writes: readers see the old whole or the new whole, never a part
+
+
+def fsync_tree(path: str | Path) -> None:
+    """fsync a file, or every file below a directory and the directory itself."""
+    path = Path(path)
+    for file in sorted(path.rglob("*")) if path.is_dir() else [path]:
+        if file.is_file():
+            with open(file, "rb") as handle:
+                os.fsync(handle.fileno())
+    if path.is_dir():
+        fsync_dir(path)
+
+
+def fsync_dir(directory: str | Path) -> None:
+    """Make a rename or a new entry in ``directory`` survive a power cut."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path, *, durable: bool = True) -> Iterator[Path]:
+    """Yield a hidden temporary sibling of ``path`` to create (a file or a directory); when the block
+    ends normally it replaces ``path`` in one rename, and on an error it is removed. ``durable``
+    fsyncs the new file(s) and the directory, so the rename also survives a power cut (skip it for
+    scratch files that a crash makes stale anyway). The temporary name is unique per process and
+    call: concurrent writers never share one."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+    try:
+        yield tmp
+        if durable:
+            fsync_tree(tmp)
+        if tmp.is_dir() and path.is_dir():
+            shutil.rmtree(path)  # rename cannot replace a non-empty directory
+        os.replace(tmp, path)
+        if durable:
+            fsync_dir(path.parent)
+    finally:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def open_atomic(path: str | Path, mode: str = "w", *, durable: bool = True, **kwargs: Any) -> Iterator[Any]:
+    """``open`` for writing whose file appears under ``path`` only once it is complete."""
+    if "b" not in mode:
+        kwargs.setdefault("encoding", "utf-8")
+    with atomic_path(path, durable=durable) as tmp, open(tmp, mode, **kwargs) as handle:
+        yield handle
+
+
+def write_bytes_atomic(path: str | Path, data: bytes, *, durable: bool = True) -> None:
+    with open_atomic(path, "wb", durable=durable) as handle:
+        handle.write(data)
+
+
+def write_text_atomic(path: str | Path, text: str, *, durable: bool = True) -> None:
+    with open_atomic(path, "w", durable=durable) as handle:
+        handle.write(text)
+
+
+def write_json_atomic(path: str | Path, obj: Any, *, indent: int | None = 2, durable: bool = True) -> None:
+    """JSON (``indent=None``: compact, for scratch files), with a final newline."""
+    separators = (",", ":") if indent is None else None
+    write_text_atomic(path, json.dumps(obj, indent=indent, separators=separators) + "\n", durable=durable)
 
 
 def sha256_file(path: str | Path, chunk_bytes: int = 1 << 20) -> str:
@@ -41,27 +146,43 @@ def sha256_file(path: str | Path, chunk_bytes: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def sha256_tree(directory: str | Path) -> str:
-    """One digest over every file below ``directory`` (relative names and contents, sorted)."""
-    directory = Path(directory)
+def _tree_digest(file_digests: dict[str, str]) -> str:
     digest = hashlib.sha256()
-    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
-        digest.update(path.relative_to(directory).as_posix().encode())
+    for name in sorted(file_digests, key=PurePosixPath):
+        digest.update(name.encode())
         digest.update(b"\0")
-        digest.update(sha256_file(path).encode())
+        digest.update(file_digests[name].encode())
     return digest.hexdigest()
 
 
-def write_json_atomic(path: str | Path, obj: Any) -> None:
-    """Write JSON through a temporary file and ``os.replace``, so readers see all of it or nothing."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        json.dump(obj, handle, indent=2, sort_keys=False)
-        handle.write("\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+def sha256_tree(directory: str | Path) -> str:
+    """One digest over every file below ``directory`` (relative names and contents, sorted)."""
+    directory = Path(directory)
+    files = (p for p in directory.rglob("*") if p.is_file())
+    return _tree_digest({p.relative_to(directory).as_posix(): sha256_file(p) for p in files})
+
+
+def sha256_files(files: dict[str, bytes]) -> str:
+    """``sha256_tree`` of a directory held in memory as ``{relative name: bytes}``."""
+    return _tree_digest({name: hashlib.sha256(data).hexdigest() for name, data in files.items()})
+
+
+def tokenizer_files(source: DataSource, manifest: dict[str, Any]) -> dict[str, bytes]:
+    """The tokenizer dir of a data dir (local or remote), checked against the manifest's sha256."""
+    tokenizer = manifest["tokenizer"]
+    try:
+        files = source.tree(tokenizer["path"], tokenizer.get("files"))
+    except (OSError, FetchError) as err:
+        raise ManifestError(
+            f"the tokenizer of {source.root} cannot be read ({err}); {REGENERATE_HINT}"
+        ) from None
+    if not files or sha256_files(files) != tokenizer.get("sha256"):
+        raise ManifestError(
+            f"the tokenizer in {source.location(tokenizer['path'])} is not the one its shards were made "
+            f"with (sha256 {sha256_files(files)[:12]}... vs manifest {str(tokenizer.get('sha256'))[:12]}...); "
+            f"{REGENERATE_HINT}"
+        )
+    return files
 
 
 def build_manifest(
@@ -99,26 +220,35 @@ def build_manifest(
             "vocab_size": vocab_size,
             "special_ids": special_ids,
             "sha256": sha256_tree(Path(data_dir) / TOKENIZER_DIR),
+            "files": sorted(
+                (
+                    p.relative_to(Path(data_dir) / TOKENIZER_DIR).as_posix()
+                    for p in (Path(data_dir) / TOKENIZER_DIR).rglob("*")
+                    if p.is_file()
+                ),
+                key=PurePosixPath,
+            ),
         },
         "splits": splits,
         "prep_config": prep_config,
     }
 
 
-def load_manifest(data_dir: str | Path) -> dict[str, Any]:
-    """Read and check ``<data_dir>/manifest.json``; raise ``ManifestError`` with a fix on any mismatch."""
-    data_dir = Path(data_dir)
-    path = data_dir / MANIFEST_NAME
-    if not data_dir.is_dir():
+def load_manifest(data_dir: str | Path, source: DataSource | None = None) -> dict[str, Any]:
+    """Read and check ``<data_dir>/manifest.json`` (a path or URL, read through ``source`` when
+    given); raise ``ManifestError`` with a fix on any mismatch."""
+    source = source or DataSource(data_dir)
+    path = source.location(MANIFEST_NAME)
+    if not source.remote and not Path(data_dir).is_dir():
         raise ManifestError(f"data dir {str(data_dir)!r} does not exist; {REGENERATE_HINT}")
-    if not path.is_file():
+    if not source.remote and not Path(path).is_file():
         raise ManifestError(
             f"{str(path)!r} is missing, so {str(data_dir)!r} is not a complete prepared data dir "
             f"(an interrupted data_prep leaves none); {REGENERATE_HINT}"
         )
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as err:
+        manifest = json.loads(source.read_text(MANIFEST_NAME))
+    except (OSError, FetchError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ManifestError(f"{str(path)!r} is unreadable ({err}); {REGENERATE_HINT}") from None
     found = manifest.get("format") if isinstance(manifest, dict) else None
     if found != FORMAT:
@@ -135,7 +265,215 @@ def load_manifest(data_dir: str | Path) -> dict[str, Any]:
     return manifest
 
 
-def shard_paths(data_dir: str | Path, manifest: dict[str, Any], split: str) -> list[Path]:
-    """Absolute paths of one split's shards, in manifest order."""
+def shard_paths(data_dir: str | Path, manifest: dict[str, Any], split: str) -> list[Path | str]:
+    """Locations of one split's shards (paths, or URLs for a remote data dir), in manifest order."""
     entries = manifest["splits"].get(split, {}).get("shards", [])
-    return [Path(data_dir) / entry["path"] for entry in entries]
+    return [join(data_dir, entry["path"]) for entry in entries]
+
+
+# ---------------------------------------------------------------------------------------------
+# Samples: one rule set, one reader
+
+
+@dataclass(frozen=True)
+class SampleRules:
+    """What every sample of a data dir must satisfy, from its manifest."""
+
+    nsp: bool
+    vocab_size: int
+    seq_len: int
+    cls_id: int
+    sep_id: int
+    dtype: str
+
+    @classmethod
+    def from_manifest(cls, manifest: dict[str, Any]) -> SampleRules:
+        special = manifest["tokenizer"]["special_ids"]
+        return cls(
+            nsp=manifest["objective"] == "mlm+nsp",
+            vocab_size=int(manifest["tokenizer"]["vocab_size"]),
+            seq_len=int(manifest["seq_len"]),
+            cls_id=int(special["cls"]),
+            sep_id=int(special["sep"]),
+            dtype=str(manifest["token_dtype"]),
+        )
+
+
+@dataclass(frozen=True)
+class Sample:
+    key: str
+    tokens: np.ndarray  # [n] token ids (int64), unpadded
+    nsp_label: int | None
+
+
+@dataclass(frozen=True)
+class BadSample:
+    shard: str
+    key: str
+    reason: str
+
+    def describe(self) -> str:
+        return (
+            self.reason
+            if self.key == WHOLE_SHARD
+            else f"shard {self.shard} sample {self.key!r}: {self.reason}"
+        )
+
+
+@dataclass(frozen=True)
+class ShardSpec:
+    """What the manifest promises about one shard; ``path`` is a local path or a URL."""
+
+    path: Path | str
+    sha256: str
+    samples: int
+
+    @property
+    def name(self) -> str:
+        return str(self.path).rstrip("/").rsplit("/", 1)[-1]
+
+
+def shard_specs(data_dir: str | Path, manifest: dict[str, Any], split: str) -> list[ShardSpec]:
+    entries = manifest["splits"].get(split, {}).get("shards", [])
+    return [
+        ShardSpec(path=path, sha256=entry["sha256"], samples=int(entry["samples"]))
+        for path, entry in zip(shard_paths(data_dir, manifest, split), entries)
+    ]
+
+
+def load_tokens(data: bytes) -> np.ndarray:
+    """A ``.npy`` member; pickled (object) arrays are refused with ``ValueError``."""
+    return np.load(io.BytesIO(data), allow_pickle=False)
+
+
+def check_sample(key: str, members: dict[str, bytes], rules: SampleRules) -> Sample:
+    """The sample if it is a BERT sample of this data dir, else ``ValueError`` naming the failed check.
+
+    A sample is ``[CLS] A [SEP]`` (mlm) or ``[CLS] A [SEP] B [SEP]`` (mlm+nsp, with an NSP label "0"
+    or "1") with non-empty segments, at most ``seq_len`` ids of the manifest's dtype, all below
+    ``vocab_size``; its members are exactly the objective's (``tokens.npy``, and ``nsp.cls``).
+    """
+    wanted = {TOKENS_EXT, NSP_EXT} if rules.nsp else {TOKENS_EXT}
+    unexpected = sorted(set(members) - wanted)
+    if unexpected:
+        raise ValueError(f"unexpected member(s) {unexpected} (only {sorted(wanted)} are read)")
+    missing = sorted(wanted - set(members))
+    if missing:
+        objective = " (the objective is mlm+nsp)" if missing == [NSP_EXT] else ""
+        raise ValueError(f"missing member .{missing[0]}{objective}")
+    nsp_label = None
+    if rules.nsp:
+        text = members[NSP_EXT].strip()
+        if text not in (b"0", b"1"):
+            raise ValueError(f".{NSP_EXT} must be 0 or 1, got {text[:20]!r}")
+        nsp_label = int(text)
+    try:
+        tokens = load_tokens(members[TOKENS_EXT])
+    except ValueError as err:  # also raised for pickled object arrays, which are refused
+        raise ValueError(f".{TOKENS_EXT} is not a plain NumPy array ({err})") from None
+    if tokens.ndim != 1 or tokens.dtype != np.dtype(rules.dtype):
+        raise ValueError(
+            f".{TOKENS_EXT} is {tokens.dtype} {tokens.shape}, expected a 1-D {rules.dtype} array"
+        )
+    if tokens.size > rules.seq_len:
+        raise ValueError(f"{tokens.size} tokens, more than seq_len={rules.seq_len}")
+    if tokens.size and int(tokens.max()) >= rules.vocab_size:
+        raise ValueError(f"token id {int(tokens.max())} outside the vocabulary [0, {rules.vocab_size})")
+    separators = [int(i) for i in np.flatnonzero(tokens == rules.sep_id)]
+    bounds = [0, *separators]
+    segments = 2 if rules.nsp else 1
+    if (
+        not tokens.size
+        or int(tokens[0]) != rules.cls_id
+        or len(separators) != segments
+        or separators[-1] != tokens.size - 1
+        or any(b - a < 2 for a, b in zip(bounds, bounds[1:]))
+    ):
+        layout = "[CLS] A [SEP] B [SEP]" if rules.nsp else "[CLS] A [SEP]"
+        raise ValueError(
+            f"not {layout} with non-empty segments (cls id {rules.cls_id}, sep id {rules.sep_id}; "
+            f"starts {tokens[:3].tolist()}, ends {tokens[-3:].tolist()}, {tokens.size} tokens)"
+        )
+    return Sample(key=key, tokens=tokens.astype(np.int64), nsp_label=nsp_label)
+
+
+def tar_samples(data: bytes, name: str) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """``(key, {extension: bytes})`` per sample of a tar held in memory, grouped by WebDataset's tar
+    iterator (``tar_file_expander`` + ``group_by_keys``, the first stages of ``wds.WebDataset``);
+    its decoders are not used, since they would unpickle ``.pyd``/``.pickle`` members. Members that
+    are not regular files (links) are skipped by WebDataset and never read; names are not checked
+    here (``parse_shard`` does). Raises ``tarfile.TarError``/``EOFError``/``ValueError`` on a
+    broken tar or a member repeated within one group."""
+    from webdataset.tariterators import group_by_keys, tar_file_expander
+
+    for group in group_by_keys(tar_file_expander([{"url": name, "stream": io.BytesIO(data)}])):
+        yield group["__key__"], {ext: value for ext, value in group.items() if not ext.startswith("__")}
+
+
+def parse_shard(data: bytes, name: str, rules: SampleRules) -> list[Sample | BadSample]:
+    """Every sample of a shard's bytes in stored order, checked; bad ones come back as ``BadSample``.
+    A tar that cannot be read raises ``ShardError``."""
+    try:
+        groups = list(tar_samples(data, name))
+    except (tarfile.TarError, EOFError, ValueError) as err:  # ValueError: a member repeated within a sample
+        raise ShardError(
+            f"shard {name}: not a readable tar ({err.args[0] if err.args else err}); {VERIFY_HINT}"
+        ) from None
+    # WebDataset starts a new sample whenever the key changes; a key whose members are not adjacent
+    # (a planted extra member, say) is merged back, so the checks see all of them.
+    by_key: dict[str, dict[str, bytes]] = {}
+    repeated: dict[str, str] = {}
+    for key, group in groups:
+        members = by_key.setdefault(key, {})
+        for ext, value in group.items():
+            if ext in members:
+                repeated[key] = f"member .{ext} appears twice"
+            members[ext] = value
+    samples: list[Sample | BadSample] = []
+    for key, members in by_key.items():
+        if not KEY_PATTERN.match(key):
+            names = sorted(f"{key}.{ext}" for ext in members)[:3]
+            reason = f"refused member name(s) {names} (not a plain file named <key>.<ext>)"
+            samples.append(BadSample(name, f"<{key[:60]}>", reason))
+        elif key in repeated:
+            samples.append(BadSample(name, key, repeated[key]))
+        else:
+            try:
+                samples.append(check_sample(key, members, rules))
+            except ValueError as err:
+                samples.append(BadSample(name, key, str(err)))
+    return samples
+
+
+def sha256_mismatch(spec: ShardSpec, data: bytes) -> str | None:
+    """The one-line problem if ``data`` is not the shard the manifest lists, else None."""
+    digest = hashlib.sha256(data).hexdigest()
+    if digest == spec.sha256:
+        return None
+    return (
+        f"shard {spec.path}: sha256 {digest[:12]}... does not match the manifest's {spec.sha256[:12]}... "
+        f"(truncated or corrupted)"
+    )
+
+
+def read_shard(spec: ShardSpec, rules: SampleRules, data: bytes | None = None) -> list[Sample | BadSample]:
+    """All samples of one shard in stored order (``data``: its bytes, when already fetched).
+
+    A shard whose bytes do not match the manifest's sha256 (truncated, flipped, replaced), that is
+    not a readable tar or that holds another number of samples raises ``ShardError``: none of its
+    samples can be trusted. Nothing is ever unpickled or written to disk.
+    """
+    if data is None:
+        try:
+            data = Path(spec.path).read_bytes()
+        except OSError as err:
+            raise ShardError(f"shard {spec.path}: cannot be read ({err.strerror}); {VERIFY_HINT}") from None
+    problem = sha256_mismatch(spec, data)
+    if problem:
+        raise ShardError(f"{problem}; {VERIFY_HINT}")
+    samples = parse_shard(data, spec.name, rules)
+    if len(samples) != spec.samples:
+        raise ShardError(
+            f"shard {spec.path}: holds {len(samples)} samples, the manifest says {spec.samples}; {VERIFY_HINT}"
+        )
+    return samples

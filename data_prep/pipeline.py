@@ -29,7 +29,14 @@ from typing import Any
 
 from data_prep.config import PrepConfig
 from data_prep.dedup import DuplicateFilter
-from data_prep.manifest import MANIFEST_NAME, SPLITS, TOKENIZER_DIR, build_manifest, write_json_atomic
+from data_prep.manifest import (
+    MANIFEST_NAME,
+    SPLITS,
+    TOKENIZER_DIR,
+    build_manifest,
+    open_atomic,
+    write_json_atomic,
+)
 from data_prep.mpi import Cluster, connect, on_root
 from data_prep.planning import check_missing, input_fingerprint, plan_chunks
 from data_prep.progress import Progress, bars_wanted
@@ -444,8 +451,7 @@ class Runner:
     def _write_outputs(self, work, chunks, info, dtype, entries, report) -> None:
         """rejects.jsonl and report.json, then manifest.json last and atomically, then drop .work."""
         out = Path(self.config.out_dir)
-        temporary = out / f".{REJECTS_NAME}.tmp"
-        with open(temporary, "w", encoding="utf-8") as log:
+        with open_atomic(out / REJECTS_NAME, "w") as log:
             for chunk in chunks:
                 meta = load_json(work.clean_meta(chunk.index))
                 for source, line, reason, detail in meta["rejects"]:
@@ -457,7 +463,6 @@ class Runner:
                     if decision not in KEPT:
                         row = {"source": source_id, "line": None, "reason": decision, "detail": ""}
                         log.write(json.dumps(row) + "\n")
-        temporary.replace(out / REJECTS_NAME)
         write_json_atomic(out / REPORT_NAME, report)
         write_json_atomic(out / MANIFEST_NAME, self._manifest(info, dtype, entries))
         work.remove()

@@ -5,23 +5,21 @@ A sample is ``<key>.tokens.npy`` (``np.save`` of the unpadded ids) and, for mlm+
 (mtime 0, uid/gid 0, no user or group names, mode 0444, ustar format), so the same examples give
 byte-identical shards. The headers are written here rather than through ``tarfile``, whose generic
 header code cost ~50 us per member, most of the shard stage; tests check the bytes are the same.
-A shard is written under a hidden temporary name and renamed when complete:
-a crash leaves no file that looks finished.
+A shard is written through the contract's atomic write: a crash leaves no file that looks
+finished. Reading lives in ``data_prep.manifest`` (``read_shard``), beside the rules it checks.
 """
 
 from __future__ import annotations
 
 import functools
 import io
-import os
-import tarfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from data_prep.manifest import NSP_EXT, TOKENS_EXT, sha256_file
+from data_prep.manifest import NSP_EXT, TOKENS_EXT, open_atomic, sample_key, sha256_file
 
 TAR_MTIME = 0
 TAR_MODE = 0o444
@@ -42,11 +40,6 @@ class ShardEntry:
 
 def shard_name(prefix: str, index: int) -> str:
     return f"{prefix}-{index:06d}.tar"
-
-
-def sample_key(shard_index: int, sample_index: int) -> str:
-    """``000003_000017`` = shard 3, sample 17: unique within a split, no dots (WebDataset splits on them)."""
-    return f"{shard_index:06d}_{sample_index:06d}"
 
 
 @functools.lru_cache(maxsize=4096)
@@ -106,9 +99,8 @@ def write_shard(
 ) -> ShardEntry:
     """Write ``(tokens, nsp_label or None)`` samples to ``data_dir/relative_path``, atomically."""
     final = data_dir / relative_path
-    temporary = final.with_name(f".{final.name}.tmp{os.getpid()}")
     count = tokens = 0
-    with open(temporary, "wb") as handle:
+    with open_atomic(final, "wb") as handle:
         tar = TarStream(handle)
         for sample_index, (ids, nsp_label) in enumerate(samples):
             key = sample_key(shard_index, sample_index)
@@ -118,30 +110,4 @@ def write_shard(
             count += 1
             tokens += len(ids)
         tar.close()
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, final)
     return ShardEntry(relative_path, count, tokens, final.stat().st_size, sha256_file(final))
-
-
-def iter_samples(path: Path) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """``(key, {extension: bytes})`` per sample, grouping consecutive members by key as WebDataset does."""
-    key, members = None, {}
-    with tarfile.open(path, mode="r|") as tar:
-        for info in tar:
-            if not info.isfile():
-                raise ValueError(f"member {info.name!r} is not a regular file")
-            name_key, _, extension = info.name.partition(".")
-            if name_key != key:
-                if key is not None:
-                    yield key, members
-                key, members = name_key, {}
-            if extension in members:
-                raise ValueError(f"member {info.name!r} appears twice")
-            members[extension] = tar.extractfile(info).read()
-    if key is not None:
-        yield key, members
-
-
-def load_tokens(data: bytes) -> np.ndarray:
-    return np.load(io.BytesIO(data), allow_pickle=False)

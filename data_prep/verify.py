@@ -1,10 +1,11 @@
-"""``python -m data_prep verify DIR``: re-read every shard and check it against manifest.json.
+"""``python -m data_prep verify DIR|URL``: re-read every shard and check it against manifest.json.
 
-Checks, per shard: the sha256, size, sample and token counts of the manifest; member names
-(``<key>.<ext>``, keys unique and without dots, only the format's extensions); every token array
-(dtype of the manifest, 1-D, at most seq_len, ids below vocab_size, [CLS] ... [SEP] with one [SEP]
-per segment); NSP labels "0" or "1". Also the tokenizer dir's sha256 and equal train shard sizes.
-Each problem is one line naming the shard; the exit status is 1 if there is any.
+Checks, per shard: the sha256, size, sample and token counts of the manifest, and every sample
+against the data contract's one rule set (``data_prep.manifest.check_sample``, the same the
+trainer's reader applies): member names ``<key>.<ext>`` with plain keys, only the objective's
+members, token arrays of the manifest's dtype laid out as ``[CLS] A [SEP] (B [SEP])`` within
+seq_len and the vocabulary, NSP labels "0" or "1". Also the tokenizer dir's sha256 and equal train
+shard sizes. Each problem is one line naming the shard; the exit status is 1 if there is any.
 """
 
 from __future__ import annotations
@@ -14,96 +15,62 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from data_prep.manifest import (
-    NSP_EXT,
     SPLITS,
-    TOKENS_EXT,
+    BadSample,
     ManifestError,
+    SampleRules,
+    ShardError,
+    ShardSpec,
     load_manifest,
-    sha256_file,
-    sha256_tree,
+    parse_shard,
+    sha256_mismatch,
+    tokenizer_files,
 )
 from data_prep.progress import Progress, bars_wanted
-from data_prep.shards import iter_samples, load_tokens
+from data_prep.storage import DataSource, FetchError
 
 
-def _check_tokens(data: bytes, manifest: dict[str, Any]) -> str | None:
-    try:
-        ids = load_tokens(data)
-    except ValueError as err:
-        return f"not a NumPy array without pickle ({err})"
-    special = manifest["tokenizer"]["special_ids"]
-    if ids.dtype != np.dtype(manifest["token_dtype"]) or ids.ndim != 1:
-        return f"array of {ids.dtype} with shape {ids.shape}, expected 1-D {manifest['token_dtype']}"
-    if not 3 <= len(ids) <= manifest["seq_len"]:
-        return f"{len(ids)} tokens, expected 3..{manifest['seq_len']}"
-    if int(ids.max()) >= manifest["tokenizer"]["vocab_size"]:
-        return f"token id {int(ids.max())} is not below vocab_size {manifest['tokenizer']['vocab_size']}"
-    separators = 2 if manifest["objective"] == "mlm+nsp" else 1
-    if (
-        ids[0] != special["cls"]
-        or ids[-1] != special["sep"]
-        or int((ids == special["sep"]).sum()) != separators
-    ):
-        return f"not [CLS] ... [SEP] with {separators} [SEP] (starts {ids[:3].tolist()}, ends {ids[-3:].tolist()})"
-    return None
-
-
-def verify_shard(
-    data_dir: Path, entry: dict[str, Any], manifest: dict[str, Any]
-) -> tuple[list[str], int, int]:
+def verify_shard(source: DataSource, entry: dict[str, Any], rules: SampleRules) -> tuple[list[str], int, int]:
     """Problems found in one shard, and the samples and tokens read from it."""
     name = entry["path"]
-    path = data_dir / name
-    if not path.is_file():
-        return [f"{name}: missing"], 0, 0
-    problems = []
-    if path.stat().st_size != entry["bytes"]:
-        problems.append(f"{name}: {path.stat().st_size} bytes, manifest says {entry['bytes']}")
-    digest = sha256_file(path)
-    if digest != entry["sha256"]:
-        problems.append(
-            f"{name}: sha256 {digest[:16]}... differs from the manifest's {entry['sha256'][:16]}... "
-            "(corrupt or modified)"
-        )
-    wanted = {TOKENS_EXT, NSP_EXT} if manifest["objective"] == "mlm+nsp" else {TOKENS_EXT}
-    samples = tokens = 0
-    keys: set[str] = set()
     try:
-        for key, members in iter_samples(path):
-            samples += 1
-            where = f"{name}: sample {key!r}"
-            if not key or "." in key or key in keys:
-                problems.append(f"{where}: key is empty, dotted or repeated")
-            keys.add(key)
-            if set(members) != wanted:
-                problems.append(f"{where}: members {sorted(members)}, expected {sorted(wanted)}")
-                continue
-            problem = _check_tokens(members[TOKENS_EXT], manifest)
-            if problem:
-                problems.append(f"{where}: {problem}")
-            else:
-                tokens += len(load_tokens(members[TOKENS_EXT]))
-            if NSP_EXT in wanted and members[NSP_EXT] not in (b"0", b"1"):
-                problems.append(f"{where}: NSP label {members[NSP_EXT][:8]!r}, expected b'0' or b'1'")
-    except Exception as err:  # a corrupt tar raises from deep inside tarfile: report, go on
-        problems.append(f"{name}: unreadable after sample {samples} ({type(err).__name__}: {err})")
-    if samples != entry["samples"]:
-        problems.append(f"{name}: {samples} samples, manifest says {entry['samples']}")
+        data = source.read_bytes(name)
+    except (OSError, FetchError) as err:
+        return [f"{name}: missing or unreadable ({err})"], 0, 0
+    problems = []
+    if len(data) != entry["bytes"]:
+        problems.append(f"{name}: {len(data)} bytes, manifest says {entry['bytes']}")
+    mismatch = sha256_mismatch(ShardSpec(name, entry["sha256"], entry["samples"]), data)
+    if mismatch:
+        problems.append(f"{mismatch.removeprefix('shard ')} (corrupt or modified)")
+    try:
+        samples = parse_shard(data, name, rules)
+    except ShardError as err:
+        return [*problems, str(err).removeprefix("shard ")], 0, 0
+    tokens = 0
+    for sample in samples:
+        if isinstance(sample, BadSample):
+            problems.append(f"{name}: sample {sample.key!r}: {sample.reason}")
+        else:
+            tokens += sample.tokens.size
+    if len(samples) != entry["samples"]:
+        problems.append(f"{name}: {len(samples)} samples, manifest says {entry['samples']}")
     if not problems and tokens != entry["tokens"]:
         problems.append(f"{name}: {tokens} tokens, manifest says {entry['tokens']}")
-    return problems, samples, tokens
+    return problems, len(samples), tokens
 
 
-def verify(data_dir: Path, show_progress: bool = False) -> tuple[list[str], list[str]]:
-    """``(problems, summary lines)`` for a prepared data dir."""
-    manifest = load_manifest(data_dir)
+def verify(data_dir: str | Path, show_progress: bool = False) -> tuple[list[str], list[str]]:
+    """``(problems, summary lines)`` for a prepared data dir, local or remote (a URL)."""
+    source = DataSource(data_dir)
+    manifest = load_manifest(data_dir, source)
     problems, lines = [], []
+    rules = SampleRules.from_manifest(manifest)
     tokenizer = manifest["tokenizer"]
-    tokenizer_dir = data_dir / tokenizer["path"]
-    if not tokenizer_dir.is_dir() or sha256_tree(tokenizer_dir) != tokenizer["sha256"]:
+    try:
+        tokenizer_files(source, manifest)
+    except ManifestError:
         problems.append(f"{tokenizer['path']}/: missing or its sha256 differs from the manifest's")
     for split in SPLITS:
         info = manifest["splits"].get(split, {"shards": []})
@@ -111,7 +78,7 @@ def verify(data_dir: Path, show_progress: bool = False) -> tuple[list[str], list
         progress = Progress(f"verify {split}", total, show_progress, item="shards")
         samples = tokens = 0
         for entry in info["shards"]:
-            shard_problems, n, t = verify_shard(data_dir, entry, manifest)
+            shard_problems, n, t = verify_shard(source, entry, rules)
             problems += shard_problems
             samples, tokens = samples + n, tokens + t
             progress.update(entry["bytes"], 1)
@@ -138,10 +105,10 @@ def verify(data_dir: Path, show_progress: bool = False) -> tuple[list[str], list
 
 def main(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m data_prep verify", description=__doc__.splitlines()[0])
-    parser.add_argument("data_dir")
+    parser.add_argument("data_dir", help="a prepared data dir: a path or a URL (https://, s3://, gs://)")
     args = parser.parse_args(argv)
     try:
-        problems, lines = verify(Path(args.data_dir), bars_wanted(True, 0))
+        problems, lines = verify(args.data_dir, bars_wanted(True, 0))
     except ManifestError as err:
         print(f"error: {err}")
         return 1

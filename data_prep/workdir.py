@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from data_prep.config import PrepConfig
+from data_prep.manifest import open_atomic, write_json_atomic
 
 WORK_DIR = ".work"
 WORK_FORMAT = 1  # bump when the intermediate files change meaning
@@ -32,10 +32,9 @@ def work_key(config: PrepConfig, input_fingerprint: list[Any]) -> str:
 
 
 def save_arrays(path: Path, **arrays: np.ndarray) -> None:
-    temporary = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(temporary, "wb") as handle:
+    """Intermediate arrays, written whole then renamed (no fsync: a crash restarts the chunk)."""
+    with open_atomic(path, "wb", durable=False) as handle:
         np.savez(handle, **arrays)
-    os.replace(temporary, path)
 
 
 def load_arrays(path: Path) -> dict[str, np.ndarray]:
@@ -44,11 +43,9 @@ def load_arrays(path: Path) -> dict[str, np.ndarray]:
 
 
 def save_json(path: Path, obj: Any) -> None:
-    """Compact JSON, written whole then renamed (intermediate files: no indentation, no fsync)."""
-    temporary = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(temporary, "w", encoding="utf-8") as handle:
-        json.dump(obj, handle, separators=(",", ":"))  # ASCII: lone surrogates survive the trip
-    os.replace(temporary, path)
+    """Compact JSON, written whole then renamed (intermediate files: no indentation, no fsync).
+    ASCII-escaped, so lone surrogates survive the trip."""
+    write_json_atomic(path, obj, indent=None, durable=False)
 
 
 def load_json(path: Path) -> Any:

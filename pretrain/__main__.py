@@ -32,10 +32,10 @@ def main(argv: list[str] | None = None) -> None:
     except ConfigError as err:
         exit_on_config_error(err)
 
-    from data_prep.manifest import ManifestError
+    from data_prep.manifest import ManifestError, ShardError
+    from data_prep.storage import FetchError
     from pretrain.checkpoint import CheckpointError
     from pretrain.data import DataError
-    from pretrain.shards import ShardError
     from pretrain.train import NonFiniteLossError, SetupError, train
 
     try:
@@ -44,6 +44,7 @@ def main(argv: list[str] | None = None) -> None:
         ManifestError,
         DataError,
         ShardError,
+        FetchError,
         CheckpointError,
         NonFiniteLossError,
         SetupError,

@@ -3,13 +3,13 @@
 Layout under ``<run_dir>/checkpoints/``::
 
     step00000100/            DeepSpeed's files (model, ZeRO partitions, optimizer, scheduler)
-        rank_state_00000.pt  per rank: data position, skipped samples, RNG states (tensors only)
-        run_state.json       step, world size, what the run was trained on (read before loading)
+        rank_state_00000.pt  per rank: skipped samples, tokens, RNG states (tensors only)
+        run_state.json       step, world size, the data position, what the run was trained on
     latest                   the tag of the newest COMPLETE checkpoint
 
 Saving goes: check every rank can write -> DeepSpeed save (ends in a barrier) -> each rank's own
 state -> every rank confirms (all-reduce) -> rank 0 fsyncs the files, then replaces ``latest``
-atomically (temporary file + ``os.replace``) -> old checkpoints are pruned. DeepSpeed's own
+atomically (``data_prep.manifest.write_text_atomic``) -> old checkpoints are pruned. DeepSpeed's own
 ``latest`` is written before the other ranks finish, so it is disabled (``save_latest=False``).
 A crash at any point leaves ``latest`` naming the previous complete checkpoint; a partial
 directory is never named and is removed by the next save.
@@ -18,7 +18,6 @@ directory is never named and is removed by the next save.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 from pathlib import Path
@@ -27,6 +26,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from data_prep.manifest import atomic_path, fsync_tree, write_text_atomic
 from pretrain.fault_injection import crash_point
 
 LATEST = "latest"
@@ -69,32 +69,6 @@ def _all_ranks_ok(ok: bool) -> bool:
     flag = torch.tensor([0.0 if ok else 1.0])
     dist.all_reduce(flag, op=dist.ReduceOp.MAX)
     return flag.item() == 0.0
-
-
-def _fsync_tree(directory: Path) -> None:
-    for path in sorted(directory.rglob("*")):
-        if path.is_file():
-            with open(path, "rb") as handle:
-                os.fsync(handle.fileno())
-    _fsync_dir(directory)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
 
 
 def _describe_write_error(err: Exception) -> str:
@@ -156,8 +130,8 @@ def save(
             f"or permissions?); `latest` still names the previous complete checkpoint"
         )
     if rank == 0:
-        _fsync_tree(tag_dir)
-        _write_text_atomic(ckpt_dir / LATEST, tag)
+        fsync_tree(tag_dir)
+        write_text_atomic(ckpt_dir / LATEST, tag)
         crash_point(f"save:after_commit:{step}")
         kept = sorted(
             (
@@ -172,14 +146,64 @@ def save(
     return tag
 
 
-def load(engine, ckpt_dir: str | Path, tag: str) -> dict[str, Any]:
-    """Load DeepSpeed state (weights, optimizer, scheduler) and return this rank's own state."""
+UNIVERSAL = "universal"  # <tag>/universal/: the checkpoint converted for another world size
+
+
+def universal_tag(ckpt_dir: str | Path, tag: str) -> str | None:
+    """For a resume on another number of ranks: the tag of ``tag`` converted to a DeepSpeed universal
+    checkpoint (ZeRO partitions of the optimizer state regrouped by parameter, loadable on any
+    data-parallel size), made by rank 0 once; None when the checkpoint holds no partitioned
+    optimizer state (ZeRO 0 in fp32), which loads on any world size as it is. All ranks must call."""
+    tag_dir = Path(ckpt_dir) / tag
+    partitioned = sorted(tag_dir.glob("*zero_pp_rank_*optim_states.pt"))
+    if not partitioned:
+        return None
+    out = tag_dir / UNIVERSAL
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    ok, problem = True, ""
+    if rank == 0 and not (out / "zero").is_dir():
+        import argparse
+        import contextlib
+        import io
+
+        from deepspeed.checkpoint import ds_to_universal
+
+        options = argparse.Namespace(
+            input_folder=str(tag_dir),
+            num_extract_workers=1,
+            num_merge_workers=1,
+            keep_temp_folder=False,
+            strict=True,
+            inject_missing_state=True,  # our engine saves no universal-checkpoint info of its own
+        )
+        try:
+            with atomic_path(out) as staging, contextlib.redirect_stdout(io.StringIO()):
+                options.output_folder = str(staging)
+                ds_to_universal.main(options)
+        except Exception as err:  # DeepSpeed's converter raises anything from assertions to OSErrors
+            ok, problem = False, f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"
+    if not _all_ranks_ok(ok):
+        raise CheckpointError(
+            f"cannot convert checkpoint {tag_dir} for another world size ({problem or 'on rank 0'}); "
+            "relaunch with the rank count it was saved with"
+        )
+    return f"{tag}/{UNIVERSAL}"
+
+
+def load(
+    engine, ckpt_dir: str | Path, tag: str, load_tag: str | None = None, same_world: bool = True
+) -> dict[str, Any] | None:
+    """Load DeepSpeed state (weights, optimizer, scheduler) from ``load_tag`` (default ``tag``) and
+    return this rank's own state saved with ``tag``; None on another world size than the saved
+    one (the per-rank states belong to the old ranks)."""
     rank = dist.get_rank() if dist.is_initialized() else 0
     load_path, _ = engine.load_checkpoint(
-        str(ckpt_dir), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=True
+        str(ckpt_dir), tag=load_tag or tag, load_optimizer_states=True, load_lr_scheduler_states=True
     )
     if load_path is None:
-        raise CheckpointError(f"DeepSpeed could not load checkpoint {Path(ckpt_dir) / tag}")
+        raise CheckpointError(f"DeepSpeed could not load checkpoint {Path(ckpt_dir) / (load_tag or tag)}")
+    if not same_world:
+        return None
     path = rank_state_path(Path(ckpt_dir) / tag, rank)
     # Only tensors and plain containers are stored here, so the safe unpickler suffices.
     return torch.load(path, map_location="cpu", weights_only=True)

@@ -44,11 +44,26 @@ class LoaderConfig(Section):
     """DataLoader worker processes per rank reading shards and masking (0 = in the training process)."""
     prefetch_batches: int = Field(4, ge=1)
     """Batches each worker prepares ahead of the trainer."""
+    cache_dir: str | None = None
+    """A remote data_dir's shards are kept here (local disk) after the first fetch; unset: no cache."""
+    cache_gb: float | None = Field(None, gt=0)
+    """Bound on cache_dir's size; least recently used shards are evicted first. Unset: unbounded."""
+    retries: int = Field(5, ge=0)
+    """Retries of a transient fetch failure (HTTP 5xx, reset, timeout, cut-short body) of a remote data_dir."""
+    retry_backoff_s: float = Field(0.5, ge=0)
+    """Wait before the first retry; doubled for each next one."""
+    timeout_s: float = Field(60.0, gt=0)
+    """Bound on one fetch of a remote file (HTTP); a slower one counts as a transient failure."""
+    lanes: int | None = Field(None, ge=1)
+    """Reading lanes the training stream's sample order is cut into (pretrain/data.py); default 4 per
+    rank. Fixed when a run starts and kept on resume. Ranks and workers read disjoint shards when
+    the lanes are a multiple of ranks x workers."""
 
 
 class PretrainConfig(Section):
     data_dir: str
-    """A data dir written by data_prep (manifest.json, tokenizer/, shards/)."""
+    """A data dir written by data_prep (manifest.json, tokenizer/, shards/): a path, or a URL
+    (https://, s3:// or gs:// with the cloud extra) read without a shared filesystem."""
     run_dir: str
     """Where checkpoints, metrics, TensorBoard events and the export go; relaunching resumes from it."""
     model: str = "tiny"

@@ -1,24 +1,35 @@
-"""Streaming the prepared shards to every rank, with exact, replay-free resume.
+"""Streaming the prepared shards to every rank: every sample once per epoch, exact resume on any
+number of ranks, loader workers that split the reading.
 
-Order of the training stream (all of it a pure function of seed, epoch, rank and world size):
+The order (all of it a pure function of the seed and the data, never of the rank count):
 
-* Each epoch permutes the train shards (seeded by ``(seed, epoch)``) and deals them to ranks round
-  robin (``order[rank::world]``), dropping the ``num_shards % world`` left over so that every
-  rank holds the same number of shards; a different permutation each epoch uses them later.
-  Train shards hold equal sample counts (Contract 1), so every rank sees the same number of samples
-  and batches: no rank runs out first and leaves the others waiting in a collective.
-* Within a shard the samples are permuted (seeded by ``(seed, epoch, shard)``); a shard is read
-  whole, so this is a full shuffle without a shuffle buffer whose state would need saving.
-* The per-rank stream is the concatenation of epochs, and its position is one integer: how many
-  stream entries this rank has consumed (good and skipped). Resuming at position ``p`` computes
-  the epoch and shard from the manifest's counts and opens that shard directly, so nothing is
-  replayed (the Megatron / Mosaic Streaming approach).
-* Masks are drawn from a generator seeded by ``(seed, rank, stream position of the batch)``, so a
-  resumed run sees exactly the batches, and the masks, of an uninterrupted one.
+* **Epoch order.** Each epoch permutes the train shards (seeded by ``(seed, epoch)``) and, within
+  each shard, its samples (``(seed, epoch, shard)``); concatenated, that is the epoch's order of
+  all N samples. A shard is read whole (its sha256 needs all of it), so this is a full shuffle
+  without a shuffle buffer whose state would need saving.
+* **Lanes.** The epoch order is cut into ``lanes`` contiguous slices of N/lanes samples (lengths
+  differ by at most one). Lane ``l``'s stream is its slice of epoch 0, then of epoch 1, and so on:
+  every sample is used once per epoch, whatever the shard count (fewer shards than ranks too).
+  The number of lanes is fixed when a run starts (``loader.lanes``, default 4 per rank) and kept
+  by its checkpoints.
+* **Global batches.** Global batch ``j`` is the next ``micro_batch_size`` good samples of lane
+  ``j % lanes``; its masks come from a generator seeded by ``(seed, j)``. Rank ``r`` of ``W`` trains
+  on ``j = start + r, start + r + W, ...``, so every rank gets the same number of batches (no rank
+  runs out first and leaves the others waiting in a collective), and with ``W`` dividing the lane
+  count each rank reads only its own lanes' shards. (Any ``W`` works: a lane shared by ranks is
+  read by each of them, which costs reading, never correctness.)
+* **Position.** A checkpoint stores ``start`` (global batches consumed) and each lane's sample
+  position. Resuming opens each lane's shard at its position directly, nothing is replayed, and
+  the continuation does not depend on the new rank count: a run saved on 2 ranks resumes on 1 (with
+  grad_accum doubled) training the same samples per step, masks included.
+* **Bad samples** (within ``skip_bad_samples``) are passed over: their lane takes the next good one,
+  and the batch reports how many it skipped.
 
-Loader workers each walk the rank's stream and collate every ``workers``-th batch, which is the
-order in which ``torch.utils.data.DataLoader`` collects them: the sequence is the same for any
-number of workers.
+Loader workers: ``torch.utils.data.DataLoader`` collects a rank's batches from its workers in turn,
+so worker ``w`` of ``K`` makes the rank's batches ``w, w + K, ...``. Each worker walks only the lanes
+of its batches; with ``K`` dividing the lanes per rank (1, 2 or 4 workers by default) the workers
+read disjoint lanes, so each shard once per epoch, or twice when a lane boundary cuts it (at most
+``lanes - 1`` extra reads per epoch). The sequence is the same for any number of workers.
 """
 
 from __future__ import annotations
@@ -26,16 +37,23 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from data_prep.manifest import shard_paths
+from data_prep.manifest import (
+    WHOLE_SHARD,
+    BadSample,
+    Sample,
+    SampleRules,
+    ShardError,
+    ShardSpec,
+    read_shard,
+)
+from data_prep.storage import DataSource, FetchError
 from pretrain.masking import mask_tokens
-from pretrain.shards import WHOLE_SHARD, BadSample, Sample, SampleRules, ShardError, ShardSpec, read_shard
 
 PAD_TO_MULTIPLE = 8  # pad batches to a multiple of 8 tokens: aligned GEMM shapes (tensor cores, AMX)
 
@@ -55,6 +73,7 @@ class TokenLayout:
     vocab_size: int
     seq_len: int
     nsp: bool
+    rules: SampleRules  # what the reader checks every sample against
 
     @classmethod
     def from_manifest(cls, manifest: dict[str, Any]) -> TokenLayout:
@@ -67,11 +86,8 @@ class TokenLayout:
             vocab_size=int(manifest["tokenizer"]["vocab_size"]),
             seq_len=int(manifest["seq_len"]),
             nsp=manifest["objective"] == "mlm+nsp",
+            rules=SampleRules.from_manifest(manifest),
         )
-
-    @property
-    def rules(self) -> SampleRules:
-        return SampleRules(nsp=self.nsp, vocab_size=self.vocab_size, seq_len=self.seq_len, cls_id=self.cls_id)
 
 
 def collate(
@@ -125,12 +141,81 @@ def _generator(*seed_parts: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def shard_specs(data_dir: str | Path, manifest: dict[str, Any], split: str) -> list[ShardSpec]:
-    entries = manifest["splits"].get(split, {}).get("shards", [])
-    return [
-        ShardSpec(path=path, sha256=entry["sha256"], samples=int(entry["samples"]))
-        for path, entry in zip(shard_paths(data_dir, manifest, split), entries)
-    ]
+LANES_PER_RANK = 4  # default loader.lanes = 4 x ranks: 1, 2 or 4 loader workers split them evenly
+
+
+def lanes_positions_without_skips(start: int, lanes: int, micro_batch_size: int) -> list[int]:
+    """Each lane's sample position after ``start`` global batches, had no sample been bad."""
+    return [max(0, -(-(start - lane) // lanes)) * micro_batch_size for lane in range(lanes)]
+
+
+class EpochOrder:
+    """Where each position of an epoch's sample order lies: (shard index, index within the shard)."""
+
+    def __init__(self, specs: list[ShardSpec], seed: int):
+        self.specs, self.seed = specs, seed
+        self.counts = np.array([spec.samples for spec in specs], dtype=np.int64)
+        self.total = int(self.counts.sum())
+        self._cached: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def shard_order(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        """The epoch's shard permutation and the first epoch position of each slot."""
+        if epoch not in self._cached:
+            if len(self._cached) >= 4:  # lanes are at most an epoch apart: a few epochs suffice
+                del self._cached[min(self._cached)]
+            order = np.random.default_rng([self.seed, epoch]).permutation(len(self.specs))
+            starts = np.concatenate([[0], np.cumsum(self.counts[order])[:-1]])
+            self._cached[epoch] = (order, starts)
+        return self._cached[epoch]
+
+    def locate(self, epoch: int, index: int) -> tuple[int, int]:
+        order, starts = self.shard_order(epoch)
+        slot = int(np.searchsorted(starts, index, side="right")) - 1
+        return int(order[slot]), index - int(starts[slot])
+
+    def within_shard(self, epoch: int, shard: int) -> np.ndarray:
+        return np.random.default_rng([self.seed, epoch, shard]).permutation(int(self.counts[shard]))
+
+
+class Lane:
+    """One lane's samples from a position on, one shard in memory at a time."""
+
+    def __init__(self, stream: TrainStream, lane: int, position: int):
+        order = stream.order
+        self.stream, self.lane, self.position = stream, lane, position
+        self.first = lane * order.total // stream.lanes  # the lane's slice of every epoch
+        self.length = (lane + 1) * order.total // stream.lanes - self.first
+        self._shard: tuple[int, int] | None = None  # (epoch, shard) held in memory
+        self._samples: list[Sample | BadSample] = []
+        self._within: np.ndarray | None = None
+
+    def _sample(self, position: int) -> Sample | BadSample:
+        epoch, offset = divmod(position, self.length)
+        shard, index = self.stream.order.locate(epoch, self.first + offset)
+        if self._shard != (epoch, shard):
+            spec = self.stream.specs[shard]
+            try:
+                self._samples = self.stream.read(spec)
+            except ShardError as err:
+                self._samples = [BadSample(spec.name, WHOLE_SHARD, str(err))] * spec.samples
+            self._within = self.stream.order.within_shard(epoch, shard)
+            self._shard = (epoch, shard)
+        return self._samples[self._within[index]]
+
+    def next_group(self, size: int) -> tuple[list[Sample], list[BadSample]]:
+        """The next ``size`` good samples, and the bad ones passed over on the way."""
+        good: list[Sample] = []
+        bad: list[BadSample] = []
+        while len(good) < size:
+            sample = self._sample(self.position)
+            self.position += 1
+            if isinstance(sample, BadSample):
+                bad.append(sample)
+                if len(bad) > self.stream.skip_budget:
+                    break  # the whole budget is gone: stop reading, the caller stops the stream
+            else:
+                good.append(sample)
+        return good, bad
 
 
 class TrainStream(IterableDataset):
@@ -147,93 +232,97 @@ class TrainStream(IterableDataset):
         micro_batch_size: int,
         mlm_probability: float,
         start: int = 0,
+        lanes: int | None = None,
+        lane_positions: list[int] | None = None,
         skip_budget: int = 0,
+        source: DataSource | None = None,
     ):
-        counts = {spec.samples for spec in specs}
-        if len(counts) != 1:
-            raise DataError(
-                f"train shards hold unequal sample counts {sorted(counts)[:5]}; regenerate the data dir with data_prep"
-            )
-        if len(specs) < world_size:
-            raise DataError(
-                f"{len(specs)} train shard(s) cannot feed {world_size} ranks; regenerate with a smaller samples_per_shard"
-            )
         self.specs, self.layout = specs, layout
         self.rank, self.world_size, self.seed = rank, world_size, seed
         self.micro_batch_size, self.mlm_probability = micro_batch_size, mlm_probability
         self.start, self.skip_budget = start, skip_budget
-        self.samples_per_shard = counts.pop()
-        self.shards_per_rank = len(specs) // world_size
+        self.lanes = lanes or LANES_PER_RANK * world_size
+        self.order = EpochOrder(specs, seed)
+        if self.order.total < self.lanes:
+            raise DataError(
+                f"{self.order.total} train sample(s) cannot fill {self.lanes} reading lanes; "
+                f"set loader.lanes to at most {self.order.total}, or prepare more data"
+            )
+        self.lane_positions = (
+            list(lane_positions)
+            if lane_positions is not None
+            else lanes_positions_without_skips(start, self.lanes, micro_batch_size)
+        )
+        if len(self.lane_positions) != self.lanes:
+            raise DataError(f"{len(self.lane_positions)} lane positions for {self.lanes} lanes")
+        self.source = source  # where shards come from (a remote data dir: fetched, cached, retried)
+        self.read = self._read
 
-    @property
-    def epoch_length(self) -> int:
-        """Stream entries per rank per epoch."""
-        return self.shards_per_rank * self.samples_per_shard
+    def _read(self, spec: ShardSpec) -> list[Sample | BadSample]:
+        data = self.source.read_shard_bytes(spec.path, spec.sha256) if self.source else None
+        return read_shard(spec, self.layout.rules, data)
 
-    def rank_shards(self, epoch: int) -> list[int]:
-        order = np.random.default_rng([self.seed, epoch]).permutation(len(self.specs))
-        return [int(i) for i in order[: self.shards_per_rank * self.world_size][self.rank :: self.world_size]]
-
-    def entries(self, start: int) -> Iterator[tuple[int, Sample | BadSample]]:
-        """(stream position, sample) from ``start`` on, opening the right shard directly."""
-        first_epoch, offset = divmod(start, self.epoch_length)
-        first_shard, first_sample = divmod(offset, self.samples_per_shard)
-        for epoch in itertools.count(first_epoch):
-            for slot, shard in enumerate(self.rank_shards(epoch)):
-                if slot < first_shard:
-                    continue
-                try:
-                    samples = read_shard(self.specs[shard], self.layout.rules)
-                except ShardError as err:
-                    samples = [
-                        BadSample(self.specs[shard].path.name, WHOLE_SHARD, str(err))
-                    ] * self.samples_per_shard
-                order = np.random.default_rng([self.seed, epoch, shard]).permutation(len(samples))
-                base = epoch * self.epoch_length + slot * self.samples_per_shard
-                for index in range(first_sample, len(samples)):
-                    yield base + index, samples[order[index]]
-                first_sample = 0
-            first_shard = 0
+    def batch_indices(self, worker: int = 0, workers: int = 1) -> Iterator[int]:
+        """The global batch numbers this rank (and loader worker) makes, in order."""
+        first = self.start + self.rank + worker * self.world_size
+        return itertools.count(first, workers * self.world_size)
 
     def batches(self) -> Iterator[dict[str, Any]]:
-        """Batches in stream order; each carries ``stream_end`` (the position to resume from) and
-        ``skipped`` (bad samples passed so far, the last one described in ``skip_reason``). A bad sample beyond the budget ends the stream
-        with ``{"error": message}``."""
+        """Batches in stream order; each carries ``batch_index`` (its global number), ``lane`` and
+        ``lane_end`` (the lane's position after it), and ``skipped`` (bad samples passed over for
+        it, the last one described in ``skip_reason``). Bad samples beyond the budget end the
+        stream with ``{"error": message}``."""
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        skipped, pending, first_position = 0, [], self.start
-        batch_number, last_reason = 0, ""
-        for position, sample in self.entries(self.start):
-            if isinstance(sample, BadSample):
-                skipped += 1
-                last_reason = sample.describe()
-                if skipped > self.skip_budget:
-                    # Handed to the trainer as a batch, not raised: it reaches the training process
-                    # in stream order with its one-line message, also from a loader worker.
-                    budget = (
-                        f"the skip_bad_samples budget ({self.skip_budget})"
-                        if self.skip_budget
-                        else "skip_bad_samples=0"
-                    )
-                    yield {
-                        "error": f"{sample.describe()} -- stopping: {skipped} bad sample(s) exceed {budget}"
-                    }
-                    return
-                continue
-            if not pending:
-                first_position = position
-            pending.append(sample)
-            if len(pending) < self.micro_batch_size:
-                continue
-            if batch_number % workers == worker:
-                generator = _generator(self.seed, self.rank, first_position)
-                batch = collate(pending, self.layout, self.mlm_probability, generator)
-                batch.update(stream_end=position + 1, skipped=skipped, skip_reason=last_reason)
-                yield batch
-            pending, batch_number = [], batch_number + 1
+        lanes: dict[int, Lane] = {}
+        groups_done: dict[int, int] = {}  # per lane: global batches of it passed so far
+        skipped = 0
+        retries_reported = self.source.retries if self.source else 0  # counted before this iterator
+        for index in self.batch_indices(worker, workers):
+            lane_id = index % self.lanes
+            lane = lanes.get(lane_id)
+            if lane is None:
+                lane = lanes[lane_id] = Lane(self, lane_id, self.lane_positions[lane_id])
+                groups_done[lane_id] = self._first_of_lane(lane_id)
+            try:
+                # Batches of this lane that other ranks or workers make: walk past them (shared lanes only).
+                while groups_done[lane_id] < index:
+                    lane.next_group(self.micro_batch_size)
+                    groups_done[lane_id] += self.lanes
+                good, bad = lane.next_group(self.micro_batch_size)
+            except FetchError as err:  # permanent: no budget applies, every rank stops
+                yield {"error": str(err)}
+                return
+            groups_done[lane_id] += self.lanes
+            skipped += len(bad)
+            if skipped > self.skip_budget:
+                # Handed to the trainer as a batch, not raised: it reaches the training process in
+                # stream order with its one-line message, also from a loader worker.
+                yield {"error": budget_error(bad[-1].describe(), skipped, self.skip_budget)}
+                return
+            batch = collate(good, self.layout, self.mlm_probability, _generator(self.seed, index))
+            batch.update(
+                batch_index=index,
+                lane=lane_id,
+                lane_end=lane.position,
+                skipped=len(bad),
+                skip_reason=bad[-1].describe() if bad else "",
+                fetch_retries=(self.source.retries if self.source else 0) - retries_reported,
+            )
+            retries_reported += batch["fetch_retries"]
+            yield batch
+
+    def _first_of_lane(self, lane: int) -> int:
+        """The first global batch at or after ``start`` that lane ``lane`` makes."""
+        return self.start + (lane - self.start) % self.lanes
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         return self.batches()
+
+
+def budget_error(reason: str, skipped: int, budget: int) -> str:
+    limit = f"the skip_bad_samples budget ({budget})" if budget else "skip_bad_samples=0"
+    return f"{reason} -- stopping: {skipped} bad sample(s) exceed {limit}"
 
 
 def train_loader(stream: TrainStream, workers: int, prefetch_batches: int) -> DataLoader:
@@ -258,6 +347,7 @@ def eval_batches(
     micro_batch_size: int,
     mlm_probability: float,
     max_samples: int,
+    source: DataSource | None = None,
 ) -> list[dict[str, Any]]:
     """This rank's share of the first ``max_samples`` valid samples, masked the same way every time.
 
@@ -266,7 +356,8 @@ def eval_batches(
     """
     samples: list[Sample] = []
     for spec in specs:
-        for sample in read_shard(spec, layout.rules):
+        data = source.read_shard_bytes(spec.path, spec.sha256) if source else None
+        for sample in read_shard(spec, layout.rules, data):
             if isinstance(sample, BadSample):
                 raise DataError(f"valid split: {sample.describe()}")
             samples.append(sample)

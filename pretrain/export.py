@@ -27,6 +27,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
+from data_prep.manifest import atomic_path  # noqa: E402
 from pretrain.checkpoint import CheckpointError, latest_tag, read_run_state  # noqa: E402
 
 MODEL_PREFIX = "model."  # PretrainingObjective holds the HF model as `.model`
@@ -94,10 +95,6 @@ def export_checkpoint(
         )
     model.tie_weights()
 
-    tmp = out.with_name(f".{out.name}.partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
-    shutil.copytree(run_dir / RUN_TOKENIZER, tmp, dirs_exist_ok=True)
     record = {
         "checkpoint": tag,
         "step": run_state["step"],
@@ -105,10 +102,10 @@ def export_checkpoint(
         "objective": run_state["objective"],
         **(summary or {}),
     }
-    (tmp / SUMMARY).write_text(json.dumps(record, indent=2) + "\n")
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
+    with atomic_path(out) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        shutil.copytree(run_dir / RUN_TOKENIZER, tmp, dirs_exist_ok=True)
+        (tmp / SUMMARY).write_text(json.dumps(record, indent=2) + "\n")
     return out
 
 

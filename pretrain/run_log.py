@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from data_prep.manifest import write_text_atomic
 from pretrain.tracking import Tracker
 
 METRICS = "metrics.jsonl"
@@ -35,9 +36,7 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
 
 def _truncate_after(path: Path, step: int) -> None:
     rows = [row for row in read_metrics(path.parent) if row.get("step", 0) <= step]
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    tmp.replace(path)
+    write_text_atomic(path, "".join(json.dumps(row) + "\n" for row in rows))
 
 
 def format_duration(seconds: float) -> str:

@@ -7,6 +7,7 @@ evaluate and checkpoint at their intervals. Both are plain functions a test can 
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
@@ -21,12 +22,13 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from data_prep.manifest import TOKENIZER_DIR, ManifestError, load_manifest, sha256_tree
+from data_prep.manifest import ManifestError, load_manifest, shard_specs, tokenizer_files
+from data_prep.storage import DataSource
 from data_prep.typed_config import to_yaml
 from pretrain import checkpoint
 from pretrain.config import PretrainConfig, resolve_model_config_path
 from pretrain.cpu_dropout import use_cpu_dropout
-from pretrain.data import DataError, TokenLayout, TrainStream, eval_batches, shard_specs, train_loader
+from pretrain.data import DataError, TokenLayout, TrainStream, budget_error, eval_batches, train_loader
 from pretrain.distributed import DistInfo, init_distributed
 from pretrain.ds_config import build_deepspeed_config, read_user_deepspeed_config
 from pretrain.export import RUN_MODEL_CONFIG, RUN_TOKENIZER, export_checkpoint
@@ -70,7 +72,8 @@ class Progress:
     """Where the run stands; saved with every checkpoint."""
 
     step: int = 0
-    position: int = 0  # this rank's position in its training stream (samples consumed, incl. skipped)
+    position: int = 0  # global batches consumed by all ranks together (pretrain/data.py)
+    lane_positions: list[int] | None = None  # each reading lane's sample position (None: fresh start)
     skipped: int = 0  # bad samples this rank skipped (against skip_bad_samples)
     local_tokens: int = 0  # real (non-pad) tokens this rank trained on
     nonfinite_skips: int = 0  # micro-steps skipped for a NaN/inf loss, all ranks agreeing
@@ -104,9 +107,15 @@ class Run:
     log: RunLog
     progress: Progress
     resumed_from: str | None
-    skipped_at_launch: int = 0
     forward_passes: int = 0  # training forward passes of this launch (the fault-injection clock)
+    lane_ends: dict[int, int] = field(
+        default_factory=dict
+    )  # lane -> its position after this rank's last batch
     eval_set: list[dict[str, Any]] | None = None
+    lanes: int | None = None  # reading lanes of the training stream (fixed by the run's first launch)
+    stream: TrainStream | None = None
+    source: DataSource | None = None  # the data dir, local or remote
+    fetch_retries: int = 0  # transient fetch failures this rank's loader retried (this launch)
 
     def global_tokens(self) -> int:
         return int(_reduce_sum([self.progress.local_tokens], self.engine.device)[0])
@@ -138,23 +147,17 @@ def _check_compiler(device_type: str) -> None:
         )
 
 
-def _check_data(cfg: PretrainConfig, manifest: dict[str, Any]) -> None:
-    data_dir = Path(cfg.data_dir)
+def _check_data(cfg: PretrainConfig, manifest: dict[str, Any], source: DataSource) -> dict[str, bytes]:
+    """The data dir matches this run; returns its tokenizer's files (checked against the manifest)."""
     hint = f"regenerate it: python -m data_prep --config configs/prep/NAME.yaml out_dir={cfg.data_dir} seq_len={cfg.seq_len}"
     if int(manifest["seq_len"]) != cfg.seq_len:
         raise ManifestError(
             f"data dir {cfg.data_dir} was prepared for seq_len={manifest['seq_len']}, "
             f"this run has seq_len={cfg.seq_len}; set seq_len={manifest['seq_len']} or {hint}"
         )
-    recorded = manifest["tokenizer"].get("sha256")
-    actual = sha256_tree(data_dir / TOKENIZER_DIR)
-    if recorded != actual:
-        raise ManifestError(
-            f"the tokenizer in {data_dir / TOKENIZER_DIR} is not the one its shards were made with "
-            f"(sha256 {actual[:12]}... vs manifest {str(recorded)[:12]}...); {hint}"
-        )
     if not manifest["splits"].get("train", {}).get("shards"):
         raise ManifestError(f"data dir {cfg.data_dir} has no train shards; {hint}")
+    return tokenizer_files(source, manifest)
 
 
 def _fingerprint(cfg: PretrainConfig, hf_config, manifest: dict[str, Any]) -> dict[str, Any]:
@@ -180,9 +183,12 @@ def _fingerprint(cfg: PretrainConfig, hf_config, manifest: dict[str, Any]) -> di
     }
 
 
-def _check_resumable(
-    saved: dict[str, Any], fingerprint: dict[str, Any], world_size: int, run_dir: Path
-) -> None:
+def _check_resumable(saved: dict[str, Any], fingerprint: dict[str, Any], run_dir: Path) -> None:
+    if "data" not in saved:
+        raise SetupError(
+            f"run_dir {run_dir} holds a checkpoint of an older format (per-rank data positions, before "
+            f"the global one); finish it with the version that wrote it, or use a new run_dir"
+        )
     differs = [key for key in fingerprint if saved["fingerprint"].get(key) != fingerprint[key]]
     if differs:
         detail = [
@@ -193,22 +199,33 @@ def _check_resumable(
             f"run_dir {run_dir} holds a run with another {names}; use a new run_dir, "
             f"or the model and data_dir it was started with"
         )
-    if saved["world_size"] != world_size:
-        raise SetupError(
-            f"run_dir {run_dir} was checkpointed with {saved['world_size']} rank(s), this launch has {world_size}: "
-            f"resuming on another world size is refused (each rank's data position belongs to its rank); "
-            f"relaunch with {saved['world_size']} rank(s)"
-        )
 
 
-def _write_run_files(cfg: PretrainConfig, hf_config, run_dir: Path) -> None:
+def _resume_note(saved: dict[str, Any], cfg: PretrainConfig, world_size: int) -> str | None:
+    """One line when the resumed run's shape differs from the saved one (the samples continue exactly)."""
+    if saved["world_size"] == world_size and saved["data"]["micro_batch_size"] == cfg.micro_batch_size:
+        return None
+    before = saved["data"]["global_batch"]
+    after = cfg.micro_batch_size * cfg.grad_accum * world_size
+    same = "the same samples per step" if before == after else "steps of another size from here"
+    return (
+        f"note: resuming on {world_size} rank(s), saved on {saved['world_size']}: global batch {before} -> "
+        f"{after} samples; the sample order continues at the exact sample, {same}"
+    )
+
+
+def _write_run_files(
+    cfg: PretrainConfig, hf_config, run_dir: Path, tokenizer_files: dict[str, bytes]
+) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(to_yaml(cfg))
     hf_config.to_json_file(str(run_dir / RUN_MODEL_CONFIG))
     tokenizer = run_dir / RUN_TOKENIZER
     if tokenizer.exists():
         shutil.rmtree(tokenizer)
-    shutil.copytree(Path(cfg.data_dir) / TOKENIZER_DIR, tokenizer)
+    for name, data in tokenizer_files.items():
+        (tokenizer / name).parent.mkdir(parents=True, exist_ok=True)
+        (tokenizer / name).write_bytes(data)
 
 
 def prepare_run(cfg: PretrainConfig) -> Run:
@@ -223,8 +240,17 @@ def prepare_run(cfg: PretrainConfig) -> Run:
             "precision=fp16: DeepSpeed supports no fp16 on this device "
             "(a CPU without AVX512-FP16/AMX-FP16); use precision=bf16 or fp32"
         )
-    manifest = load_manifest(cfg.data_dir)
-    _check_data(cfg, manifest)
+    loader = cfg.loader
+    source = DataSource(
+        cfg.data_dir,
+        retries=loader.retries,
+        backoff_s=loader.retry_backoff_s,
+        timeout_s=loader.timeout_s,
+        cache_dir=loader.cache_dir,
+        cache_bytes=int(loader.cache_gb * 1e9) if loader.cache_gb is not None else None,
+    )
+    manifest = load_manifest(cfg.data_dir, source)
+    tokenizer = _check_data(cfg, manifest, source)
     layout = TokenLayout.from_manifest(manifest)
     special = manifest["tokenizer"]["special_ids"]
     try:  # a malformed model or deepspeed JSON: one line
@@ -247,12 +273,18 @@ def prepare_run(cfg: PretrainConfig) -> Run:
         raise SetupError(str(err)) from None
     fingerprint = _fingerprint(cfg, hf_config, manifest)
     run_dir, ckpt_dir = Path(cfg.run_dir), Path(cfg.run_dir) / "checkpoints"
-    tag = checkpoint.latest_tag(ckpt_dir)
-    if tag is not None:
-        _check_resumable(checkpoint.read_run_state(ckpt_dir, tag), fingerprint, info.world_size, run_dir)
+    tag, load_tag = checkpoint.latest_tag(ckpt_dir), None
+    saved = checkpoint.read_run_state(ckpt_dir, tag) if tag is not None else None
+    same_world = saved is None or saved["world_size"] == info.world_size
+    if saved is not None:
+        _check_resumable(saved, fingerprint, run_dir)
+    if not same_world:  # ZeRO partitions of the optimizer state are regrouped for the new world size
+        load_tag = checkpoint.universal_tag(ckpt_dir, tag)
+        if load_tag is not None:
+            ds_config["checkpoint"] = {**ds_config.get("checkpoint", {}), "load_universal": True}
     if info.is_main:
         try:
-            _write_run_files(cfg, hf_config, run_dir)
+            _write_run_files(cfg, hf_config, run_dir, tokenizer)
         except OSError as err:
             raise SetupError(
                 f"run_dir {run_dir}: cannot write there ({err.strerror}); choose a writable run_dir"
@@ -290,19 +322,26 @@ def prepare_run(cfg: PretrainConfig) -> Run:
     )
 
     progress = Progress()
-    if tag is not None:
-        saved = checkpoint.read_run_state(ckpt_dir, tag)
-        own = checkpoint.load(engine, ckpt_dir, tag)
+    if saved is not None:
+        own = checkpoint.load(engine, ckpt_dir, tag, load_tag, same_world)
+        if own is None:  # another world size: the run's totals go to rank 0, fresh per-rank RNG streams
+            own = {
+                "skipped": saved["data"]["skipped"] if info.is_main else 0,
+                "local_tokens": saved["tokens"] if info.is_main else 0,
+            }
+            torch.manual_seed(cfg.seed * 1_000_003 + saved["step"] * 1009 + info.rank)
+        else:
+            torch.set_rng_state(own["torch_rng"])
+            if "accelerator_rng" in own:
+                get_accelerator().set_rng_state(own["accelerator_rng"])
         progress = Progress(
             step=saved["step"],
-            position=own["position"],
+            position=saved["data"]["position"],
+            lane_positions=saved["data"]["lane_positions"],
             skipped=own["skipped"],
             local_tokens=own["local_tokens"],
             nonfinite_skips=saved["nonfinite_skips"],
         )
-        torch.set_rng_state(own["torch_rng"])
-        if "accelerator_rng" in own:
-            get_accelerator().set_rng_state(own["accelerator_rng"])
     log = RunLog(
         run_dir,
         enabled=info.is_main,
@@ -311,6 +350,14 @@ def prepare_run(cfg: PretrainConfig) -> Run:
         report_to=cfg.report_to,
         config=cfg.model_dump(mode="json"),
     )
+    note = _resume_note(saved, cfg, info.world_size) if saved is not None else None
+    if note:
+        log.print(note)
+    lanes = saved["data"]["lanes"] if saved is not None else cfg.loader.lanes
+    if saved is not None and cfg.loader.lanes not in (None, lanes):
+        log.print(
+            f"note: loader.lanes={cfg.loader.lanes} ignored: the run keeps the {lanes} lanes it started with"
+        )
     return Run(
         cfg=cfg,
         dist=info,
@@ -324,7 +371,8 @@ def prepare_run(cfg: PretrainConfig) -> Run:
         log=log,
         progress=progress,
         resumed_from=tag,
-        skipped_at_launch=progress.skipped,
+        lanes=lanes,
+        source=source,
     )
 
 
@@ -355,6 +403,10 @@ def micro_step(run: Run, batches: Iterator[dict[str, Any]]) -> tuple[dict[str, A
     while True:
         batch = next(batches)
         error = batch.get("error")
+        if error is None and progress.skipped + batch["skipped"] > run.cfg.skip_bad_samples:
+            error = budget_error(
+                batch["skip_reason"], progress.skipped + batch["skipped"], run.cfg.skip_bad_samples
+            )
         if _any_rank(error is not None, device):
             raise DataError(error or "another rank stopped on a data error (its message names the shard)")
         _note_skipped(run, batch)
@@ -384,16 +436,20 @@ def micro_step(run: Run, batches: Iterator[dict[str, Any]]) -> tuple[dict[str, A
 
 
 def _note_skipped(run: Run, batch: dict[str, Any]) -> None:
-    """Advance this rank's data position; report bad samples the stream skipped (any rank prints)."""
+    """Advance the data position; report bad samples the stream passed over (any rank prints)."""
     progress = run.progress
-    skipped = run.skipped_at_launch + batch["skipped"]
-    if skipped > progress.skipped:
+    if batch["skipped"]:
+        progress.skipped += batch["skipped"]
         print(
-            f"[rank {run.dist.rank}] warning: skipped {skipped - progress.skipped} bad sample(s) "
-            f"({skipped} of the skip_bad_samples budget of {run.cfg.skip_bad_samples}): {batch['skip_reason']}",
+            f"[rank {run.dist.rank}] warning: skipped {batch['skipped']} bad sample(s) "
+            f"({progress.skipped} of the skip_bad_samples budget of {run.cfg.skip_bad_samples}): "
+            f"{batch['skip_reason']}",
             flush=True,
         )
-    progress.position, progress.skipped = batch["stream_end"], skipped
+    # every rank consumes one batch per micro-step: the global batches before this one's round, and its round
+    progress.position = batch["batch_index"] - run.dist.rank + run.dist.world_size
+    run.lane_ends[batch["lane"]] = batch["lane_end"]
+    run.fetch_retries += batch["fetch_retries"]
 
 
 def _reduce_sum(values: list[float], device) -> list[float]:
@@ -418,6 +474,7 @@ def evaluate(run: Run) -> dict[str, float] | None:
             micro_batch_size=run.cfg.micro_batch_size,
             mlm_probability=run.cfg.mlm_probability,
             max_samples=run.cfg.eval_samples,
+            source=run.source,
         )
     engine, device = run.engine, run.engine.device
     sums = [0.0] * 6
@@ -452,7 +509,6 @@ def save(run: Run) -> str:
 
     progress = run.progress
     own = {
-        "position": progress.position,
         "skipped": progress.skipped,
         "local_tokens": progress.local_tokens,
         "torch_rng": torch.get_rng_state(),
@@ -468,15 +524,38 @@ def save(run: Run) -> str:
         "precision": run.cfg.precision,
         "objective": run.manifest["objective"],
         "fingerprint": run.fingerprint,
+        "data": _data_position(run),
     }
     tag = checkpoint.save(run.engine, run.ckpt_dir, progress.step, shared, own, run.cfg.keep_last)
     run.log.print(f"saved checkpoint {tag}")
     return tag
 
 
+def _data_position(run: Run) -> dict[str, Any]:
+    """Where the global training stream stands, the same on every rank (a collective): each lane's
+    position is that of the last batch any rank took from it (positions only grow: MAX)."""
+    progress, lanes = run.progress, run.stream.lanes
+    positions = list(progress.lane_positions or run.stream.lane_positions)
+    for lane, end in run.lane_ends.items():
+        positions[lane] = max(positions[lane], end)
+    tensor = torch.tensor(positions, dtype=torch.int64, device=run.engine.device)
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    progress.lane_positions = tensor.tolist()
+    cfg = run.cfg
+    return {
+        "position": progress.position,
+        "lanes": lanes,
+        "lane_positions": progress.lane_positions,
+        "micro_batch_size": cfg.micro_batch_size,
+        "global_batch": cfg.micro_batch_size * cfg.grad_accum * run.dist.world_size,
+        "skipped": int(_reduce_sum([progress.skipped], run.engine.device)[0]),  # all ranks
+    }
+
+
 def _log_train(run: Run, window: Window, run_started: float, steps_this_launch: int) -> None:
     engine, device = run.engine, run.engine.device
-    loss, mlm, nsp, micro, tokens, flops, skipped = _reduce_sum(
+    loss, mlm, nsp, micro, tokens, flops, skipped, retries = _reduce_sum(
         [
             window.loss,
             window.mlm_loss,
@@ -485,6 +564,7 @@ def _log_train(run: Run, window: Window, run_started: float, steps_this_launch: 
             window.tokens,
             window.flops,
             run.progress.skipped,
+            run.fetch_retries + run.source.retries,
         ],
         device,
     )
@@ -509,6 +589,8 @@ def _log_train(run: Run, window: Window, run_started: float, steps_this_launch: 
         row["nonfinite_skips"] = run.progress.nonfinite_skips
     if skipped:
         row["skipped_samples"] = int(skipped)
+    if retries:
+        row["fetch_retries"] = int(retries)  # transient fetch failures retried, all ranks, this launch
     per_step = (time.perf_counter() - run_started) / max(1, steps_this_launch)
     run.log.train(row, eta_s=per_step * (run.cfg.max_steps - run.progress.step))
 
@@ -522,7 +604,7 @@ def train(cfg: PretrainConfig) -> dict[str, Any]:
     run = prepare_run(cfg)
     progress, log = run.progress, run.log
     log.print(_banner(run))
-    stream = TrainStream(
+    run.stream = stream = TrainStream(
         shard_specs(cfg.data_dir, run.manifest, "train"),
         run.layout,
         rank=run.dist.rank,
@@ -531,7 +613,10 @@ def train(cfg: PretrainConfig) -> dict[str, Any]:
         micro_batch_size=cfg.micro_batch_size,
         mlm_probability=cfg.mlm_probability,
         start=progress.position,
+        lanes=run.lanes,
+        lane_positions=progress.lane_positions,
         skip_budget=cfg.skip_bad_samples - progress.skipped,
+        source=copy.copy(run.source),  # its own retry count: the loader's are reported through batches
     )
     batches = iter(train_loader(stream, cfg.loader.workers, cfg.loader.prefetch_batches))
     samples_log = _open_samples_log(run)

@@ -13,9 +13,9 @@ from benchmarks.baseline import stock_labels
 from benchmarks.step_timing import count_step
 from benchmarks.synthetic_shards import CLS, SEP, nsp_examples, write_synthetic_data_dir
 from benchmarks.throughput import add_utilisation, main, summarise
-from data_prep.manifest import load_manifest
+from data_prep.manifest import load_manifest, shard_specs
 from pretrain.config import resolve_model_config_path
-from pretrain.data import TokenLayout, TrainStream, shard_specs
+from pretrain.data import TokenLayout, TrainStream
 from pretrain.flops import BertShape
 from pretrain.model import PretrainingObjective, bert_config_from_preset, build_hf_model
 

@@ -16,9 +16,16 @@ import pytest
 
 from data_prep import stages
 from data_prep.config import load_prep_config
-from data_prep.manifest import FORMAT, NSP_EXT, TOKENS_EXT, load_manifest, sha256_tree
+from data_prep.manifest import (
+    FORMAT,
+    NSP_EXT,
+    TOKENS_EXT,
+    load_manifest,
+    load_tokens,
+    sha256_tree,
+    tar_samples,
+)
 from data_prep.pipeline import PrepError, prepare
-from data_prep.shards import iter_samples, load_tokens
 from data_prep.sources import InputError
 from data_prep.verify import verify
 
@@ -79,7 +86,7 @@ def example_multiset(out: Path, split: str = "train") -> Counter:
     manifest = load_manifest(out)
     found = Counter()
     for entry in manifest["splits"][split]["shards"]:
-        for _, members in iter_samples(out / entry["path"]):
+        for _, members in tar_samples((out / entry["path"]).read_bytes(), entry["path"]):
             found[(load_tokens(members[TOKENS_EXT]).tobytes(), members.get(NSP_EXT))] += 1
     return found
 
@@ -204,7 +211,8 @@ def test_mlm_objective_and_reused_tokenizer(corpus, baseline, tmp_path):
     )
     assert report["tokenizer"]["trained"] is False
     assert verify(tmp_path / "mlm")[0] == []
-    [(key, members)] = list(iter_samples(tmp_path / "mlm/shards/train/pretrain-000000.tar"))[:1]
+    shard = tmp_path / "mlm/shards/train/pretrain-000000.tar"
+    [(key, members)] = list(tar_samples(shard.read_bytes(), shard.name))[:1]
     assert set(members) == {TOKENS_EXT}
     ids = load_tokens(members[TOKENS_EXT])
     assert ids[0] == 2 and ids[-1] == 3 and (ids == 3).sum() == 1

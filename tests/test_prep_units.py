@@ -16,9 +16,10 @@ from data_prep.cleaning import clean_document
 from data_prep.config import CleanConfig, NearDupConfig
 from data_prep.dedup import DuplicateFilter, Shingler, exact_fingerprint
 from data_prep.examples import build_examples
+from data_prep.manifest import load_tokens, tar_samples
 from data_prep.pydocs import iter_pydocs, list_module_files, module_matches
 from data_prep.sentences import split_sentences
-from data_prep.shards import TarStream, iter_samples, load_tokens, npy_bytes, ustar_header, write_shard
+from data_prep.shards import TarStream, npy_bytes, ustar_header, write_shard
 from data_prep.sources import Document, Reject, expand_inputs, file_pieces, read_piece
 
 
@@ -247,7 +248,7 @@ def test_shards_are_reproducible_and_readable_by_webdataset(tmp_path):
     second = write_shard(tmp_path, "a/s-000005.tar", 4, samples)
     assert first.sha256 == second.sha256 and first.samples == 25 and first.tokens == 125
     assert not list((tmp_path / "a").glob(".*"))  # no temporary left behind
-    read = list(iter_samples(tmp_path / "a/s-000004.tar"))
+    read = list(tar_samples((tmp_path / "a/s-000004.tar").read_bytes(), "s-000004.tar"))
     assert read[3][0] == "000004_000003" and load_tokens(read[3][1]["tokens.npy"]).tolist() == [
         2,
         10,

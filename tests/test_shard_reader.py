@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from synthetic_data import CLS, SEP, npy_bytes, write_shard
 
-from pretrain.shards import BadSample, Sample, SampleRules, ShardError, ShardSpec, read_shard
+from data_prep.manifest import BadSample, Sample, SampleRules, ShardError, ShardSpec, read_shard
 
-RULES = SampleRules(nsp=True, vocab_size=100, seq_len=32, cls_id=CLS)
+RULES = SampleRules(nsp=True, vocab_size=100, seq_len=32, cls_id=CLS, sep_id=SEP, dtype="uint16")
 
 
 def _good(n):
@@ -72,7 +72,7 @@ def test_hostile_members_are_rejected_and_never_unpickled(tmp_path):
     entry2 = write_shard(
         path2,
         1,
-        [(np.array([CLS, SEP], dtype=np.uint16), 0)],
+        [(np.array([CLS, 5, SEP, 6, SEP], dtype=np.uint16), 0)],
         extra_members={"000001_000001.tokens.npy": object_ids.getvalue(), "000001_000001.nsp.cls": b"0"},
     )
     cwd = os.getcwd()
@@ -96,16 +96,23 @@ def test_hostile_members_are_rejected_and_never_unpickled(tmp_path):
 @pytest.mark.parametrize(
     "ids, label, reason",
     [
-        ([CLS, 5, 100, SEP], b"0", "outside the vocabulary"),
-        ([7, 5, 6, SEP], b"0", "does not start with [CLS]"),
-        ([CLS] + [5] * 40 + [SEP], b"0", "outside 2..seq_len=32"),
-        ([CLS, 5, SEP], b"2", "must be 0 or 1"),
-        ([CLS, 5, SEP], None, "missing member .nsp.cls"),
+        ([CLS, 5, SEP, 100, SEP], b"0", "outside the vocabulary"),
+        ([7, 5, SEP, 6, SEP], b"0", "not [CLS] A [SEP] B [SEP]"),
+        ([CLS] + [5] * 40 + [SEP, 6, SEP], b"0", "more than seq_len=32"),
+        ([CLS, 5, SEP, 6, SEP], b"2", "must be 0 or 1"),
+        ([CLS, 5, SEP, 6, SEP], None, "missing member .nsp.cls"),
+        # the two rule sets reconciled: [CLS] alone, one [SEP] for mlm+nsp, an empty segment, dtype
+        ([CLS, SEP], b"0", "not [CLS] A [SEP] B [SEP]"),
+        ([CLS, 5, 6, SEP], b"0", "not [CLS] A [SEP] B [SEP]"),
+        ([CLS, 5, SEP, SEP], b"0", "not [CLS] A [SEP] B [SEP]"),
+        ([CLS, 5, SEP, 6, SEP, 7], b"0", "not [CLS] A [SEP] B [SEP]"),
+        (np.array([CLS, 5, SEP, 6, SEP], dtype=np.int32), b"0", "expected a 1-D uint16 array"),
     ],
 )
 def test_bad_samples_are_named_with_the_failed_check(tmp_path, ids, label, reason):
     path = tmp_path / "s.tar"
-    members = {"000000_000001.tokens.npy": npy_bytes(np.array(ids, dtype=np.int32))}
+    array = ids if isinstance(ids, np.ndarray) else np.array(ids, dtype=np.uint16)
+    members = {"000000_000001.tokens.npy": npy_bytes(array)}
     if label is not None:
         members["000000_000001.nsp.cls"] = label
     entry = write_shard(path, 0, _good(1), extra_members=members)

@@ -1,7 +1,7 @@
 """The fine-tuning stage's typed config; ``configs/finetune/*.yaml`` mirror it, key for key.
 
-Key names shared with the rest of the project are fixed by DESIGN.md ("Config keys other tools
-rely on"): model, train_file, valid_file, test_file, text_column, label_column, out_dir, epochs,
+Key names shared with the rest of the project are fixed by docs/contracts.md ("Config keys other
+tools rely on"): model, train_file, valid_file, test_file, text_column, label_column, out_dir, epochs,
 lr, batch_size, max_len, seed.
 """
 

@@ -1,4 +1,4 @@
-"""The fine-tune dir (DESIGN.md, Contract 3), written by rank 0 only:
+"""The fine-tune dir (contract 3 in docs/contracts.md), written by rank 0 only:
 
 <out_dir>/config.yaml       the resolved config of the run
           metrics.jsonl     training, validation and final rows
@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import shutil
 import time
 from pathlib import Path
 
 import numpy as np
 
+from data_prep.manifest import atomic_path, open_atomic, write_json_atomic
 from data_prep.typed_config import Section, to_yaml
 from pretrain.finetune import InputError
 from pretrain.finetune.data import Table
@@ -57,11 +57,7 @@ def report_run(tracker, out: Path, result: dict) -> None:
 
 def write_eval_report(out: Path, report: dict) -> None:
     """eval.json, last and atomically: its presence means the run finished and everything is there."""
-    path = out / "eval.json"
-    text = json.dumps(report, indent=2) + "\n"
-    staging = path.with_name(path.name + ".tmp")
-    staging.write_text(text, encoding="utf-8")
-    os.replace(staging, path)
+    write_json_atomic(out / "eval.json", report)
 
 
 def start_out_dir(out: Path, config: Section) -> None:
@@ -71,8 +67,7 @@ def start_out_dir(out: Path, config: Section) -> None:
         # The old report goes first: until the new one is written, the dir must not look finished.
         (out / "eval.json").unlink(missing_ok=True)
         (out / "predictions.tsv").unlink(missing_ok=True)
-        for stale in ("model", "model.tmp"):
-            shutil.rmtree(out / stale, ignore_errors=True)
+        shutil.rmtree(out / "model", ignore_errors=True)
         (out / "config.yaml").write_text(to_yaml(config), encoding="utf-8")
         (out / "metrics.jsonl").write_text("", encoding="utf-8")
     except OSError as err:
@@ -80,7 +75,7 @@ def start_out_dir(out: Path, config: Section) -> None:
 
 
 def save_model(engine, tokenizer, out: Path, zero_stage: int, is_main: bool) -> None:
-    """Write model + tokenizer to out/model.tmp, then swap it in as out/model: never half a model.
+    """Write model + tokenizer to a temporary dir, then swap it in as out/model: never half a model.
 
     Saved in the training dtype: these are exactly the weights the selection evaluated. A collective:
     under ZeRO-3 every rank contributes its shard of the weights.
@@ -91,12 +86,9 @@ def save_model(engine, tokenizer, out: Path, zero_stage: int, is_main: bool) -> 
 
     with deepspeed.zero.GatheredParameters(list(engine.module.parameters()), enabled=zero_stage == 3):
         if is_main:
-            staging, final = out / "model.tmp", out / "model"
-            shutil.rmtree(staging, ignore_errors=True)
-            engine.module.save_pretrained(staging)
-            tokenizer.save_pretrained(staging)
-            shutil.rmtree(final, ignore_errors=True)
-            staging.rename(final)
+            with atomic_path(out / "model") as staging:
+                engine.module.save_pretrained(staging)
+                tokenizer.save_pretrained(staging)
     barrier()
 
 
@@ -105,8 +97,7 @@ def write_predictions(
 ) -> None:
     """One row per test row: its line in the source file, the text, gold and predicted class, P(predicted)."""
     predicted = probabilities.argmax(axis=1)
-    staging = path.with_name(path.name + ".tmp")
-    with staging.open("w", encoding="utf-8", newline="") as handle:
+    with open_atomic(path, "w", newline="") as handle:
         writer = csv.writer(handle, delimiter="\t", lineterminator="\n")
         writer.writerow(
             ["line", "text", *(["text_pair"] if table.pairs else []), "gold", "predicted", "probability"]
@@ -123,4 +114,3 @@ def write_predictions(
                     f"{probabilities[row, predicted[row]]:.4f}",
                 ]
             )
-    os.replace(staging, path)
