@@ -275,6 +275,8 @@ def build_run(cfg: PretrainConfig) -> Run:
     device_type = get_accelerator().device_name()
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     hf_model = build_hf_model(hf_config, nsp=layout.nsp)
+    if cfg.activation_checkpointing:  # the recomputation replays the RNG state: same dropout masks
+        hf_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if cfg.cpu_dropout and device_type == "cpu":
         use_cpu_dropout(hf_model)
     # ZeRO-3 hooks every submodule to gather its partitioned parameters; Dynamo would trace into
