@@ -322,16 +322,14 @@ def _node(rank, hostfile, data_dir, run_dir, port, *overrides, env=None):
 
 
 def test_two_node_rehearsal_matches_single_node_and_survives_a_lost_node(tmp_path, data_dir):
-    import socket
+    from pretrain.distributed import free_port
 
     hostfile = tmp_path / "hostfile"
     hostfile.write_text("localhost slots=1\n127.0.0.1 slots=1\n")
     single = run_pretrain(data_dir, tmp_path / "single", "max_steps=6", ranks=2)
     assert single.returncode == 0, explain(single)
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     nodes = [_node(r, hostfile, data_dir, tmp_path / "multi", port, "max_steps=6") for r in range(2)]
     outputs = [node.communicate(timeout=240) for node in nodes]
     assert [node.returncode for node in nodes] == [0, 0], outputs

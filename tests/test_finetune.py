@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from data_prep.typed_config import ConfigError, load_config
+from pretrain.distributed import STRICT_ENV, free_port
 from pretrain.finetune import InputError
 from pretrain.finetune.config import FinetuneConfig
 from pretrain.finetune.data import read_table, seeded_split
@@ -445,14 +446,6 @@ def test_cli_bad_input_exits_1_with_one_line(base, task, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_two_ranks_under_deepspeed_match_one_rank(base, task, tmp_path):
     """Each rank takes its half of every global batch, so with dropout off and fp32 the two-rank
@@ -479,7 +472,7 @@ def test_two_ranks_under_deepspeed_match_one_rank(base, task, tmp_path):
             *[o for o in overrides if not o.endswith("=None")],
         ],
         cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"},
+        env={**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", STRICT_ENV: "1"},
         capture_output=True,
         text=True,
         timeout=240,
