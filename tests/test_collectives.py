@@ -121,3 +121,22 @@ def test_collectives_place_tensors_and_checkpoint_ranks_agree(tmp_path):
     assert r0["synced"] == [".latest.tmp", "bf16_zero_pp_rank_0_mp_rank_00_optim_states.pt", "mp_rank_00_model_states.pt",
                             "rank_state_00000.pt", "run_state.json"]  # fmt: skip
     assert r1["synced"] == ["bf16_zero_pp_rank_1_mp_rank_00_optim_states.pt", "rank_state_00001.pt"]
+
+
+def test_the_process_group_has_a_cpu_backend_beside_nccl():
+    """Under NCCL alone a CPU tensor in a collective has no backend at all; gloo serves it."""
+    from pretrain.distributed import process_group_backend
+
+    class Accelerator:
+        def __init__(self, device, backend):
+            self.device, self.backend = device, backend
+
+        def device_name(self):
+            return self.device
+
+        def communication_backend_name(self):
+            return self.backend
+
+    assert process_group_backend(Accelerator("cuda", "nccl")) == "cpu:gloo,cuda:nccl"
+    assert process_group_backend(Accelerator("cpu", "gloo")) == "gloo"
+    assert process_group_backend(Accelerator("cpu", "ccl")) == "ccl"
