@@ -71,8 +71,9 @@ MODEL_INPUTS = (
 )
 
 
-# fp16: the dynamic loss scale starts at 2^16 and halves per overflow (hysteresis 2), so ~20
-# overflows in a row reach a scale of 1; beyond that the gradients themselves are not finite.
+# Steps DeepSpeed may skip in a row before the run stops. fp16's dynamic loss scale starts at 2^16
+# and halves per overflow (hysteresis 2), so ~20 overflows reach a scale of 1; beyond that the
+# gradients themselves are not finite.
 MAX_OVERFLOWS_IN_A_ROW = 40
 
 
@@ -549,12 +550,13 @@ def train(cfg: PretrainConfig) -> dict[str, Any]:
             if samples_log is not None:  # an audit trail: reads the loss (a host sync) every micro-step
                 record = {"step": progress.step + 1, "keys": batch["keys"], "loss": out["loss"].item()}
                 samples_log.write(json.dumps(record) + "\n")
-        if not run.engine.was_step_applied():  # fp16 overflow: DeepSpeed skipped the update and the
-            overflows_in_a_row += 1  # schedule, so `step` (applied steps) does not advance either
+        if not run.engine.was_step_applied():  # DeepSpeed skipped the update and the schedule (fp16
+            overflows_in_a_row += 1  # overflow, or a non-finite gradient norm): not a step, retried
             if overflows_in_a_row > MAX_OVERFLOWS_IN_A_ROW:
                 raise NonFiniteLossError(
-                    f"fp16: {overflows_in_a_row} optimizer steps in a row overflowed at step {progress.step + 1}; "
-                    f"use precision=bf16 or lower optimizer.lr, then relaunch to resume"
+                    f"{overflows_in_a_row} optimizer steps in a row were skipped for non-finite gradients "
+                    f"at step {progress.step + 1}; lower optimizer.lr"
+                    f"{' or use precision=bf16' if run.cfg.precision == 'fp16' else ''}, then relaunch to resume"
                 )
             continue
         overflows_in_a_row = 0
