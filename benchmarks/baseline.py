@@ -31,14 +31,16 @@ from typing import Any
 
 import torch
 
-from benchmarks.step_timing import is_out_of_memory, peak_memory_bytes, synchronizer, time_steps
+from benchmarks.step_timing import is_out_of_memory, synchronizer, time_steps
 from data_prep.manifest import load_manifest, shard_specs
 from pretrain.config import PretrainConfig, load_pretrain_config, resolve_model_config_path
 from pretrain.data import TokenLayout, TrainStream, train_loader
+from pretrain.distributed import peak_memory_bytes, set_threads, to_device
 from pretrain.flops import BertShape
 from pretrain.model import bert_config_from_preset, build_hf_model
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+STOCK_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
 def stock_labels(batch: dict[str, Any]) -> torch.Tensor:
@@ -80,8 +82,7 @@ def measure(
     initial_weights: Path | None,
 ) -> dict[str, Any]:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    set_threads(cfg.threads)
     manifest = load_manifest(cfg.data_dir)
     layout = TokenLayout.from_manifest(manifest)
     hf_config = bert_config_from_preset(
@@ -107,9 +108,7 @@ def measure(
     dtype = AUTOCAST_DTYPES.get(cfg.precision)
 
     def loss_of(batch: dict[str, Any]) -> torch.Tensor:
-        inputs = {key: batch[key].to(device) for key in ("input_ids", "attention_mask", "token_type_ids")}
-        if layout.nsp:
-            inputs["next_sentence_label"] = batch["next_sentence_label"].to(device)
+        inputs = to_device(batch, device, STOCK_INPUTS + (("next_sentence_label",) if layout.nsp else ()))
         with torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext():
             return model(**inputs, labels=stock_labels(batch).to(device)).loss
 
@@ -151,7 +150,7 @@ def measure(
         "threads": torch.get_num_threads(),
         "model_parameters": sum(p.numel() for p in model.parameters()),
         "initial_loss": initial_loss,
-        "peak_memory_bytes": peak_memory_bytes(device.type),
+        "peak_memory_bytes": peak_memory_bytes(),
         "steps": [asdict(record) for record in records],
     }
 

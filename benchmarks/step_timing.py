@@ -9,7 +9,6 @@ allocation, kernel selection, the loader workers starting and reading their firs
 
 from __future__ import annotations
 
-import resource
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -84,14 +83,6 @@ def time_steps(
             count_step(shape, batch, time.perf_counter() - started, full_vocab_head=full_vocab_head)
         )
     return records
-
-
-def peak_memory_bytes(device_type: str) -> int:
-    """Peak memory of this process: device memory allocated by torch on a GPU; on CPU the resident
-    set high-water mark, which is what has to fit in RAM (it includes the ~0.5 GB of loaded libraries)."""
-    if device_type == "cuda":
-        return int(torch.cuda.max_memory_allocated())
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
 def synchronizer(device_type: str) -> Callable[[], None]:

@@ -17,14 +17,13 @@ import json
 import os
 import sys
 import traceback
-import warnings
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-# DeepSpeed's ZeRO calls a collective that torch renamed; the warning is theirs to fix.
-warnings.filterwarnings("ignore", message=r".*all_gather_into_tensor.* is deprecated")
+from pretrain.distributed import prepare_entry
+
+prepare_entry()
 
 
 def initial_loss(run, batch: dict[str, Any]) -> float:
@@ -32,11 +31,12 @@ def initial_loss(run, batch: dict[str, Any]) -> float:
     function of weights and batch, which the baseline recomputes to show both models agree."""
     import torch
 
+    from pretrain.distributed import to_device
     from pretrain.train import MODEL_INPUTS
 
     run.engine.eval()
     with torch.no_grad():
-        out = run.engine(**{key: batch[key].to(run.engine.device) for key in MODEL_INPUTS if key in batch})
+        out = run.engine(**to_device(batch, run.engine.device, MODEL_INPUTS))
     run.engine.train()
     return float(out["loss"])
 
@@ -64,9 +64,10 @@ def measure(cfg, warmup: int, steps: int, initial_weights: Path | None) -> dict[
     import torch
     from deepspeed.accelerator import get_accelerator
 
-    from benchmarks.step_timing import peak_memory_bytes, synchronizer, time_steps
+    from benchmarks.step_timing import synchronizer, time_steps
     from data_prep.manifest import shard_specs
     from pretrain.data import DataError, TrainStream, train_loader
+    from pretrain.distributed import peak_memory_bytes
     from pretrain.train import micro_step, prepare_run
 
     run = prepare_run(cfg)
@@ -108,7 +109,7 @@ def measure(cfg, warmup: int, steps: int, initial_weights: Path | None) -> dict[
         "model_parameters": sum(getattr(p, "ds_numel", p.numel()) for p in run.engine.module.parameters()),
         "shape": asdict(run.shape),
         "initial_loss": loss,
-        "peak_memory_bytes": peak_memory_bytes(device_type),
+        "peak_memory_bytes": peak_memory_bytes(),
         "steps": [asdict(record) for record in records],
     }
 
@@ -144,11 +145,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"[rank {rank}] {status}: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
         os._exit(3)  # the other ranks may be blocked in a collective; the launcher ends them
     result_path.write_text(json.dumps(result) + "\n")
+    from pretrain.distributed import shutdown
 
-    import torch.distributed as dist
-
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    shutdown()
 
 
 if __name__ == "__main__":

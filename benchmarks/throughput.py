@@ -46,7 +46,6 @@ import os
 import platform
 import re
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -64,6 +63,7 @@ from benchmarks.synthetic_shards import BERT_VOCAB_SIZE, write_synthetic_data_di
 from data_prep.manifest import ManifestError, load_manifest
 from data_prep.typed_config import ConfigError
 from pretrain.config import load_pretrain_config, resolve_model_config_path
+from pretrain.distributed import free_port, precision_problem
 from pretrain.flops import utilisation
 
 REPO = Path(__file__).resolve().parents[1]
@@ -127,12 +127,6 @@ def _git_commit() -> str | None:
 
 # ---------------------------------------------------------------------------------------------
 # Launching one point
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _launch(command: list[str], log_path: Path, timeout_s: float) -> int | None:
@@ -267,7 +261,7 @@ class Sweep:
                 "--num_gpus",
                 str(args.ranks),
                 "--master_port",
-                str(_free_port()),
+                str(free_port()),
                 "--module",
                 "benchmarks.step_worker",
                 *worker,
@@ -607,14 +601,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         load_pretrain_config(None, ["data_dir=.", "run_dir=.", *args.set])  # a typo in --set fails here
     except (FileNotFoundError, ManifestError, ConfigError) as err:
         parser.error(str(err))
-    if args.precision == "fp16" and not torch.cuda.is_available():
-        from deepspeed.accelerator import get_accelerator
-
-        if not get_accelerator().is_fp16_supported():  # the trainer's own test (pretrain.train.prepare_run)
-            parser.error(
-                "--precision fp16: DeepSpeed supports no fp16 on this CPU (no AVX512-FP16/AMX-FP16); "
-                "use bf16 or fp32"
-            )
+    problem = precision_problem(args.precision)  # the trainer's own test
+    if problem:
+        parser.error(problem)
     args.cores = len(os.sched_getaffinity(0))
     args.threads = args.threads or max(1, args.cores // args.ranks)
     return args

@@ -6,11 +6,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import warnings
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-# DeepSpeed's ZeRO calls collectives that torch renamed; the warning is theirs to fix, not the user's.
-warnings.filterwarnings("ignore", message=r".*(all_gather_into_tensor|reduce_scatter_tensor).* is deprecated")
+from pretrain.distributed import prepare_entry, shutdown
+
+prepare_entry()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -58,7 +57,7 @@ def main(argv: list[str] | None = None) -> None:
                 f"relaunch the same command to resume from the last complete checkpoint"
             )
         raise
-    _shutdown()
+    shutdown()
 
 
 def _is_lost_rank(err: BaseException) -> bool:
@@ -79,13 +78,6 @@ def _fail(message: str) -> None:
     sys.stdout.flush()
     os.write(2, f"{prefix}error: {message}\n".encode())
     os._exit(1)  # do not wait in process-group teardown for ranks that are gone
-
-
-def _shutdown() -> None:
-    import torch.distributed as dist
-
-    if dist.is_initialized():
-        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -3,35 +3,56 @@
 Layout under ``<run_dir>/checkpoints/``::
 
     step00000100/            DeepSpeed's files (model, ZeRO partitions, optimizer, scheduler)
-        rank_state_00000.pt  per rank: skipped samples, tokens, RNG states (tensors only)
-        run_state.json       step, world size, the data position, what the run was trained on
+        rank_state_00000.pt  per rank: ``RankState`` (skipped samples, tokens) and the RNG states,
+                             plain numbers and tensors (loaded with weights_only)
+        run_state.json       step, world size, the global data position, what the run was trained on
+        universal/           made on a resume with another world size: DeepSpeed's universal checkpoint
     latest                   the tag of the newest COMPLETE checkpoint
 
 Saving goes: check every rank can write -> DeepSpeed save (ends in a barrier) -> each rank's own
-state -> every rank confirms (all-reduce) -> rank 0 fsyncs the files, then replaces ``latest``
-atomically (``data_prep.manifest.write_text_atomic``) -> old checkpoints are pruned. DeepSpeed's own
-``latest`` is written before the other ranks finish, so it is disabled (``save_latest=False``).
-A crash at any point leaves ``latest`` naming the previous complete checkpoint; a partial
-directory is never named and is removed by the next save.
+state -> each rank fsyncs the files it wrote -> every rank confirms (all-reduce) -> rank 0
+replaces ``latest`` atomically (``data_prep.manifest.write_text_atomic``) -> barrier -> old checkpoints are
+pruned by rank 0 in a background thread. Nothing long runs on one rank while the others wait in a
+collective (whose timeout, ``dist_timeout_s``, a slow shared filesystem could outlast): the
+fsyncs are shared out to the ranks that wrote, and the pruning overlaps the next steps.
+DeepSpeed's own ``latest`` is written before the other ranks finish, so it is disabled
+(``save_latest=False``). A crash at any point leaves ``latest`` naming the previous complete
+checkpoint; a partial directory is never named and is removed by the next save.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
-from data_prep.manifest import atomic_path, fsync_tree, write_text_atomic
-from pretrain.fault_injection import crash_point
+from data_prep.manifest import atomic_path, fsync_dir, write_text_atomic
+from pretrain.distributed import all_ranks, barrier
+from pretrain.fault_injection import crash_point, disk_error_point
 
 LATEST = "latest"
 RUN_STATE = "run_state.json"
 _TAG = re.compile(r"^step(\d{8})$")
+_TRASH = ".trash-"
+# DeepSpeed names each rank's ZeRO files ..._zero_pp_rank_<r>_...; its other files come from rank 0.
+_DEEPSPEED_RANK_FILE = re.compile(r"zero_pp_rank_(\d+)_")
+
+
+@dataclass
+class RankState:
+    """What each rank resumes with besides the engine and the global data position (in the run
+    state): its own counts."""
+
+    skipped: int = 0  # bad samples this rank skipped (against skip_bad_samples)
+    local_tokens: int = 0  # real (non-pad) tokens this rank trained on
 
 
 class CheckpointError(RuntimeError):
@@ -63,12 +84,19 @@ def read_run_state(ckpt_dir: str | Path, tag: str) -> dict[str, Any]:
     return json.loads((Path(ckpt_dir) / tag / RUN_STATE).read_text())
 
 
-def _all_ranks_ok(ok: bool) -> bool:
-    if not dist.is_initialized() or dist.get_world_size() == 1:
-        return ok
-    flag = torch.tensor([0.0 if ok else 1.0])
-    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-    return flag.item() == 0.0
+def _written_by(name: str, rank: int) -> bool:
+    match = _DEEPSPEED_RANK_FILE.search(name) or re.match(r"rank_state_(\d+)\.pt$", name)
+    return int(match.group(1)) == rank if match else rank == 0
+
+
+def _fsync_mine(tag_dir: Path, rank: int) -> None:
+    """fsync the files this rank wrote (on a shared filesystem, a client's fsync flushes its own
+    writes, not another's), then the directory."""
+    for path in sorted(tag_dir.rglob("*")):
+        if path.is_file() and _written_by(path.name, rank):
+            with open(path, "rb") as handle:
+                os.fsync(handle.fileno())
+    fsync_dir(tag_dir)
 
 
 def _describe_write_error(err: Exception) -> str:
@@ -77,11 +105,30 @@ def _describe_write_error(err: Exception) -> str:
     return str(err).splitlines()[0][:200]
 
 
+_pruner: ThreadPoolExecutor | None = None
+_pruning: list[Future] = []
+
+
 def _prune(ckpt_dir: Path, keep: list[str]) -> None:
-    """Remove every tag directory not kept: older checkpoints and partial ones from crashed saves."""
+    """Remove every tag directory not kept (older checkpoints, partial ones from crashed saves) and
+    the ones set aside as trash."""
     for child in ckpt_dir.iterdir():
-        if child.is_dir() and _TAG.match(child.name) and child.name not in keep:
+        old_tag = child.is_dir() and _TAG.match(child.name) and child.name not in keep
+        if old_tag or child.name.startswith(_TRASH):
             shutil.rmtree(child, ignore_errors=True)
+
+
+def _prune_in_background(ckpt_dir: Path, keep: list[str]) -> None:
+    global _pruner
+    if _pruner is None:
+        _pruner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prune-checkpoints")
+    _pruning.append(_pruner.submit(_prune, ckpt_dir, keep))
+
+
+def wait_for_pruning() -> None:
+    """Let the background pruning finish (before the process exits)."""
+    while _pruning:
+        _pruning.pop(0).result()
 
 
 def save(
@@ -89,10 +136,12 @@ def save(
     ckpt_dir: str | Path,
     step: int,
     run_state: dict[str, Any],
-    rank_state: dict[str, Any],
+    rank_state: RankState,
     keep_last: int,
 ) -> str:
     """Save a complete checkpoint for ``step`` on every rank; returns its tag. All ranks must call."""
+    from deepspeed.accelerator import get_accelerator
+
     ckpt_dir = Path(ckpt_dir)
     rank = dist.get_rank() if dist.is_initialized() else 0
     tag = tag_for(step)
@@ -105,34 +154,42 @@ def save(
         ok, problem = True, ""
     except OSError as err:
         ok, problem = False, _describe_write_error(err)
-    if not _all_ranks_ok(ok):
+    if not all_ranks(ok):
         raise CheckpointError(
             f"cannot write checkpoint {tag} under {ckpt_dir}: {problem or 'another rank could not write'}; "
             f"the previous checkpoint is intact. Free space or fix permissions, then relaunch to resume"
         )
     if rank == 0 and tag_dir.exists() and latest_tag(ckpt_dir) != tag:
-        shutil.rmtree(tag_dir)  # left by a save that crashed; never named by `latest`
-    _all_ranks_ok(True)  # barrier: nobody writes into the directory while rank 0 clears it
+        # Left by a save that crashed, never named by `latest`: renamed aside at once (deleting it
+        # could take long), removed with the next pruning.
+        tag_dir.rename(ckpt_dir / f"{_TRASH}{tag}-{os.getpid()}")
+    barrier()  # nobody writes into the directory before it is clear
     crash_point(f"save:before_deepspeed:{step}")
     try:
         engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state={"step": step}, save_latest=False)
         crash_point(f"save:after_deepspeed:{step}")
-        torch.save(rank_state, rank_state_path(tag_dir, rank))
+        disk_error_point(f"save:{step}")
+        own = {**asdict(rank_state), "torch_rng": torch.get_rng_state()}
+        if get_accelerator().device_name() != "cpu":
+            own["accelerator_rng"] = get_accelerator().get_rng_state()
+        torch.save(own, rank_state_path(tag_dir, rank))
         if rank == 0:
             (tag_dir / RUN_STATE).write_text(json.dumps(run_state, indent=2))
+        _fsync_mine(tag_dir, rank)
         ok, problem = True, ""
     except (OSError, RuntimeError) as err:  # torch.save reports a short write as RuntimeError
         ok, problem = False, _describe_write_error(err)
     crash_point(f"save:before_commit:{step}")
-    if not _all_ranks_ok(ok):
+    if not all_ranks(ok):
         raise CheckpointError(
             f"checkpoint {tag} failed to write: {problem or 'on another rank'} (disk full, quota "
             f"or permissions?); `latest` still names the previous complete checkpoint"
         )
     if rank == 0:
-        fsync_tree(tag_dir)
         write_text_atomic(ckpt_dir / LATEST, tag)
         crash_point(f"save:after_commit:{step}")
+    barrier()  # every rank knows the checkpoint is committed before any goes on
+    if rank == 0:
         kept = sorted(
             (
                 c.name
@@ -141,8 +198,7 @@ def save(
             ),
             reverse=True,
         )[:keep_last]
-        _prune(ckpt_dir, kept)
-    _all_ranks_ok(True)
+        _prune_in_background(ckpt_dir, kept)
     return tag
 
 
@@ -182,7 +238,7 @@ def universal_tag(ckpt_dir: str | Path, tag: str) -> str | None:
                 ds_to_universal.main(options)
         except Exception as err:  # DeepSpeed's converter raises anything from assertions to OSErrors
             ok, problem = False, f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"
-    if not _all_ranks_ok(ok):
+    if not all_ranks(ok):
         raise CheckpointError(
             f"cannot convert checkpoint {tag_dir} for another world size ({problem or 'on rank 0'}); "
             "relaunch with the rank count it was saved with"
@@ -192,10 +248,12 @@ def universal_tag(ckpt_dir: str | Path, tag: str) -> str | None:
 
 def load(
     engine, ckpt_dir: str | Path, tag: str, load_tag: str | None = None, same_world: bool = True
-) -> dict[str, Any] | None:
-    """Load DeepSpeed state (weights, optimizer, scheduler) from ``load_tag`` (default ``tag``) and
-    return this rank's own state saved with ``tag``; None on another world size than the saved
-    one (the per-rank states belong to the old ranks)."""
+) -> RankState | None:
+    """Load DeepSpeed state (weights, optimizer, scheduler) from ``load_tag`` (default ``tag``); on
+    the world size it was saved with, also this rank's RNG states, returning its ``RankState``;
+    None on another world size (the per-rank states belong to the old ranks)."""
+    from deepspeed.accelerator import get_accelerator
+
     rank = dist.get_rank() if dist.is_initialized() else 0
     load_path, _ = engine.load_checkpoint(
         str(ckpt_dir), tag=load_tag or tag, load_optimizer_states=True, load_lr_scheduler_states=True
@@ -204,6 +262,9 @@ def load(
         raise CheckpointError(f"DeepSpeed could not load checkpoint {Path(ckpt_dir) / (load_tag or tag)}")
     if not same_world:
         return None
-    path = rank_state_path(Path(ckpt_dir) / tag, rank)
-    # Only tensors and plain containers are stored here, so the safe unpickler suffices.
-    return torch.load(path, map_location="cpu", weights_only=True)
+    # Only numbers and tensors are stored here, so the safe unpickler suffices.
+    own = torch.load(rank_state_path(Path(ckpt_dir) / tag, rank), map_location="cpu", weights_only=True)
+    torch.set_rng_state(own["torch_rng"])
+    if "accelerator_rng" in own:
+        get_accelerator().set_rng_state(own["accelerator_rng"])
+    return RankState(**{f.name: own[f.name] for f in fields(RankState)})

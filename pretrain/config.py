@@ -110,6 +110,10 @@ class PretrainConfig(Section):
     """torch.compile each encoder layer, fusing the element-wise work around the matmuls. Off by
     default: on the 2-core CPU it was measured on, -5.5% (1 rank) / +1.9% (2 ranks) (README, Speed).
     Costs seconds at start-up; needs a C++ compiler on CPUs; not applied with zero_stage 3."""
+    activation_checkpointing: bool = False
+    """Recompute each encoder layer's activations in the backward pass instead of keeping them
+    (transformers' gradient checkpointing, non-reentrant): less memory for large models and long
+    sequences, for about a third more compute (README, Speed)."""
     skip_bad_samples: int = Field(0, ge=0)
     """Budget of corrupt samples to skip (counted and logged); 0 = stop at the first one."""
     max_nonfinite_steps: int = Field(5, ge=1)

@@ -134,6 +134,11 @@ def collate(
     return batch
 
 
+# The tag of the evaluation masks' random stream, (seed, EVAL_MASK_STREAM, rank, batch): apart from
+# the training masks' (seed, rank, position), so evaluation never repeats a training draw.
+EVAL_MASK_STREAM = 7919
+
+
 def _generator(*seed_parts: int) -> torch.Generator:
     seed = int(
         np.random.SeedSequence([abs(int(p)) for p in seed_parts]).generate_state(1, dtype=np.uint64)[0] >> 1
@@ -326,11 +331,15 @@ def budget_error(reason: str, skipped: int, budget: int) -> str:
 
 
 def train_loader(stream: TrainStream, workers: int, prefetch_batches: int) -> DataLoader:
-    """Batches come ready from the stream; a private generator keeps the global RNG untouched."""
+    """Batches come ready from the stream; a private generator keeps the global RNG untouched.
+    On a GPU they come in pinned memory, so the copies to the device do not block the host."""
+    from pretrain.distributed import pin_batches
+
     return DataLoader(
         stream,
         batch_size=None,
         num_workers=workers,
+        pin_memory=pin_batches(),
         prefetch_factor=prefetch_batches if workers > 0 else None,
         persistent_workers=False,
         generator=torch.Generator().manual_seed(0),
@@ -376,7 +385,7 @@ def eval_batches(
             chunk or mine[:micro_batch_size] or samples[:1],
             layout,
             mlm_probability,
-            _generator(seed, 7919, rank, index),
+            _generator(seed, EVAL_MASK_STREAM, rank, index),
         )
         batch["weight"] = weight
         batches.append(batch)

@@ -23,7 +23,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+from pretrain.distributed import prepare_entry
+
+prepare_entry()  # also a command: python -m pretrain.export
 
 import torch  # noqa: E402
 

@@ -83,3 +83,15 @@ def utilisation(flops: float, seconds: float, peak_flops_per_s: float) -> float:
     if seconds <= 0 or peak_flops_per_s <= 0:
         return 0.0
     return flops / seconds / peak_flops_per_s
+
+
+def datasheet_peak_flops(precision: str) -> float | None:
+    """This process's GPU's dense datasheet peak FLOP/s in ``precision`` (for the MFU of the train
+    log), or None where none applies: a CPU (the benchmarks measure its peak) or an unlisted GPU."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    name = torch.cuda.get_device_name().upper()
+    peak = next((peaks for model, peaks in DATASHEET_PEAK_TFLOPS.items() if model in name), {}).get(precision)
+    return peak * 1e12 if peak else None

@@ -103,7 +103,10 @@ class RunLog:
         parts += [f"lr {row['lr']:.2e}", f"gnorm {row['grad_norm']:.2f}"]
         if row.get("loss_scale") is not None:
             parts.append(f"scale {row['loss_scale']:g} (overflows {row['overflow_steps']})")
-        parts += [f"{row['tokens_per_s']:,.0f} tok/s", f"ETA {format_duration(eta_s)}"]
+        parts += [f"{row['tokens_per_s']:,.0f} tok/s", f"{row['ms_per_step']:.0f} ms/step"]
+        if "mfu" in row:
+            parts.append(f"MFU {row['mfu']:.1%}")
+        parts += [f"mem {row['peak_memory_bytes'] / 2**30:.2f} GiB", f"ETA {format_duration(eta_s)}"]
         self.print(" | ".join(parts))
 
     def eval(self, row: dict[str, Any]) -> None:

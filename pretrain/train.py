@@ -1,8 +1,13 @@
 """Pretraining with DeepSpeed: ``deepspeed [--num_gpus N] --module pretrain --config FILE [key=value ...]``.
 
-``prepare_run`` does everything before the first step (process group, data checks, model,
-DeepSpeed engine, automatic resume); ``train`` is the loop: forward, backward, step, then log,
-evaluate and checkpoint at their intervals. Both are plain functions a test can call.
+``build_run`` makes everything before the first step (process group, data checks, model, DeepSpeed
+engine), ``restore`` loads the latest checkpoint into it (``prepare_run`` = both), and ``train`` is
+the loop: forward, backward, step, then log, evaluate and checkpoint at their intervals. All plain
+functions a test can call.
+
+Host syncs: one per micro-step (the agreement of all ranks on a non-finite loss and on the next
+batch's data error, in one collective), so with ``grad_accum`` 1 one per optimizer step; losses are
+summed on the device and read once per log line.
 """
 
 from __future__ import annotations
@@ -11,7 +16,6 @@ import copy
 import hashlib
 import json
 import math
-import os
 import shutil
 import time
 from collections.abc import Iterator
@@ -20,16 +24,27 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 
 from data_prep.manifest import ManifestError, load_manifest, shard_specs, tokenizer_files
 from data_prep.storage import DataSource
 from data_prep.typed_config import to_yaml
 from pretrain import checkpoint
+from pretrain.checkpoint import RankState
 from pretrain.config import PretrainConfig, resolve_model_config_path
 from pretrain.cpu_dropout import use_cpu_dropout
 from pretrain.data import DataError, TokenLayout, TrainStream, budget_error, eval_batches, train_loader
-from pretrain.distributed import DistInfo, init_distributed
+from pretrain.distributed import (
+    DistInfo,
+    all_reduce_sum,
+    any_rank,
+    init_distributed,
+    peak_memory_bytes,
+    precision_problem,
+    reduce_max,
+    reduce_sum,
+    set_threads,
+    to_device,
+)
 from pretrain.ds_config import build_deepspeed_config, read_user_deepspeed_config
 from pretrain.export import RUN_MODEL_CONFIG, RUN_TOKENIZER, export_checkpoint
 from pretrain.fault_injection import (
@@ -38,7 +53,7 @@ from pretrain.fault_injection import (
     grad_overflow_injected,
     nonfinite_loss_injected,
 )
-from pretrain.flops import BertShape, forward_flops
+from pretrain.flops import BertShape, datasheet_peak_flops, model_flops
 from pretrain.model import (
     PretrainingObjective,
     bert_config_from_preset,
@@ -59,6 +74,12 @@ MODEL_INPUTS = (
 )
 
 
+# Steps DeepSpeed may skip in a row before the run stops. fp16's dynamic loss scale starts at 2^16
+# and halves per overflow (hysteresis 2), so ~20 overflows reach a scale of 1; beyond that the
+# gradients themselves are not finite.
+MAX_OVERFLOWS_IN_A_ROW = 40
+
+
 class SetupError(RuntimeError):
     """A launch that cannot work as configured: unsupported precision, a run dir of another run."""
 
@@ -69,28 +90,36 @@ class NonFiniteLossError(RuntimeError):
 
 @dataclass
 class Progress:
-    """Where the run stands; saved with every checkpoint."""
+    """Where the run stands; saved with every checkpoint (``step``, ``nonfinite_skips`` and the
+    global data position in the run state, ``mine`` per rank)."""
 
-    step: int = 0
+    step: int = 0  # optimizer steps applied (an fp16 overflow step is not one: see ``micro_step``)
     position: int = 0  # global batches consumed by all ranks together (pretrain/data.py)
     lane_positions: list[int] | None = None  # each reading lane's sample position (None: fresh start)
-    skipped: int = 0  # bad samples this rank skipped (against skip_bad_samples)
-    local_tokens: int = 0  # real (non-pad) tokens this rank trained on
     nonfinite_skips: int = 0  # micro-steps skipped for a NaN/inf loss, all ranks agreeing
     consecutive_nonfinite: int = 0
+    mine: RankState = field(default_factory=RankState)
 
 
 @dataclass
 class Window:
-    """Sums over the micro-steps since the last log line."""
+    """Sums over the micro-steps since the last log line: losses on the device (read at log time)."""
 
-    loss: float = 0.0
-    mlm_loss: float = 0.0
-    nsp_loss: float = 0.0
+    losses: torch.Tensor | None = None  # [loss, mlm_loss, nsp_loss] summed, float64
     micro_steps: int = 0
+    steps: int = 0
     tokens: int = 0
     flops: float = 0.0
     started: float = field(default_factory=time.perf_counter)
+
+    def add(self, out: dict[str, torch.Tensor], tokens: int, flops: float) -> None:
+        zero = torch.zeros((), device=out["loss"].device)
+        parts = (out["loss"], out["mlm_loss"], out.get("nsp_loss", zero))
+        losses = torch.stack([part.detach().double() for part in parts])
+        self.losses = losses if self.losses is None else self.losses + losses
+        self.micro_steps += 1
+        self.tokens += tokens
+        self.flops += flops
 
 
 @dataclass
@@ -98,45 +127,35 @@ class Run:
     cfg: PretrainConfig
     dist: DistInfo
     manifest: dict[str, Any]
-    layout: TokenLayout
+    layout: TokenLayout  # layout.seq_len: the data's, checked equal to cfg.seq_len
     shape: BertShape
     engine: Any
     run_dir: Path
     ckpt_dir: Path
     fingerprint: dict[str, Any]
-    log: RunLog
-    progress: Progress
-    resumed_from: str | None
+    log: RunLog | None = None
+    progress: Progress = field(default_factory=Progress)
+    resumed_from: str | None = None
+    load_tag: str | None = None  # what DeepSpeed loads: the latest tag, or its universal conversion
     forward_passes: int = 0  # training forward passes of this launch (the fault-injection clock)
     lane_ends: dict[int, int] = field(
         default_factory=dict
     )  # lane -> its position after this rank's last batch
     eval_set: list[dict[str, Any]] | None = None
+    pending: dict[str, Any] | None = None  # the next batch, read ahead; all ranks agreed it is good
+    pending_error: bool = False  # some rank's next batch is a data error (all ranks agreed)
+    peak_flops_per_s: float | None = None  # per rank, for MFU; None where no datasheet figure applies
     lanes: int | None = None  # reading lanes of the training stream (fixed by the run's first launch)
     stream: TrainStream | None = None
     source: DataSource | None = None  # the data dir, local or remote
     fetch_retries: int = 0  # transient fetch failures this rank's loader retried (this launch)
 
     def global_tokens(self) -> int:
-        return int(_reduce_sum([self.progress.local_tokens], self.engine.device)[0])
+        return int(reduce_sum([self.progress.mine.local_tokens])[0])
 
 
 # ---------------------------------------------------------------------------------------------
 # Set-up
-
-
-def _set_threads(cfg: PretrainConfig) -> None:
-    from deepspeed.accelerator import get_accelerator
-
-    if get_accelerator().device_name() != "cpu":
-        return
-    local_ranks = int(
-        os.environ.get("LOCAL_SIZE")
-        or os.environ.get("LOCAL_WORLD_SIZE")
-        or os.environ.get("OMPI_COMM_WORLD_LOCAL_SIZE")
-        or 1
-    )
-    torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 1) // local_ranks))
 
 
 def _check_compiler(device_type: str) -> None:
@@ -160,7 +179,7 @@ def _check_data(cfg: PretrainConfig, manifest: dict[str, Any], source: DataSourc
     return tokenizer_files(source, manifest)
 
 
-def _fingerprint(cfg: PretrainConfig, hf_config, manifest: dict[str, Any]) -> dict[str, Any]:
+def _fingerprint(layout: TokenLayout, hf_config, manifest: dict[str, Any]) -> dict[str, Any]:
     """What a resumed run must share with the saved one: model shape, objective and data."""
     shard_digest = hashlib.sha256(
         "".join(s["sha256"] for s in manifest["splits"]["train"]["shards"]).encode()
@@ -177,7 +196,7 @@ def _fingerprint(cfg: PretrainConfig, hf_config, manifest: dict[str, Any]) -> di
     return {
         "model": {key: getattr(hf_config, key) for key in model_keys},
         "objective": manifest["objective"],
-        "seq_len": cfg.seq_len,
+        "seq_len": layout.seq_len,
         "tokenizer_sha256": manifest["tokenizer"]["sha256"],
         "train_shards_sha256": shard_digest.hexdigest(),
     }
@@ -228,18 +247,16 @@ def _write_run_files(
         (tokenizer / name).write_bytes(data)
 
 
-def prepare_run(cfg: PretrainConfig) -> Run:
-    """Process group, data checks, model and engine, and the resume from the latest checkpoint."""
+def build_run(cfg: PretrainConfig) -> Run:
+    """Process group, data checks, model and DeepSpeed engine: a fresh run, nothing restored yet."""
     import deepspeed
     from deepspeed.accelerator import get_accelerator
 
     info = init_distributed(cfg.dist_timeout_s)
-    _set_threads(cfg)
-    if cfg.precision == "fp16" and not get_accelerator().is_fp16_supported():
-        raise SetupError(
-            "precision=fp16: DeepSpeed supports no fp16 on this device "
-            "(a CPU without AVX512-FP16/AMX-FP16); use precision=bf16 or fp32"
-        )
+    set_threads(cfg.threads)
+    problem = precision_problem(cfg.precision)
+    if problem:
+        raise SetupError(problem)
     loader = cfg.loader
     source = DataSource(
         cfg.data_dir,
@@ -252,13 +269,12 @@ def prepare_run(cfg: PretrainConfig) -> Run:
     manifest = load_manifest(cfg.data_dir, source)
     tokenizer = _check_data(cfg, manifest, source)
     layout = TokenLayout.from_manifest(manifest)
-    special = manifest["tokenizer"]["special_ids"]
     try:  # a malformed model or deepspeed JSON: one line
         hf_config = bert_config_from_preset(
             resolve_model_config_path(cfg.model),
             layout.vocab_size,
-            special,
-            cfg.seq_len,
+            manifest["tokenizer"]["special_ids"],
+            layout.seq_len,
             cfg.attn_implementation,
         )
         ds_config = build_deepspeed_config(
@@ -271,17 +287,19 @@ def prepare_run(cfg: PretrainConfig) -> Run:
         )
     except ValueError as err:
         raise SetupError(str(err)) from None
-    fingerprint = _fingerprint(cfg, hf_config, manifest)
-    run_dir, ckpt_dir = Path(cfg.run_dir), Path(cfg.run_dir) / "checkpoints"
-    tag, load_tag = checkpoint.latest_tag(ckpt_dir), None
-    saved = checkpoint.read_run_state(ckpt_dir, tag) if tag is not None else None
-    same_world = saved is None or saved["world_size"] == info.world_size
-    if saved is not None:
+    run_dir = Path(cfg.run_dir)
+    fingerprint = _fingerprint(layout, hf_config, manifest)
+    tag, load_tag = checkpoint.latest_tag(run_dir / "checkpoints"), None
+    if tag is not None:  # refuse before building anything
+        saved = checkpoint.read_run_state(run_dir / "checkpoints", tag)
         _check_resumable(saved, fingerprint, run_dir)
-    if not same_world:  # ZeRO partitions of the optimizer state are regrouped for the new world size
-        load_tag = checkpoint.universal_tag(ckpt_dir, tag)
-        if load_tag is not None:
-            ds_config["checkpoint"] = {**ds_config.get("checkpoint", {}), "load_universal": True}
+        load_tag = tag
+        if saved["world_size"] != info.world_size:  # ZeRO partitions regrouped for the new world size
+            load_tag = checkpoint.universal_tag(run_dir / "checkpoints", tag)
+            if load_tag is not None:
+                ds_config["checkpoint"] = {**ds_config.get("checkpoint", {}), "load_universal": True}
+            else:
+                load_tag = tag
     if info.is_main:
         try:
             _write_run_files(cfg, hf_config, run_dir, tokenizer)
@@ -290,17 +308,19 @@ def prepare_run(cfg: PretrainConfig) -> Run:
                 f"run_dir {run_dir}: cannot write there ({err.strerror}); choose a writable run_dir"
             ) from None
 
+    device_type = get_accelerator().device_name()
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     hf_model = build_hf_model(hf_config, nsp=layout.nsp)
+    if cfg.activation_checkpointing:  # the recomputation replays the RNG state: same dropout masks
+        hf_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if cfg.cpu_dropout and device_type == "cpu":
+        use_cpu_dropout(hf_model)
     # ZeRO-3 hooks every submodule to gather its partitioned parameters; Dynamo would trace into
     # those hooks and recompile until it gives up, so stage 3 runs eagerly.
-    if cfg.cpu_dropout and get_accelerator().device_name() == "cpu":
-        use_cpu_dropout(hf_model)
     if cfg.compile and cfg.zero_stage < 3:
-        _check_compiler(get_accelerator().device_name())
+        _check_compiler(device_type)
         compile_encoder_layers(hf_model)
     model = PretrainingObjective(hf_model, sparse_head=cfg.sparse_mlm_head)
-    device_type = get_accelerator().device_name()
     optimizer = build_optimizer(
         cfg.optimizer.name,
         param_groups(model, cfg.optimizer.weight_decay),
@@ -320,44 +340,6 @@ def prepare_run(cfg: PretrainConfig) -> Run:
     engine, _, _, _ = deepspeed.initialize(
         model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config
     )
-
-    progress = Progress()
-    if saved is not None:
-        own = checkpoint.load(engine, ckpt_dir, tag, load_tag, same_world)
-        if own is None:  # another world size: the run's totals go to rank 0, fresh per-rank RNG streams
-            own = {
-                "skipped": saved["data"]["skipped"] if info.is_main else 0,
-                "local_tokens": saved["tokens"] if info.is_main else 0,
-            }
-            torch.manual_seed(cfg.seed * 1_000_003 + saved["step"] * 1009 + info.rank)
-        else:
-            torch.set_rng_state(own["torch_rng"])
-            if "accelerator_rng" in own:
-                get_accelerator().set_rng_state(own["accelerator_rng"])
-        progress = Progress(
-            step=saved["step"],
-            position=saved["data"]["position"],
-            lane_positions=saved["data"]["lane_positions"],
-            skipped=own["skipped"],
-            local_tokens=own["local_tokens"],
-            nonfinite_skips=saved["nonfinite_skips"],
-        )
-    log = RunLog(
-        run_dir,
-        enabled=info.is_main,
-        resume_step=progress.step,
-        max_steps=cfg.max_steps,
-        report_to=cfg.report_to,
-        config=cfg.model_dump(mode="json"),
-    )
-    note = _resume_note(saved, cfg, info.world_size) if saved is not None else None
-    if note:
-        log.print(note)
-    lanes = saved["data"]["lanes"] if saved is not None else cfg.loader.lanes
-    if saved is not None and cfg.loader.lanes not in (None, lanes):
-        log.print(
-            f"note: loader.lanes={cfg.loader.lanes} ignored: the run keeps the {lanes} lanes it started with"
-        )
     return Run(
         cfg=cfg,
         dist=info,
@@ -366,31 +348,89 @@ def prepare_run(cfg: PretrainConfig) -> Run:
         shape=BertShape.from_config(hf_config, layout.nsp),
         engine=engine,
         run_dir=run_dir,
-        ckpt_dir=ckpt_dir,
+        ckpt_dir=run_dir / "checkpoints",
         fingerprint=fingerprint,
-        log=log,
-        progress=progress,
-        resumed_from=tag,
-        lanes=lanes,
+        load_tag=load_tag,
+        peak_flops_per_s=datasheet_peak_flops(cfg.precision),
         source=source,
     )
+
+
+def restore(run: Run) -> None:
+    """Load the latest complete checkpoint, if any, into the engine, the progress and the RNGs;
+    open the run log at the resumed step."""
+    cfg, info = run.cfg, run.dist
+    tag = checkpoint.latest_tag(run.ckpt_dir)
+    saved = checkpoint.read_run_state(run.ckpt_dir, tag) if tag is not None else None
+    if saved is not None:
+        mine = checkpoint.load(
+            run.engine, run.ckpt_dir, tag, run.load_tag, saved["world_size"] == info.world_size
+        )
+        if mine is None:  # another world size: the run's totals go to rank 0, fresh per-rank RNG streams
+            mine = checkpoint.RankState(
+                skipped=saved["data"]["skipped"] if info.is_main else 0,
+                local_tokens=saved["tokens"] if info.is_main else 0,
+            )
+            torch.manual_seed(cfg.seed * 1_000_003 + saved["step"] * 1009 + info.rank)
+        run.progress = Progress(
+            step=saved["step"],
+            position=saved["data"]["position"],
+            lane_positions=saved["data"]["lane_positions"],
+            nonfinite_skips=saved["nonfinite_skips"],
+            mine=mine,
+        )
+        run.resumed_from = tag
+    run.log = RunLog(
+        run.run_dir,
+        enabled=info.is_main,
+        resume_step=run.progress.step,
+        max_steps=cfg.max_steps,
+        report_to=cfg.report_to,
+        config=cfg.model_dump(mode="json"),
+    )
+    note = _resume_note(saved, cfg, info.world_size) if saved is not None else None
+    if note:
+        run.log.print(note)
+    run.lanes = saved["data"]["lanes"] if saved is not None else cfg.loader.lanes
+    if saved is not None and cfg.loader.lanes not in (None, run.lanes):
+        run.log.print(
+            f"note: loader.lanes={cfg.loader.lanes} ignored: the run keeps the {run.lanes} lanes it started with"
+        )
+
+
+def prepare_run(cfg: PretrainConfig) -> Run:
+    """``build_run`` then ``restore``: a run ready for its next step."""
+    run = build_run(cfg)
+    restore(run)
+    return run
 
 
 # ---------------------------------------------------------------------------------------------
 # One step, evaluation, checkpoint
 
 
-def _any_rank(flag: bool, device) -> bool:
-    """True on every rank if ``flag`` is True on any (ranks must agree before they diverge)."""
-    if not dist.is_initialized() or dist.get_world_size() == 1:
-        return flag
-    tensor = torch.tensor([1.0 if flag else 0.0], device=device)
-    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
-    return bool(tensor.item())
+def _next_checked(run: Run, batches: Iterator[dict[str, Any]]) -> dict[str, Any]:
+    """The batch to train on: the one read ahead, else (first call) the next, agreed by all ranks."""
+    batch, run.pending = run.pending, None
+    if batch is None:
+        batch = next(batches)
+        run.pending_error = any_rank(_batch_error(run, batch) is not None)
+    if run.pending_error:
+        raise DataError(
+            _batch_error(run, batch) or "another rank stopped on a data error (its message names the shard)"
+        )
+    return batch
 
 
-def _inputs(batch: dict[str, Any], device) -> dict[str, torch.Tensor]:
-    return {key: batch[key].to(device, non_blocking=True) for key in MODEL_INPUTS if key in batch}
+def _batch_error(run: Run, batch: dict[str, Any]) -> str | None:
+    """Why this rank cannot train on ``batch``: the stream's error, or its bad samples taking this
+    rank past the ``skip_bad_samples`` budget; None when it is good."""
+    if "error" in batch:
+        return batch["error"]
+    skipped = run.progress.mine.skipped + batch["skipped"]
+    if skipped > run.cfg.skip_bad_samples:
+        return budget_error(batch["skip_reason"], skipped, run.cfg.skip_bad_samples)
+    return None
 
 
 def micro_step(run: Run, batches: Iterator[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
@@ -398,23 +438,23 @@ def micro_step(run: Run, batches: Iterator[dict[str, Any]]) -> tuple[dict[str, A
 
     All ranks agree, before diverging, on a data error (stop) and on a non-finite loss (skip this
     batch on every rank; stop after ``max_nonfinite_steps`` in a row), so none is left waiting.
+    Both travel in one collective after the forward: this batch's loss is finite, and the next
+    batch (read ahead here) is good. Returns the batch and the model's outputs (0-d device
+    tensors, not read here: reading one is a host sync).
     """
-    engine, progress, device = run.engine, run.progress, run.engine.device
+    engine, progress = run.engine, run.progress
     while True:
-        batch = next(batches)
-        error = batch.get("error")
-        if error is None and progress.skipped + batch["skipped"] > run.cfg.skip_bad_samples:
-            error = budget_error(
-                batch["skip_reason"], progress.skipped + batch["skipped"], run.cfg.skip_bad_samples
-            )
-        if _any_rank(error is not None, device):
-            raise DataError(error or "another rank stopped on a data error (its message names the shard)")
+        batch = _next_checked(run, batches)
         _note_skipped(run, batch)
-        out = engine(**_inputs(batch, device))
+        out = engine(**to_device(batch, engine.device, MODEL_INPUTS))
         run.forward_passes += 1
         if nonfinite_loss_injected(run.forward_passes):
             out["loss"] = out["loss"] * float("nan")
-        if not _any_rank(not bool(torch.isfinite(out["loss"].detach())), device):
+        run.pending = next(batches)
+        nonfinite, run.pending_error = any_rank(
+            [~torch.isfinite(out["loss"].detach()), _batch_error(run, run.pending) is not None]
+        )
+        if not nonfinite:
             overflowing = grad_overflow_injected(run.forward_passes)
             engine.backward(out["loss"] * OVERFLOW_FACTOR if overflowing else out["loss"])
             engine.step()
@@ -437,12 +477,12 @@ def micro_step(run: Run, batches: Iterator[dict[str, Any]]) -> tuple[dict[str, A
 
 def _note_skipped(run: Run, batch: dict[str, Any]) -> None:
     """Advance the data position; report bad samples the stream passed over (any rank prints)."""
-    progress = run.progress
+    progress, mine = run.progress, run.progress.mine
     if batch["skipped"]:
-        progress.skipped += batch["skipped"]
+        mine.skipped += batch["skipped"]
         print(
             f"[rank {run.dist.rank}] warning: skipped {batch['skipped']} bad sample(s) "
-            f"({progress.skipped} of the skip_bad_samples budget of {run.cfg.skip_bad_samples}): "
+            f"({mine.skipped} of the skip_bad_samples budget of {run.cfg.skip_bad_samples}): "
             f"{batch['skip_reason']}",
             flush=True,
         )
@@ -450,13 +490,6 @@ def _note_skipped(run: Run, batch: dict[str, Any]) -> None:
     progress.position = batch["batch_index"] - run.dist.rank + run.dist.world_size
     run.lane_ends[batch["lane"]] = batch["lane_end"]
     run.fetch_retries += batch["fetch_retries"]
-
-
-def _reduce_sum(values: list[float], device) -> list[float]:
-    tensor = torch.tensor(values, dtype=torch.float64, device=device)
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(tensor)
-    return tensor.tolist()
 
 
 def evaluate(run: Run) -> dict[str, float] | None:
@@ -476,22 +509,25 @@ def evaluate(run: Run) -> dict[str, float] | None:
             max_samples=run.cfg.eval_samples,
             source=run.source,
         )
-    engine, device = run.engine, run.engine.device
-    sums = [0.0] * 6
+    engine = run.engine
+    names = ("mlm_loss", "mlm_correct", "mlm_count", "nsp_loss", "nsp_correct", "nsp_count")
+    sums = torch.zeros(len(names), dtype=torch.float64, device=engine.device)  # read once, after the loop
     engine.eval()
     with torch.no_grad():
         for batch in run.eval_set:
-            out = engine(**_inputs(batch, device))
-            w = batch["weight"]
-            sums[0] += w * float(out["mlm_loss"]) * int(out["mlm_count"])
-            sums[1] += w * int(out["mlm_correct"])
-            sums[2] += w * int(out["mlm_count"])
-            if "nsp_loss" in out:
-                sums[3] += w * float(out["nsp_loss"]) * int(out["nsp_count"])
-                sums[4] += w * int(out["nsp_correct"])
-                sums[5] += w * int(out["nsp_count"])
+            out = engine(**to_device(batch, engine.device, MODEL_INPUTS))
+            zero = torch.zeros((), device=engine.device)
+            values = [  # weighted: a rank whose share ran out repeats a batch with weight 0
+                out["mlm_loss"] * out["mlm_count"],
+                out["mlm_correct"],
+                out["mlm_count"],
+                out["nsp_loss"] * out["nsp_count"] if "nsp_loss" in out else zero,
+                out.get("nsp_correct", zero),
+                out.get("nsp_count", zero),
+            ]
+            sums += batch["weight"] * torch.stack([v.double() for v in values])
     engine.train()
-    mlm_loss_sum, mlm_correct, mlm_count, nsp_loss_sum, nsp_correct, nsp_count = _reduce_sum(sums, device)
+    mlm_loss_sum, mlm_correct, mlm_count, nsp_loss_sum, nsp_correct, nsp_count = all_reduce_sum(sums).tolist()
     row = {
         "step": run.progress.step,
         "mlm_loss": mlm_loss_sum / mlm_count,
@@ -505,16 +541,7 @@ def evaluate(run: Run) -> dict[str, float] | None:
 
 
 def save(run: Run) -> str:
-    from deepspeed.accelerator import get_accelerator
-
     progress = run.progress
-    own = {
-        "skipped": progress.skipped,
-        "local_tokens": progress.local_tokens,
-        "torch_rng": torch.get_rng_state(),
-    }
-    if get_accelerator().device_name() != "cpu":
-        own["accelerator_rng"] = get_accelerator().get_rng_state()
     shared = {
         "step": progress.step,
         "tokens": run.global_tokens(),
@@ -526,7 +553,7 @@ def save(run: Run) -> str:
         "fingerprint": run.fingerprint,
         "data": _data_position(run),
     }
-    tag = checkpoint.save(run.engine, run.ckpt_dir, progress.step, shared, own, run.cfg.keep_last)
+    tag = checkpoint.save(run.engine, run.ckpt_dir, progress.step, shared, progress.mine, run.cfg.keep_last)
     run.log.print(f"saved checkpoint {tag}")
     return tag
 
@@ -538,10 +565,7 @@ def _data_position(run: Run) -> dict[str, Any]:
     positions = list(progress.lane_positions or run.stream.lane_positions)
     for lane, end in run.lane_ends.items():
         positions[lane] = max(positions[lane], end)
-    tensor = torch.tensor(positions, dtype=torch.int64, device=run.engine.device)
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
-    progress.lane_positions = tensor.tolist()
+    progress.lane_positions = reduce_max(positions)
     cfg = run.cfg
     return {
         "position": progress.position,
@@ -549,50 +573,59 @@ def _data_position(run: Run) -> dict[str, Any]:
         "lane_positions": progress.lane_positions,
         "micro_batch_size": cfg.micro_batch_size,
         "global_batch": cfg.micro_batch_size * cfg.grad_accum * run.dist.world_size,
-        "skipped": int(_reduce_sum([progress.skipped], run.engine.device)[0]),  # all ranks
+        "skipped": int(reduce_sum([progress.mine.skipped])[0]),  # all ranks
     }
 
 
 def _log_train(run: Run, window: Window, run_started: float, steps_this_launch: int) -> None:
-    engine, device = run.engine, run.engine.device
-    loss, mlm, nsp, micro, tokens, flops, skipped, retries = _reduce_sum(
-        [
-            window.loss,
-            window.mlm_loss,
-            window.nsp_loss,
-            window.micro_steps,
-            window.tokens,
-            window.flops,
-            run.progress.skipped,
-            run.fetch_retries + run.source.retries,
-        ],
-        device,
+    """One row: the window's sums over all ranks in one collective, read in one host sync."""
+    engine, progress = run.engine, run.progress
+    counts = [
+        window.micro_steps,
+        window.tokens,
+        window.flops,
+        progress.mine.skipped,
+        progress.mine.local_tokens,
+        run.fetch_retries + run.source.retries,
+    ]
+    host = torch.tensor(counts, dtype=torch.float64, device=engine.device)
+    losses = (
+        window.losses
+        if window.losses is not None
+        else torch.zeros(3, dtype=torch.float64, device=engine.device)
     )
+    loss, mlm, nsp, micro, tokens, flops, skipped, global_tokens, retries = all_reduce_sum(
+        torch.cat([losses, host])
+    ).tolist()
     elapsed = time.perf_counter() - window.started
     grad_norm = engine.get_global_grad_norm()
     row = {
-        "step": run.progress.step,
-        "tokens": run.global_tokens(),
+        "step": progress.step,
+        "tokens": int(global_tokens),
         "loss": loss / micro,
         "mlm_loss": mlm / micro,
         "lr": engine.get_lr()[0],
         "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
         "tokens_per_s": tokens / elapsed,
         "model_tflops_per_s": flops / elapsed / 1e12,
+        "ms_per_step": 1000 * elapsed / max(1, window.steps),
+        "peak_memory_bytes": peak_memory_bytes(),  # this rank's (rank 0 writes the row)
     }
+    if run.peak_flops_per_s:
+        row["mfu"] = flops / elapsed / (run.peak_flops_per_s * run.dist.world_size)
     if run.layout.nsp:
         row["nsp_loss"] = nsp / micro
     scale = getattr(engine.optimizer, "cur_scale", None) if run.cfg.precision == "fp16" else None
     if scale is not None:
         row.update(loss_scale=float(scale), overflow_steps=int(engine.skipped_steps))
-    if run.progress.nonfinite_skips:
-        row["nonfinite_skips"] = run.progress.nonfinite_skips
+    if progress.nonfinite_skips:
+        row["nonfinite_skips"] = progress.nonfinite_skips
     if skipped:
         row["skipped_samples"] = int(skipped)
     if retries:
         row["fetch_retries"] = int(retries)  # transient fetch failures retried, all ranks, this launch
     per_step = (time.perf_counter() - run_started) / max(1, steps_this_launch)
-    run.log.train(row, eta_s=per_step * (run.cfg.max_steps - run.progress.step))
+    run.log.train(row, eta_s=per_step * (run.cfg.max_steps - progress.step))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -604,40 +637,32 @@ def train(cfg: PretrainConfig) -> dict[str, Any]:
     run = prepare_run(cfg)
     progress, log = run.progress, run.log
     log.print(_banner(run))
-    run.stream = stream = TrainStream(
-        shard_specs(cfg.data_dir, run.manifest, "train"),
-        run.layout,
-        rank=run.dist.rank,
-        world_size=run.dist.world_size,
-        seed=cfg.seed,
-        micro_batch_size=cfg.micro_batch_size,
-        mlm_probability=cfg.mlm_probability,
-        start=progress.position,
-        lanes=run.lanes,
-        lane_positions=progress.lane_positions,
-        skip_budget=cfg.skip_bad_samples - progress.skipped,
-        source=copy.copy(run.source),  # its own retry count: the loader's are reported through batches
-    )
-    batches = iter(train_loader(stream, cfg.loader.workers, cfg.loader.prefetch_batches))
+    batches = iter(_loader(run))
     samples_log = _open_samples_log(run)
     window, started, start_step, last_eval = Window(), time.perf_counter(), progress.step, None
+    overflows_in_a_row = 0
     while progress.step < cfg.max_steps:
         for _ in range(cfg.grad_accum):
             batch, out = micro_step(run, batches)
-            lengths = batch["attention_mask"].sum(dim=1).tolist()
-            window.loss += out["loss"].item()
-            window.mlm_loss += out["mlm_loss"].item()
-            window.nsp_loss += out["nsp_loss"].item() if "nsp_loss" in out else 0.0
-            window.micro_steps += 1
-            window.tokens += batch["num_tokens"]
-            progress.local_tokens += batch["num_tokens"]
-            window.flops += 3 * forward_flops(run.shape, lengths, int(batch["mlm_positions"].numel()))
-            if samples_log is not None:
-                samples_log.write(
-                    json.dumps({"step": progress.step + 1, "keys": batch["keys"], "loss": out["loss"].item()})
-                    + "\n"
+            lengths = batch["attention_mask"].sum(dim=1).tolist()  # host tensors: no device sync
+            flops = model_flops(run.shape, lengths, int(batch["mlm_positions"].numel()))
+            window.add(out, batch["num_tokens"], flops)
+            progress.mine.local_tokens += batch["num_tokens"]
+            if samples_log is not None:  # an audit trail: reads the loss (a host sync) every micro-step
+                record = {"step": progress.step + 1, "keys": batch["keys"], "loss": out["loss"].item()}
+                samples_log.write(json.dumps(record) + "\n")
+        if not run.engine.was_step_applied():  # DeepSpeed skipped the update and the schedule (fp16
+            overflows_in_a_row += 1  # overflow, or a non-finite gradient norm): not a step, retried
+            if overflows_in_a_row > MAX_OVERFLOWS_IN_A_ROW:
+                raise NonFiniteLossError(
+                    f"{overflows_in_a_row} optimizer steps in a row were skipped for non-finite gradients "
+                    f"at step {progress.step + 1}; lower optimizer.lr"
+                    f"{' or use precision=bf16' if run.cfg.precision == 'fp16' else ''}, then relaunch to resume"
                 )
+            continue
+        overflows_in_a_row = 0
         progress.step += 1
+        window.steps += 1
         log.advance()
         crash_point(f"step:{progress.step}")
         last = progress.step == cfg.max_steps
@@ -651,14 +676,40 @@ def train(cfg: PretrainConfig) -> dict[str, Any]:
     return finish(run, last_eval, started, start_step)
 
 
+def _loader(run: Run):
+    cfg = run.cfg
+    run.stream = TrainStream(
+        shard_specs(cfg.data_dir, run.manifest, "train"),
+        run.layout,
+        rank=run.dist.rank,
+        world_size=run.dist.world_size,
+        seed=cfg.seed,
+        micro_batch_size=cfg.micro_batch_size,
+        mlm_probability=cfg.mlm_probability,
+        start=run.progress.position,
+        lanes=run.lanes,
+        lane_positions=run.progress.lane_positions,
+        skip_budget=cfg.skip_bad_samples - run.progress.mine.skipped,
+        source=copy.copy(run.source),  # its own retry count: the loader's are reported through batches
+    )
+    return train_loader(run.stream, cfg.loader.workers, cfg.loader.prefetch_batches)
+
+
 def finish(run: Run, last_eval: dict[str, float] | None, started: float, start_step: int) -> dict[str, Any]:
-    """Summary, loss curve and export (rank 0), after the last checkpoint is complete."""
+    """Summary, loss curve and export (rank 0), after the last checkpoint is complete.
+
+    The summary's sums are the last collective: the export (minutes for a large model on a slow
+    filesystem) runs on rank 0 after it, while the other ranks leave, so nobody waits on it in a
+    collective with a short timeout.
+    """
     elapsed = time.perf_counter() - started
+    tokens, skipped = reduce_sum([run.progress.mine.local_tokens, run.progress.mine.skipped])
+    checkpoint.wait_for_pruning()
     rows = read_metrics(run.run_dir) if run.dist.is_main else []
     train_rows = [row for row in rows if row.get("kind") == "train" and row["step"] > start_step]
     summary = {
         "steps": run.progress.step,
-        "tokens": run.global_tokens(),
+        "tokens": int(tokens),
         "world_size": run.dist.world_size,
         "precision": run.cfg.precision,
         "zero_stage": run.cfg.zero_stage,
@@ -670,12 +721,11 @@ def finish(run: Run, last_eval: dict[str, float] | None, started: float, start_s
         else None,
         "final_eval": last_eval,
         "nonfinite_skips": run.progress.nonfinite_skips,
-        "skipped_samples": int(_reduce_sum([run.progress.skipped], run.engine.device)[0]),
+        "skipped_samples": int(skipped),
     }
     if run.dist.is_main:
         if rows:
             plot_losses(rows, run.run_dir / "loss.png", title=f"{run.cfg.model} pretraining")
-        run.log.finish(summary, run.run_dir / "loss.png" if rows else None)
         if run.cfg.export:
             path = export_checkpoint(run.run_dir, summary={"run": summary})
             run.log.print(f"exported Hugging Face model to {path}")
@@ -700,7 +750,7 @@ def _banner(run: Run) -> str:
         f"pretrain: {cfg.model} ({params / 1e6:.1f}M params, objective {manifest['objective']}) | "
         f"{run.dist.world_size} rank(s), {cfg.precision}, ZeRO-{cfg.zero_stage}"
         f"{', compiled layers' if cfg.compile and cfg.zero_stage < 3 else ''} | global batch "
-        f"{cfg.micro_batch_size * cfg.grad_accum * run.dist.world_size} x {cfg.seq_len} | "
+        f"{cfg.micro_batch_size * cfg.grad_accum * run.dist.world_size} x {run.layout.seq_len} | "
         f"{train['samples']:,} train samples in {len(train['shards'])} shards | {where}"
     )
 

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from pretrain.distributed import STRICT_ENV, free_port
+
 REPO = Path(__file__).resolve().parents[1]
 LAUNCHER_VARS = (
     "RANK",
@@ -19,6 +21,9 @@ LAUNCHER_VARS = (
     "PRETRAIN_CRASH_AT",
 )
 BIN = Path(sys.executable).parent
+# Every launch checks that the project's collectives get tensors placed on the collective device
+# (pretrain/distributed.py, strict mode): the CPU-visible form of "a CPU tensor under NCCL".
+STRICT = {STRICT_ENV: "1"}
 
 # Small, fast, learnable: the tiny model on synthetic Markov-chain data (tests/synthetic_data.py).
 FAST = [
@@ -57,13 +62,13 @@ def run_pretrain(
             "--num_gpus",
             str(ranks),
             "--master_port",
-            str(_free_port()),
+            str(free_port()),
             "--module",
             "pretrain",
             *args,
         ]
     inherited = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARS}
-    full_env = {**inherited, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", **(env or {})}
+    full_env = {**inherited, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", **STRICT, **(env or {})}
     return subprocess.run(
         command,
         cwd=REPO,
@@ -73,14 +78,6 @@ def run_pretrain(
         timeout=timeout,
         preexec_fn=preexec_fn,
     )
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def metrics(run_dir: Path, kind: str = "train") -> list[dict]:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.synthetic_shards import write_word_level_tokenizer
 from data_prep.manifest import (
     MANIFEST_NAME,
     NSP_EXT,
@@ -27,32 +28,6 @@ from data_prep.manifest import (
 
 N_SPECIAL = len(SPECIAL_TOKENS)  # [PAD] [UNK] [CLS] [SEP] [MASK] = 0..4
 PAD, UNK, CLS, SEP, MASK = range(N_SPECIAL)
-
-
-def write_tokenizer(directory: Path, vocab_size: int, seq_len: int) -> None:
-    """A word-level HF tokenizer with BERT's special tokens at 0..4 and words w5..w{V-1}."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS)}
-    vocab.update({f"w{i}": i for i in range(N_SPECIAL, vocab_size)})
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]",
-        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-        special_tokens=[("[CLS]", CLS), ("[SEP]", SEP)],
-    )
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        pad_token="[PAD]",
-        unk_token="[UNK]",
-        cls_token="[CLS]",
-        sep_token="[SEP]",
-        mask_token="[MASK]",
-        model_max_length=seq_len,
-    )
-    fast.save_pretrained(str(directory))
 
 
 def _zipf_words(rng: np.random.Generator, vocab_size: int, size) -> np.ndarray:
@@ -141,7 +116,7 @@ def make_data_dir(
 ) -> Path:
     """A complete data dir; returns its path."""
     root.mkdir(parents=True, exist_ok=True)
-    write_tokenizer(root / TOKENIZER_DIR, vocab_size, seq_len)
+    write_word_level_tokenizer(root / TOKENIZER_DIR, vocab_size, seq_len)
     shards: dict[str, list[dict]] = {}
     for split, count, number in (
         ("train", train_shards * samples_per_shard, train_shards),

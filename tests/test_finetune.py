@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from data_prep.typed_config import ConfigError, load_config
+from pretrain.distributed import STRICT_ENV, free_port
 from pretrain.finetune import InputError
 from pretrain.finetune.config import FinetuneConfig
 from pretrain.finetune.data import read_table, seeded_split
@@ -387,9 +388,9 @@ def test_random_init_needs_no_weights_and_loads_fresh_weights(base, task, tmp_pa
 
 
 def test_fp16_on_cpu_is_refused_with_one_line(base, task, tmp_path):
-    from deepspeed.accelerator import get_accelerator
+    from pretrain.distributed import precision_problem
 
-    if get_accelerator().is_fp16_supported():
+    if precision_problem("fp16") is None:
         pytest.skip("this accelerator supports fp16")
     with pytest.raises(
         ConfigError, match=r"^precision=fp16 is not supported by DeepSpeed on cpu; use precision=bf16"
@@ -445,14 +446,6 @@ def test_cli_bad_input_exits_1_with_one_line(base, task, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_two_ranks_under_deepspeed_match_one_rank(base, task, tmp_path):
     """Each rank takes its half of every global batch, so with dropout off and fp32 the two-rank
@@ -479,7 +472,7 @@ def test_two_ranks_under_deepspeed_match_one_rank(base, task, tmp_path):
             *[o for o in overrides if not o.endswith("=None")],
         ],
         cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"},
+        env={**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", STRICT_ENV: "1"},
         capture_output=True,
         text=True,
         timeout=240,

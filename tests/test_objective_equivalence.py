@@ -96,3 +96,34 @@ def test_mlm_only_objective_matches_bert_for_masked_lm():
     )
     assert "nsp_loss" not in mine
     assert mine["loss"].item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_activation_checkpointing_recomputes_the_same_dropout_masks_and_gradients():
+    """With dropout on (and the CPU dropout kernel), recomputing the activations in the backward
+    pass must replay the forward's random masks: the same loss and the same gradients."""
+    from pretrain.cpu_dropout import use_cpu_dropout
+
+    ids, attention, token_types, labels, positions, nsp = _batch()
+    results = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        cfg = _config()
+        cfg.hidden_dropout_prob = cfg.attention_probs_dropout_prob = 0.1
+        model = BertForPreTraining(cfg)
+        use_cpu_dropout(model)
+        if checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        objective = PretrainingObjective(model).train()
+        calls = []
+        model.bert.encoder.layer[0].intermediate.register_forward_hook(
+            lambda *_, calls=calls: calls.append(1)
+        )
+        torch.manual_seed(1)  # the dropout masks' draws
+        out = objective(ids, attention, token_types, positions, labels.flatten()[positions], nsp)
+        out["loss"].backward()
+        results.append((out["loss"].detach(), _grads(model)))
+        assert len(calls) == (2 if checkpointing else 1), "the layer is recomputed in the backward pass"
+    (loss, grads), (loss_ckpt, grads_ckpt) = results
+    assert torch.equal(loss, loss_ckpt)
+    for name, grad in grads.items():
+        torch.testing.assert_close(grads_ckpt[name], grad, rtol=1e-5, atol=1e-6, msg=name)

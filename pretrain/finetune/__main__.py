@@ -10,12 +10,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import warnings
 
-# Before transformers is imported: the base model is always a local dir, never a hub download.
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-# DeepSpeed's ZeRO calls a collective that torch renamed; the warning is theirs to fix, not the user's.
-warnings.filterwarnings("ignore", message=r".*all_gather_into_tensor.* is deprecated")
+from pretrain.distributed import prepare_entry, shutdown
+
+prepare_entry()  # before transformers is imported
 
 from data_prep.typed_config import ConfigError, exit_on_config_error, load_config  # noqa: E402
 from pretrain.finetune import InputError  # noqa: E402
@@ -63,14 +61,7 @@ def main(argv: list[str] | None = None) -> None:
         if _is_main_process():
             print(f"error: {err}", file=sys.stderr)
         raise SystemExit(1) from None
-    _shutdown()
-
-
-def _shutdown() -> None:
-    import torch.distributed as dist
-
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    shutdown()
 
 
 if __name__ == "__main__":

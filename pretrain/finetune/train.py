@@ -10,7 +10,6 @@ decision), and only rank 0 writes files.
 from __future__ import annotations
 
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +42,9 @@ from pretrain.finetune.outputs import (
 from pretrain.tracking import Tracker
 
 EVAL_FORMAT = "bert-finetune-eval/1"
+# Named streams of np.random.default_rng([seed, STREAM, ...]): each use of the seed draws from its own.
+SUBSAMPLE_STREAM = 1  # the max_train_samples subset
+EPOCH_ORDER_STREAM = 2  # each epoch's permutation of the training rows
 # AdamW as in BERT's reference optimization.py: betas (0.9, 0.999), epsilon 1e-6.
 ADAM_BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-6
@@ -162,7 +164,7 @@ def setup(config: FinetuneConfig) -> Job:
     ]
     if config.max_train_samples and config.max_train_samples < len(tables["train"]):
         # Subsample after the split so that valid/test are the same as in the full run.
-        chosen = np.random.default_rng([config.seed, 1]).choice(
+        chosen = np.random.default_rng([config.seed, SUBSAMPLE_STREAM]).choice(
             len(tables["train"]), config.max_train_samples, replace=False
         )
         tables["train"] = tables["train"].subset(sorted(chosen))
@@ -187,13 +189,9 @@ def setup(config: FinetuneConfig) -> Job:
 def epoch_order(rows: int, global_batch: int, seed: int, epoch: int) -> np.ndarray:
     """This epoch's seeded permutation, wrapped around to a whole number of global batches so that
     every rank runs the same number of steps (as torch's DistributedSampler pads)."""
-    order = np.random.default_rng([seed, 2, epoch]).permutation(rows)
+    order = np.random.default_rng([seed, EPOCH_ORDER_STREAM, epoch]).permutation(rows)
     padding = -rows % global_batch
     return np.concatenate([order, order[:padding]]) if padding else order
-
-
-def _to_device(batch: dict, device) -> dict:
-    return {key: value.to(device) for key, value in batch.items()}
 
 
 def predict(model, data: Encoded, batch_size: int, pad_id: int, place: Place) -> np.ndarray:
@@ -204,7 +202,8 @@ def predict(model, data: Encoded, batch_size: int, pad_id: int, place: Place) ->
     is a collective that all ranks must join equally often.
     """
     import torch
-    import torch.distributed as dist
+
+    from pretrain.distributed import all_gather, to_device
 
     rank, world = place.rank, place.world
     order = np.argsort([len(ids) for ids in data.input_ids], kind="stable")
@@ -218,16 +217,12 @@ def predict(model, data: Encoded, batch_size: int, pad_id: int, place: Place) ->
         for start in range(0, per_rank, batch_size):
             batch = collate(data, mine[start : start + batch_size], pad_id)
             batch.pop("labels")
-            logits = model(**_to_device(batch, place.device)).logits
+            logits = model(**to_device(batch, place.device)).logits
             chunks.append(torch.softmax(logits.float(), dim=-1))
     model.train(was_training)
     local = torch.cat(chunks)  # [per_rank, classes]
-    if world > 1:
-        gathered = [torch.empty_like(local) for _ in range(world)]
-        dist.all_gather(gathered, local)
-        local = torch.stack(gathered, dim=1).flatten(
-            0, 1
-        )  # row j * world + r = rank r's j-th = dealt[j * world + r]
+    if world > 1:  # row j * world + r = rank r's j-th = dealt[j * world + r]
+        local = torch.stack(all_gather(local), dim=1).flatten(0, 1)
     probabilities = np.empty((len(order), local.shape[1]), dtype=np.float32)
     probabilities[dealt] = local.cpu().numpy()
     return probabilities
@@ -240,26 +235,6 @@ def evaluate(model, split: Split, job: Job, place: Place) -> tuple[dict, np.ndar
     report = classification_report(gold, probabilities.argmax(axis=1), job.class_names)
     report["loss"] = float(-np.log(np.maximum(probabilities[np.arange(len(gold)), gold], 1e-12)).mean())
     return report, probabilities
-
-
-def _check_precision(precision: str, accelerator) -> None:
-    if precision == "fp16" and not accelerator.is_fp16_supported():
-        raise ConfigError(
-            f"precision=fp16 is not supported by DeepSpeed on {accelerator.device_name()}; "
-            f"use precision=bf16 or precision=fp32"
-        )
-
-
-def _set_threads(threads: int | None, device_type: str) -> None:
-    import torch
-
-    if threads is None and device_type == "cpu":
-        # Several ranks on one CPU host would each start one thread per core and fight over them.
-        ranks_here = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("LOCAL_SIZE", "1")))
-        if ranks_here > 1:
-            threads = max(1, (os.cpu_count() or 1) // ranks_here)
-    if threads:
-        torch.set_num_threads(threads)
 
 
 def _engine(model, config: FinetuneConfig, micro_batch: int, total_steps: int, device_type: str):
@@ -305,8 +280,9 @@ def train_loop(engine, job: Job, place: Place, log: MetricsLog, out: Path, say) 
     Returns the selection state and the number of steps taken (fewer when stopped early).
     """
     import torch
-    import torch.distributed as dist
     from tqdm import tqdm
+
+    from pretrain.distributed import all_reduce_sum, to_device
 
     config, train = job.config, job.splits["train"].data
     micro_batch = config.batch_size // place.world
@@ -328,7 +304,7 @@ def train_loop(engine, job: Job, place: Place, log: MetricsLog, out: Path, say) 
             position * config.batch_size + place.rank * micro_batch
         )  # this rank's slice of the global batch
         batch = collate(train, order[start : start + micro_batch], job.tokenizer.pad_token_id)
-        loss = engine(**_to_device(batch, place.device)).loss
+        loss = engine(**to_device(batch, place.device)).loss
         engine.backward(loss)
         engine.step()
         loss_sum += loss.detach().float()
@@ -337,9 +313,7 @@ def train_loop(engine, job: Job, place: Place, log: MetricsLog, out: Path, say) 
         epochs_done = round(step / steps_per_epoch, 4)
 
         if step % config.log_every == 0 or step == total_steps:
-            if place.world > 1:
-                dist.all_reduce(loss_sum)
-            mean_loss = loss_sum.item() / (loss_count * place.world)
+            mean_loss = all_reduce_sum(loss_sum).item() / (loss_count * place.world)
             now = time.time()
             log.write(
                 {
@@ -429,18 +403,20 @@ def run(config: FinetuneConfig) -> dict:
     from deepspeed.accelerator import get_accelerator
     from tqdm import tqdm
 
-    from pretrain.distributed import barrier, init_distributed
+    from pretrain.distributed import barrier, init_distributed, precision_problem, set_threads
 
     info = init_distributed()
     accelerator = get_accelerator()
     place = Place(info.rank, info.world_size, torch.device(accelerator.device_name(info.local_rank)))
-    _check_precision(config.precision, accelerator)
+    problem = precision_problem(config.precision)
+    if problem:
+        raise ConfigError(problem)
     if config.batch_size % place.world:
         raise ConfigError(
             f"config key 'batch_size' = {config.batch_size} does not split evenly across "
             f"{place.world} ranks; use a multiple of {place.world}"
         )
-    _set_threads(config.threads, place.device.type)
+    set_threads(config.threads)
 
     say = tqdm.write if place.is_main else (lambda _text: None)
     for note in job.notes:
