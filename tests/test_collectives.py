@@ -81,7 +81,7 @@ def _rank_main(rank: int, port: int, out: str) -> None:
 
     os.fsync = recording_fsync
     ckpt_dir = Path(out) / "checkpoints"
-    engine, mine = StandInEngine(), RankState(position=10 + rank, skipped=rank, local_tokens=100)
+    engine, mine = StandInEngine(), RankState(skipped=rank, local_tokens=100 + rank)
     for step in (1, 2):
         checkpoint.save(engine, ckpt_dir, step, {"step": step}, mine, keep_last=1)
     checkpoint.wait_for_pruning()
