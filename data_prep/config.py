@@ -35,13 +35,14 @@ class NearDupConfig(Section):
     """Near-duplicate removal with MinHash LSH (datasketch)."""
 
     enabled: bool = True
-    """Drop documents whose word-shingle Jaccard similarity to an earlier kept document is high."""
+    """Drop documents whose shingle Jaccard similarity to an earlier kept document is high."""
     threshold: float = Field(0.8, gt=0.0, le=1.0)
     """Estimated Jaccard similarity at or above which a later document is dropped as a near duplicate."""
     num_perm: int = Field(128, ge=16, le=1024)
     """MinHash permutations; more is more precise and slower."""
     shingle_words: int = Field(5, ge=1, le=32)
-    """Words per shingle (lower-cased, whitespace-split)."""
+    """Words per shingle (lower-cased, whitespace-split; in scripts written without spaces, such as
+    Chinese and Japanese, each character is a word, so shingles there are character n-grams)."""
 
 
 class CleanConfig(Section):
@@ -76,7 +77,14 @@ class TokenizerConfig(Section):
     model_type: Literal["unigram", "bpe"] = "unigram"
     """SentencePiece algorithm."""
     character_coverage: float = Field(0.9995, gt=0.0, le=1.0)
-    """Share of characters covered by the vocabulary; the rest become byte pieces or [UNK]."""
+    """Share of characters covered by the vocabulary; the rest become byte pieces or [UNK].
+    SentencePiece's advice: 0.9995 for text with a large character set (Chinese, Japanese), 1.0 for
+    small alphabets (English and other Latin, Cyrillic...)."""
+    normalization: Literal["nfkc", "none"] = "nfkc"
+    """What the tokenizer does to text before splitting it (in data_prep and in the exported HF
+    tokenizer alike): ``nfkc`` is SentencePiece's ``nmt_nfkc`` (NFKC, so full-width "，！？ＡＢ１"
+    become ",!?AB1", plus whitespace clean-up); ``none`` keeps the cleaned text as it is (NFC, as
+    cleaning leaves it), for corpora that keep full-width punctuation distinct."""
     byte_fallback: bool = True
     """Spell uncovered characters as UTF-8 byte pieces instead of [UNK]."""
     sample_sentences: int = Field(1_000_000, ge=1)

@@ -8,22 +8,40 @@ therefore the same for any number of workers or ranks.
 Near duplicates follow the usual recipe for web corpora (Broder 1997; the GPT-3 and Gopher data
 pipelines): MinHash over lower-cased word 5-grams (shingles), LSH banding (datasketch picks the
 bands for the threshold), and a check of the estimated Jaccard similarity of each candidate, since
-banding alone also returns some pairs below the threshold.
+banding alone also returns some pairs below the threshold. In scripts written without spaces
+(Chinese, Japanese, Thai...) every character is a word of its own, so their shingles are character
+5-grams: a whitespace split would make a whole line one "word", and a document that differs by one
+character would share no shingle with the original.
 """
 
 from __future__ import annotations
 
 import hashlib
 import itertools
+import re
 import zlib
 
 import numpy as np
 from datasketch import MinHash, MinHashLSH
 
+from data_prep.cleaning import CJK_CHARS
 from data_prep.config import NearDupConfig
 
 MINHASH_SCHEME = "affine32"  # datasketch >= 2.0: uint32 values, a bijective permutation step
 MINHASH_SEED = 1  # fixed: dedup decisions do not change with the run's seed
+# Scripts without word spaces: CJK, and Thai, Lao, Myanmar, Khmer. One character, one shingle word.
+_UNSPACED = CJK_CHARS + "\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff"
+_HAS_UNSPACED = re.compile(f"[{_UNSPACED}]")
+_SHINGLE_WORDS = re.compile(f"[{_UNSPACED}]|[^\\s{_UNSPACED}]+")
+
+
+def shingle_words(text: str) -> list[bytes]:
+    """The lower-cased words that shingles are made of: whitespace-separated words, except that each
+    character of a script without word spaces is a word of its own."""
+    lowered = text.lower()
+    if lowered.isascii() or not _HAS_UNSPACED.search(lowered):
+        return lowered.encode("utf-8").split()
+    return [word.encode("utf-8") for word in _SHINGLE_WORDS.findall(lowered)]
 
 
 def exact_fingerprint(text: str) -> str:
@@ -40,7 +58,8 @@ def _fmix32(values: np.ndarray) -> np.ndarray:
 
 
 class Shingler:
-    """MinHash signatures of lower-cased word shingles, for a whole chunk of documents at once.
+    """MinHash signatures of lower-cased word shingles (see ``shingle_words``), for a whole chunk of
+    documents at once.
 
     The values are exactly datasketch's ``MinHash(scheme="affine32")`` after ``update_batch`` with
     the shingle hashes (its permutations, its pre-mix; a test compares them), but computed for all
@@ -62,7 +81,7 @@ class Shingler:
         crc32 per word, then a polynomial over each window of n words (a text shorter than n words
         is one shingle). Windows never cross documents.
         """
-        words = [text.lower().encode("utf-8").split() or [b""] for text in texts]
+        words = [shingle_words(text) or [b""] for text in texts]
         counts = np.fromiter(map(len, words), dtype=np.int64, count=len(words))
         all_words = itertools.chain.from_iterable(words)
         flat = np.fromiter(map(zlib.crc32, all_words), dtype=np.uint64, count=int(counts.sum()))
