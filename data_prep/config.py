@@ -65,6 +65,10 @@ class CleanConfig(Section):
     """Drop documents whose cleaned text is identical to an earlier one (``duplicate_exact``)."""
     near_dup: NearDupConfig = NearDupConfig()
     """Near-duplicate removal (``duplicate_near``)."""
+    dedup_memory_mb: int = Field(256, ge=1)
+    """Memory for the dedup index (exact fingerprints, LSH band keys, kept signatures), an SQLite
+    file in ``out_dir/.work`` on rank 0 (~1 kB of disk per kept document): beyond this it is read
+    from disk, so the index's memory does not grow with the corpus. Decisions do not depend on it."""
 
 
 class TokenizerConfig(Section):

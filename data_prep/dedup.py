@@ -19,7 +19,9 @@ from __future__ import annotations
 import hashlib
 import itertools
 import re
+import sqlite3
 import zlib
+from pathlib import Path
 
 import numpy as np
 from datasketch import MinHash, MinHashLSH
@@ -128,49 +130,116 @@ class Shingler:
 class DuplicateFilter:
     """Sequential keep/drop decisions; give it the chunks' fingerprints in canonical order.
 
-    The LSH index is banding in plain dicts: datasketch's ``MinHashLSH`` chooses the bands and
-    rows (minimising false positives plus false negatives at the threshold), but its generic storage
-    layer cost ~50 us per document here, and this loop is the one part of the stage that cannot run
-    in parallel. Band keys are cut from a whole chunk's signatures at once.
+    The index (exact fingerprints, LSH band keys, the signatures of kept documents) is an SQLite
+    database, in a file in ``.work`` when ``path`` is given, so its memory is SQLite's page cache,
+    bounded by ``memory_mb`` whatever the corpus size; the rest stays on disk (about 1 kB per kept
+    document). Each chunk costs a few batched queries: the candidates of all its band keys and the
+    signatures they point to are fetched at once, then the chunk's documents are decided in order
+    against them and against the documents kept earlier in the same chunk, then the kept ones are
+    inserted. The decisions are exactly those of an in-memory index: a document is a near duplicate
+    when any earlier kept document shares a band with it and has an estimated Jaccard similarity of
+    at least the threshold, and the order of the candidates does not matter for "any".
+
+    datasketch's ``MinHashLSH`` chooses the bands and rows (minimising false positives plus false
+    negatives at the threshold); its own storage cost ~50 us per document, and this loop is the one
+    part of the stage that cannot run in parallel.
     """
 
-    def __init__(self, exact: bool, near: NearDupConfig | None):
+    BATCH = 4096  # parameters per "IN (...)" query, well under SQLite's limit of 32766
+
+    def __init__(
+        self, exact: bool, near: NearDupConfig | None, path: Path | None = None, memory_mb: int = 256
+    ):
         self.exact = exact
-        self.seen: set[str] = set()
         self.near = near
+        if path is not None:
+            path.unlink(missing_ok=True)  # decisions are made in one pass: an interrupted pass restarts
+        self.db = sqlite3.connect(str(path) if path is not None else ":memory:", isolation_level=None)
+        for pragma in (
+            f"cache_size = {-1024 * memory_mb}",  # negative: KiB, the bound on the index's memory
+            "journal_mode = OFF",  # a scratch file: nothing to recover after a crash
+            "synchronous = OFF",
+            "temp_store = FILE",
+        ):
+            self.db.execute(f"PRAGMA {pragma}")
+        self.db.execute("CREATE TABLE exact (fingerprint TEXT PRIMARY KEY) WITHOUT ROWID")
+        self.db.execute("CREATE TABLE bands (key BLOB, doc INTEGER, PRIMARY KEY (key, doc)) WITHOUT ROWID")
+        self.db.execute("CREATE TABLE signatures (doc INTEGER PRIMARY KEY, signature BLOB)")
         if near is not None:
             banding = MinHashLSH(threshold=near.threshold, num_perm=near.num_perm)
             self.bands, self.rows = banding.b, banding.r
-            self.tables: list[dict[bytes, list[int]]] = [{} for _ in range(self.bands)]
-        self.kept_signatures: list[np.ndarray] = []
+        self.kept = 0
+
+    def close(self) -> None:
+        self.db.close()
 
     def _band_keys(self, signatures: np.ndarray) -> list[list[bytes]]:
-        """Per document, the bytes of each band of its signature: (docs, bands * rows) -> (docs, bands)."""
+        """Per document, each band's index and the bytes of that band of its signature."""
         banded = np.ascontiguousarray(signatures[:, : self.bands * self.rows])
         as_bytes = banded.view(np.dtype((np.void, 4 * self.rows))).reshape(len(signatures), self.bands)
-        return as_bytes.tolist()
+        prefixes = [band.to_bytes(2, "big") for band in range(self.bands)]
+        return [[prefix + key for prefix, key in zip(prefixes, row)] for row in as_bytes.tolist()]
+
+    def _select(self, query: str, values: list) -> list[tuple]:
+        """``query`` with ``IN ({})`` over ``values``, in batches."""
+        rows = []
+        for i in range(0, len(values), self.BATCH):
+            batch = values[i : i + self.BATCH]
+            rows += self.db.execute(query.format(",".join("?" * len(batch))), batch).fetchall()
+        return rows
 
     def check_chunk(self, fingerprints: list[str], signatures: np.ndarray | None) -> list[str | None]:
         """Per document: ``duplicate_exact``, ``duplicate_near`` or None (kept and remembered)."""
-        keys = self._band_keys(signatures) if self.near is not None and signatures is not None else None
+        near = self.near is not None and signatures is not None
+        digests = fingerprints
+        seen = set()
+        if self.exact:
+            seen = {
+                row[0]
+                for row in self._select("SELECT fingerprint FROM exact WHERE fingerprint IN ({})", digests)
+            }
+        keys = self._band_keys(signatures) if near else []
+        earlier: dict[bytes, list[int]] = {}  # band key -> kept docs, from earlier chunks then this one
+        kept_signatures: dict[int, np.ndarray] = {}
+        if near:
+            unique = list({key for row in keys for key in row})
+            for key, doc in self._select("SELECT key, doc FROM bands WHERE key IN ({})", unique):
+                earlier.setdefault(key, []).append(doc)
+            docs = sorted({doc for found in earlier.values() for doc in found})
+            for doc, blob in self._select("SELECT doc, signature FROM signatures WHERE doc IN ({})", docs):
+                kept_signatures[doc] = np.frombuffer(blob, dtype=np.uint32)
         decisions: list[str | None] = []
-        for j, fingerprint in enumerate(fingerprints):
+        new_digests, new_docs = [], []
+        for j, digest in enumerate(digests):
             if self.exact:
-                if fingerprint in self.seen:
+                if digest in seen:
                     decisions.append("duplicate_exact")
                     continue
-                self.seen.add(fingerprint)
-            if keys is None:
+                seen.add(digest)
+                new_digests.append((digest,))
+            if not near:
                 decisions.append(None)
                 continue
             signature = signatures[j]
-            candidates = {c for table, key in zip(self.tables, keys[j]) for c in table.get(key, ())}
-            if any(np.mean(self.kept_signatures[c] == signature) >= self.near.threshold for c in candidates):
+            candidates = {c for key in keys[j] for c in earlier.get(key, ())}
+            threshold = self.near.threshold
+            if any(np.mean(kept_signatures[c] == signature) >= threshold for c in candidates):
                 decisions.append("duplicate_near")
                 continue
-            kept = len(self.kept_signatures)
-            self.kept_signatures.append(signature)
-            for table, key in zip(self.tables, keys[j]):
-                table.setdefault(key, []).append(kept)
+            doc = self.kept
+            self.kept += 1
+            kept_signatures[doc] = signature
+            for key in keys[j]:
+                earlier.setdefault(key, []).append(doc)
+            new_docs.append((doc, j))
             decisions.append(None)
+        self.db.execute("BEGIN")
+        self.db.executemany("INSERT INTO exact VALUES (?)", new_digests)
+        self.db.executemany(
+            "INSERT INTO signatures VALUES (?, ?)", [(d, signatures[j].tobytes()) for d, j in new_docs]
+        )
+        self.db.executemany(
+            "INSERT INTO bands VALUES (?, ?)", [(key, d) for d, j in new_docs for key in keys[j]]
+        )
+        self.db.execute("COMMIT")
         return decisions
