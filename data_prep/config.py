@@ -25,7 +25,7 @@ class TextConfig(Section):
     txt_mode: Literal["file", "paragraph", "line"] = "paragraph"
     """``.txt`` files: one document per ``file``, per blank-line-separated ``paragraph``, or per ``line``."""
     jsonl_field: str = "text"
-    """``.jsonl`` / ``.jsonl.gz``: the field of each JSON object that holds the document text."""
+    """``.jsonl`` (also ``.jsonl.gz``, ``.jsonl.zst``): the field of each JSON object that holds the text."""
     missing_inputs: Literal["error", "skip"] = "error"
     """A path or glob that matches nothing: ``error`` stops before any work; ``skip`` counts it as
     dropped (reason ``missing_path``) in report.json and rejects.jsonl and goes on."""
@@ -114,8 +114,8 @@ class PrepConfig(Section):
     """``python -m data_prep --config configs/prep/NAME.yaml [key=value ...]``."""
 
     inputs: StrList = Field(min_length=1)
-    """Files, folders (searched recursively), globs (``**`` allowed) of .txt / .jsonl / .jsonl.gz,
-    or the word ``pydocs``. Relative paths are relative to the current directory."""
+    """Files, folders (searched recursively), globs (``**`` allowed) of .txt / .jsonl (either may end
+    in .gz or .zst), or the word ``pydocs``. Relative paths are relative to the current directory."""
     out_dir: str
     """The prepared data dir (Contract 1 in DESIGN.md). Must be new, empty or an earlier output."""
     seq_len: int = Field(128, ge=8, le=65536)
