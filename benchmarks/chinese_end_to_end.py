@@ -104,14 +104,15 @@ def main() -> None:
     write_reviews(corpus / "reviews.jsonl", documents=3000)
     sizes = write_task(task)
     python = sys.executable
-    run(
-        [
-            python, "-m", "data_prep", "--config", "configs/prep/zh.yaml", f"inputs=[{corpus}]",
-            f"out_dir={out / 'data'}", "workers=1", "tokenizer.vocab_size=8000", "samples_per_shard=512",
-            "tokenizer.sample_sentences=200000", "progress=false",
-        ],
-        out / "prep.log",
-    )  # fmt: skip
+    if not (out / "data" / "manifest.json").is_file():  # the same corpus again: prepared already
+        run(
+            [
+                python, "-m", "data_prep", "--config", "configs/prep/zh.yaml", f"inputs=[{corpus}]",
+                f"out_dir={out / 'data'}", "workers=1", "tokenizer.vocab_size=8000", "samples_per_shard=512",
+                "tokenizer.sample_sentences=200000", "progress=false",
+            ],
+            out / "prep.log",
+        )  # fmt: skip
     steps = args.steps
     run(
         [

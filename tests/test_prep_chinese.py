@@ -178,3 +178,25 @@ def test_normalization_none_keeps_full_width_punctuation(tmp_path):
     hf = AutoTokenizer.from_pretrained(str(tmp_path), local_files_only=True)
     for sentence in [*sentences[:20], "全角，标点！ＡＢＣ１２３𠀀"]:
         assert hf.decode(hf(sentence)["input_ids"], skip_special_tokens=True) == sentence
+
+
+def test_finetuning_reads_and_truncates_chinese_like_any_text(zh_prepared, tmp_path):
+    from transformers import AutoTokenizer
+
+    from pretrain.finetune.data import encode, read_table
+
+    out, texts = zh_prepared
+    rows = [
+        {"text": t.replace("\n", "")[:80], "label": "正面" if i % 2 else "负面"}
+        for i, t in enumerate(texts[:20])
+    ]
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    table = read_table(tmp_path / "train.jsonl", "train_file", ["text"], "label")
+    hf = AutoTokenizer.from_pretrained(str(out / "tokenizer"), local_files_only=True)
+    encoded = encode(table, hf, sorted(set(table.labels)), max_len=16)
+    assert all(
+        len(ids) == 16 and ids[0] == hf.cls_token_id and ids[-1] == hf.sep_token_id
+        for ids in encoded.input_ids
+    )
+    assert hf.unk_token_id not in {i for ids in encoded.input_ids for i in ids}
+    assert encoded.labels.tolist() == [1 if r["label"] == "负面" else 0 for r in rows]  # sorted: 正面 < 负面
