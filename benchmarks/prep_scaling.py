@@ -241,6 +241,12 @@ def main() -> None:
             print(json.dumps(dedup[-1]), flush=True)
     RESULTS.mkdir(exist_ok=True)
     stem = RESULTS / f"prep-scaling-{datetime.date.today().isoformat()}"
+    if stem.with_suffix(".json").is_file():  # today's earlier points, unless measured again now
+        earlier = json.loads(stem.with_suffix(".json").read_text())
+        again = {(p["mb"], p["workers"]) for p in points}
+        points = [p for p in earlier["prep"] if (p["mb"], p["workers"]) not in again] + points
+        again = {(d["code"], d["documents"]) for d in dedup}
+        dedup = [d for d in earlier["dedup"] if (d["code"], d["documents"]) not in again] + dedup
     stem.with_suffix(".json").write_text(json.dumps({"prep": points, "dedup": dedup}, indent=1) + "\n")
     stem.with_suffix(".md").write_text(table(points, dedup))
     plot(points, dedup, stem.with_suffix(".png"))

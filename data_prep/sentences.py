@@ -21,9 +21,9 @@ from collections.abc import Iterable
 import blingfire
 
 PARAGRAPH_SEPARATOR = "\u2029"  # cleaning maps it to "\n", so cleaned text never contains it
-# Sentence-final punctuation of CJK text (ideographic and full-width full stop, "!", "?", ellipsis)
+# Sentence-final punctuation of CJK text (ideographic, full-width and half-width full stop, "!", "?")
 # and the closing quotes and brackets that may follow it.
-_CJK_END = "\u3002\uff01\uff1f\uff0e\uff61\u2026"
+_CJK_END = "\u3002\uff01\uff1f\uff0e\uff61"
 _CLOSERS = re.compile(
     "[\u201d\u2019\u300d\u300f\u3011\u3015\u3017\u3019\u300b\u3009\uff09\uff3d\uff5d\uff63\")\\]']+"
 )
