@@ -228,7 +228,7 @@ def main() -> None:
             points.append(point)
             subprocess.run(["rm", "-rf", str(out)], check=True)
     dedup = []
-    codes = {"sqlite index (this tree)": os.environ.get("PYTHONPATH", "")}
+    codes = {"this tree (dedup_memory_mb=64)": os.environ.get("PYTHONPATH", "")}
     if args.dedup_code:
         label, path = args.dedup_code.split("=", 1)
         codes[label] = path

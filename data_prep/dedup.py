@@ -130,15 +130,16 @@ class Shingler:
 class DuplicateFilter:
     """Sequential keep/drop decisions; give it the chunks' fingerprints in canonical order.
 
-    The index (exact fingerprints, LSH band keys, the signatures of kept documents) is an SQLite
-    database, in a file in ``.work`` when ``path`` is given, so its memory is SQLite's page cache,
-    bounded by ``memory_mb`` whatever the corpus size; the rest stays on disk (about 1 kB per kept
-    document). Each chunk costs a few batched queries: the candidates of all its band keys and the
-    signatures they point to are fetched at once, then the chunk's documents are decided in order
-    against them and against the documents kept earlier in the same chunk, then the kept ones are
-    inserted. The decisions are exactly those of an in-memory index: a document is a near duplicate
-    when any earlier kept document shares a band with it and has an estimated Jaccard similarity of
-    at least the threshold, and the order of the candidates does not matter for "any".
+    The index (exact fingerprints, LSH band keys, the signatures of kept documents) starts in plain
+    dicts, the fast case. When its estimated size passes ``memory_mb`` and a ``path`` is given, it
+    moves to an SQLite file there and stays on disk (~1 kB per kept document), with SQLite's page
+    cache bounded by ``memory_mb``: memory no longer grows with the corpus. On disk each chunk
+    costs a few batched queries: the candidates of all its band keys and the signatures they point
+    to are fetched at once, the chunk's documents are decided in order against them and against the
+    documents kept earlier in the same chunk, and the kept ones are inserted. Decisions are the same
+    either way: a document is a near duplicate when an earlier kept document shares a band with it
+    and has an estimated Jaccard similarity of at least the threshold ("any": candidate order does
+    not matter).
 
     datasketch's ``MinHashLSH`` chooses the bands and rows (minimising false positives plus false
     negatives at the threshold); its own storage cost ~50 us per document, and this loop is the one
@@ -146,32 +147,32 @@ class DuplicateFilter:
     """
 
     BATCH = 4096  # parameters per "IN (...)" query, well under SQLite's limit of 32766
+    FINGERPRINT_BYTES = 130  # a 32-character str in a set
+    BAND_KEY_OVERHEAD = 160  # bytes object, dict slot, list of one int
 
     def __init__(
-        self, exact: bool, near: NearDupConfig | None, path: Path | None = None, memory_mb: int = 256
+        self, exact: bool, near: NearDupConfig | None, path: Path | None = None, memory_mb: float = 256
     ):
         self.exact = exact
         self.near = near
-        if path is not None:
-            path.unlink(missing_ok=True)  # decisions are made in one pass: an interrupted pass restarts
-        self.db = sqlite3.connect(str(path) if path is not None else ":memory:", isolation_level=None)
-        for pragma in (
-            f"cache_size = {-1024 * memory_mb}",  # negative: KiB, the bound on the index's memory
-            "journal_mode = OFF",  # a scratch file: nothing to recover after a crash
-            "synchronous = OFF",
-            "temp_store = FILE",
-        ):
-            self.db.execute(f"PRAGMA {pragma}")
-        self.db.execute("CREATE TABLE exact (fingerprint TEXT PRIMARY KEY) WITHOUT ROWID")
-        self.db.execute("CREATE TABLE bands (key BLOB, doc INTEGER, PRIMARY KEY (key, doc)) WITHOUT ROWID")
-        self.db.execute("CREATE TABLE signatures (doc INTEGER PRIMARY KEY, signature BLOB)")
+        self.path = path
+        self.memory_mb = memory_mb
+        self.db: sqlite3.Connection | None = None
+        self.seen: set[str] = set()
+        self.tables: dict[bytes, list[int]] = {}  # band index + band bytes -> kept documents
+        self.signatures: dict[int, np.ndarray] = {}  # kept document -> signature
+        self.per_document = 0
         if near is not None:
             banding = MinHashLSH(threshold=near.threshold, num_perm=near.num_perm)
             self.bands, self.rows = banding.b, banding.r
+            self.per_document = (
+                4 * near.num_perm + 112 + self.bands * (4 * self.rows + self.BAND_KEY_OVERHEAD)
+            )
         self.kept = 0
 
     def close(self) -> None:
-        self.db.close()
+        if self.db is not None:
+            self.db.close()
 
     def _band_keys(self, signatures: np.ndarray) -> list[list[bytes]]:
         """Per document, each band's index and the bytes of that band of its signature."""
@@ -179,6 +180,34 @@ class DuplicateFilter:
         as_bytes = banded.view(np.dtype((np.void, 4 * self.rows))).reshape(len(signatures), self.bands)
         prefixes = [band.to_bytes(2, "big") for band in range(self.bands)]
         return [[prefix + key for prefix, key in zip(prefixes, row)] for row in as_bytes.tolist()]
+
+    def _spill(self) -> None:
+        """Move the index into an SQLite file at ``path``; from here on it is read from there."""
+        self.path.unlink(missing_ok=True)
+        self.db = sqlite3.connect(str(self.path), isolation_level=None)
+        for pragma in (
+            f"cache_size = {-int(1024 * self.memory_mb)}",  # negative: KiB, the bound on its memory
+            "journal_mode = OFF",  # a scratch file: an interrupted run decides again from the start
+            "synchronous = OFF",
+            "temp_store = FILE",
+        ):
+            self.db.execute(f"PRAGMA {pragma}")
+        self.db.execute("CREATE TABLE exact (fingerprint TEXT PRIMARY KEY) WITHOUT ROWID")
+        self.db.execute("CREATE TABLE bands (key BLOB, doc INTEGER, PRIMARY KEY (key, doc)) WITHOUT ROWID")
+        self.db.execute("CREATE TABLE signatures (doc INTEGER PRIMARY KEY, signature BLOB)")
+        self._insert(
+            [(f,) for f in self.seen],
+            [(doc, signature.tobytes()) for doc, signature in self.signatures.items()],
+            [(key, doc) for key, docs in self.tables.items() for doc in docs],
+        )
+        self.seen, self.tables, self.signatures = set(), {}, {}
+
+    def _insert(self, fingerprints: list, signatures: list, bands: list) -> None:
+        self.db.execute("BEGIN")
+        self.db.executemany("INSERT INTO exact VALUES (?)", fingerprints)
+        self.db.executemany("INSERT INTO signatures VALUES (?, ?)", signatures)
+        self.db.executemany("INSERT INTO bands VALUES (?, ?)", bands)
+        self.db.execute("COMMIT")
 
     def _select(self, query: str, values: list) -> list[tuple]:
         """``query`` with ``IN ({})`` over ``values``, in batches."""
@@ -188,40 +217,42 @@ class DuplicateFilter:
             rows += self.db.execute(query.format(",".join("?" * len(batch))), batch).fetchall()
         return rows
 
+    def _fetch(self, fingerprints: list[str], keys: list[list[bytes]]):
+        """From the file: which fingerprints were seen, the kept documents under the chunk's band
+        keys, and their signatures; the chunk's own documents are added to these as it goes."""
+        query = "SELECT fingerprint FROM exact WHERE fingerprint IN ({})"
+        seen = {row[0] for row in self._select(query, fingerprints)} if self.exact else set()
+        tables: dict[bytes, list[int]] = {}
+        unique = list({key for row in keys for key in row})
+        for key, doc in self._select("SELECT key, doc FROM bands WHERE key IN ({})", unique):
+            tables.setdefault(key, []).append(doc)
+        docs = sorted({doc for found in tables.values() for doc in found})
+        query = "SELECT doc, signature FROM signatures WHERE doc IN ({})"
+        signatures = {doc: np.frombuffer(blob, dtype=np.uint32) for doc, blob in self._select(query, docs)}
+        return seen, tables, signatures
+
     def check_chunk(self, fingerprints: list[str], signatures: np.ndarray | None) -> list[str | None]:
         """Per document: ``duplicate_exact``, ``duplicate_near`` or None (kept and remembered)."""
         near = self.near is not None and signatures is not None
-        digests = fingerprints
-        seen = set()
-        if self.exact:
-            seen = {
-                row[0]
-                for row in self._select("SELECT fingerprint FROM exact WHERE fingerprint IN ({})", digests)
-            }
         keys = self._band_keys(signatures) if near else []
-        earlier: dict[bytes, list[int]] = {}  # band key -> kept docs, from earlier chunks then this one
-        kept_signatures: dict[int, np.ndarray] = {}
-        if near:
-            unique = list({key for row in keys for key in row})
-            for key, doc in self._select("SELECT key, doc FROM bands WHERE key IN ({})", unique):
-                earlier.setdefault(key, []).append(doc)
-            docs = sorted({doc for found in earlier.values() for doc in found})
-            for doc, blob in self._select("SELECT doc, signature FROM signatures WHERE doc IN ({})", docs):
-                kept_signatures[doc] = np.frombuffer(blob, dtype=np.uint32)
+        if self.db is None:
+            seen, tables, kept_signatures = self.seen, self.tables, self.signatures
+        else:
+            seen, tables, kept_signatures = self._fetch(fingerprints, keys)
         decisions: list[str | None] = []
-        new_digests, new_docs = [], []
-        for j, digest in enumerate(digests):
+        new_fingerprints, new_docs = [], []
+        for j, fingerprint in enumerate(fingerprints):
             if self.exact:
-                if digest in seen:
+                if fingerprint in seen:
                     decisions.append("duplicate_exact")
                     continue
-                seen.add(digest)
-                new_digests.append((digest,))
+                seen.add(fingerprint)
+                new_fingerprints.append((fingerprint,))
             if not near:
                 decisions.append(None)
                 continue
             signature = signatures[j]
-            candidates = {c for key in keys[j] for c in earlier.get(key, ())}
+            candidates = {c for key in keys[j] for c in tables.get(key, ())}
             threshold = self.near.threshold
             if any(np.mean(kept_signatures[c] == signature) >= threshold for c in candidates):
                 decisions.append("duplicate_near")
@@ -230,16 +261,17 @@ class DuplicateFilter:
             self.kept += 1
             kept_signatures[doc] = signature
             for key in keys[j]:
-                earlier.setdefault(key, []).append(doc)
+                tables.setdefault(key, []).append(doc)
             new_docs.append((doc, j))
             decisions.append(None)
-        self.db.execute("BEGIN")
-        self.db.executemany("INSERT INTO exact VALUES (?)", new_digests)
-        self.db.executemany(
-            "INSERT INTO signatures VALUES (?, ?)", [(d, signatures[j].tobytes()) for d, j in new_docs]
-        )
-        self.db.executemany(
-            "INSERT INTO bands VALUES (?, ?)", [(key, d) for d, j in new_docs for key in keys[j]]
-        )
-        self.db.execute("COMMIT")
+        if self.db is not None:
+            self._insert(
+                new_fingerprints,
+                [(doc, signatures[j].tobytes()) for doc, j in new_docs],
+                [(key, doc) for doc, j in new_docs for key in keys[j]],
+            )
+        elif self.path is not None:
+            size = len(self.seen) * self.FINGERPRINT_BYTES + len(self.signatures) * self.per_document
+            if size > self.memory_mb * 2**20:
+                self._spill()
         return decisions

@@ -43,21 +43,24 @@ def reference_decisions(texts: list[str], config: NearDupConfig) -> list[str | N
     return out
 
 
-def test_dedup_index_on_disk_with_little_memory_decides_like_brute_force(tmp_path):
+@pytest.mark.parametrize("memory_mb", [0.1, 256])
+def test_dedup_index_decides_like_brute_force_in_memory_and_on_disk(tmp_path, memory_mb):
     config = NearDupConfig()
     documents = generate(english_words(), 400_000, seed=3, near_dup=0.2, exact_dup=0.1)
     texts = [clean_document(text, CleanConfig(min_chars=1)).text for text, _ in documents]
     expected = reference_decisions(texts, config)
     assert expected.count("duplicate_near") > 20 and expected.count("duplicate_exact") > 10
-    index = DuplicateFilter(exact=True, near=config, path=tmp_path / "dedup.sqlite", memory_mb=1)
+    index = DuplicateFilter(exact=True, near=config, path=tmp_path / "dedup.sqlite", memory_mb=memory_mb)
     shingler = Shingler(config)
     decided = []
     for start in range(0, len(texts), 37):  # chunks: candidates both in earlier chunks and in the same one
         chunk = texts[start : start + 37]
         decided += index.check_chunk([exact_fingerprint(t) for t in chunk], shingler.signatures(chunk))
+        if memory_mb < 1 and start == 74:
+            assert index.db is not None and not index.signatures  # 0.1 MB holds ~35 documents: on disk
     index.close()
     assert decided == expected
-    assert (tmp_path / "dedup.sqlite").stat().st_size > 100_000  # the index lives on disk
+    assert (tmp_path / "dedup.sqlite").is_file() == (memory_mb < 1)  # 256 MB: never left memory
 
 
 def _documents(pieces, field="text"):
