@@ -1,4 +1,5 @@
-"""Text cleaning: mojibake repair, Unicode NFC, control characters, whitespace, length and junk filters.
+"""Text cleaning: terminal escapes, mojibake repair, Unicode NFC, control characters, whitespace
+(hard-wrapped lines joined as their script needs), length and junk filters.
 
 ``clean_document`` returns the cleaned paragraphs of a document or the reason it is dropped. The
 order is chosen for speed on real corpora: the length guard runs before anything else (a single
@@ -8,12 +9,14 @@ mojibake, and ftfy runs at a few MB/s), and NFC only runs when ``unicodedata.is_
 
 from __future__ import annotations
 
+import itertools
 import re
 import string
 import unicodedata
 from dataclasses import dataclass
 
 import ftfy
+from ftfy.fixes import ANSI_RE
 
 from data_prep.config import CleanConfig
 
@@ -26,6 +29,18 @@ _CONTROLS = re.compile("[\x00-\x08\x0e-\x1b\x1f\x7f-\x9f\ufeff\ufffe\uffff\ufffd
 _SURROGATES = re.compile("[\ud800-\udfff]")
 _LETTER_RUNS = re.compile(r"[^\W\d_]+")
 _ASCII_LETTERS = string.ascii_letters.encode()
+# Characters of the scripts written without spaces between words, where a line break inside a
+# paragraph is no space: Han, kana, bopomofo, Yi, CJK punctuation and the full-width forms (the
+# CSS Text 3 segment-break rule: East Asian Wide/Full/Half-width, Hangul excluded, since Korean
+# puts spaces between words).
+CJK_CHARS = (
+    "\u2e80-\u2fdf\u3000-\u303f\u3040-\u30ff\u3100-\u312f\u3190-\u31ff\u3400-\u4dbf\u4e00-\u9fff"
+    "\ua000-\ua4cf\uf900-\ufaff\ufe30-\ufe4f\uff00-\uff9f\uffe0-\uffee\U00020000-\U0003ffff"
+)
+_CJK = re.compile(f"[{CJK_CHARS}]")
+# East-Asian-ambiguous punctuation (curly quotes, ellipsis, dashes) next to a CJK character: no space
+# either (CSS Text 3's second segment-break rule), so "说：“" + "你好" joins as "说：“你好".
+_AMBIGUOUS_PUNCTUATION = re.compile("[\u2010-\u2027]")
 
 
 @dataclass(frozen=True)
@@ -34,6 +49,8 @@ class Cleaned:
     chars: int
     """Length of the cleaned text (paragraphs joined by blank lines)."""
     fixed_mojibake: bool = False
+    terminal_escapes: int = 0
+    """ANSI escape sequences (``ESC[33m`` colour codes...) removed whole."""
 
     @property
     def text(self) -> str:
@@ -47,9 +64,27 @@ def _letter_count(text: str) -> int:
     return sum(map(len, _LETTER_RUNS.findall(text)))
 
 
+def _line_joiner(before: str, after: str) -> str:
+    """What goes between two hard-wrapped lines: nothing between CJK characters (a space there
+    would be a word break the text never had), a space everywhere else (Latin, Cyrillic, Hangul...)."""
+    if before < "\u2010" or after < "\u2010":  # ASCII, Latin, Greek, Cyrillic...: the common case, fast
+        return " "
+    if _CJK.match(before):
+        return "" if _CJK.match(after) or _AMBIGUOUS_PUNCTUATION.match(after) else " "
+    return "" if _CJK.match(after) and _AMBIGUOUS_PUNCTUATION.match(before) else " "
+
+
+def _join_lines(lines: list[str]) -> str:
+    joined = [lines[0]]
+    for before, after in itertools.pairwise(lines):
+        joined += (_line_joiner(before[-1], after[0]), after)
+    return "".join(joined)
+
+
 def _paragraphs(text: str, unwrap_lines: bool) -> list[str]:
     """Blank-line-separated paragraphs with all whitespace runs collapsed to one space; with
-    ``unwrap_lines`` the lines of a paragraph are joined, otherwise each line stays a line."""
+    ``unwrap_lines`` the lines of a paragraph are joined (see ``_line_joiner``), otherwise each line
+    stays a line."""
     paragraphs, block = [], []
     for line in text.split("\n"):
         words = line.split()  # splits on every Unicode space (NBSP, ideographic space, tabs...)
@@ -60,8 +95,9 @@ def _paragraphs(text: str, unwrap_lines: bool) -> list[str]:
             block = []
     if block:
         paragraphs.append(block)
-    joiner = " " if unwrap_lines else "\n"
-    return [joiner.join(lines) for lines in paragraphs]
+    if not unwrap_lines:
+        return ["\n".join(lines) for lines in paragraphs]
+    return [_join_lines(lines) for lines in paragraphs]
 
 
 def clean_document(text: str, config: CleanConfig) -> Cleaned | str:
@@ -69,6 +105,9 @@ def clean_document(text: str, config: CleanConfig) -> Cleaned | str:
     if len(text) > config.max_chars:
         return "too_long"
     fixed = False
+    escapes = 0
+    if "\x1b" in text:  # ftfy's pattern: removed whole, not just the ESC that _CONTROLS would take
+        text, escapes = ANSI_RE.subn("", text)
     if not text.isascii():
         text = _SURROGATES.sub("", text)
         # ftfy before removing C1 controls: UTF-8 read as latin-1 shows up as C1 characters
@@ -92,4 +131,4 @@ def clean_document(text: str, config: CleanConfig) -> Cleaned | str:
     letters = sum(_letter_count(p) for p in paragraphs)
     if visible <= 0 or letters < config.min_alpha_ratio * visible:
         return "junk"
-    return Cleaned(tuple(paragraphs), chars, fixed)
+    return Cleaned(tuple(paragraphs), chars, fixed, escapes)

@@ -25,7 +25,7 @@ class TextConfig(Section):
     txt_mode: Literal["file", "paragraph", "line"] = "paragraph"
     """``.txt`` files: one document per ``file``, per blank-line-separated ``paragraph``, or per ``line``."""
     jsonl_field: str = "text"
-    """``.jsonl`` / ``.jsonl.gz``: the field of each JSON object that holds the document text."""
+    """``.jsonl`` (also ``.jsonl.gz``, ``.jsonl.zst``): the field of each JSON object that holds the text."""
     missing_inputs: Literal["error", "skip"] = "error"
     """A path or glob that matches nothing: ``error`` stops before any work; ``skip`` counts it as
     dropped (reason ``missing_path``) in report.json and rejects.jsonl and goes on."""
@@ -35,13 +35,14 @@ class NearDupConfig(Section):
     """Near-duplicate removal with MinHash LSH (datasketch)."""
 
     enabled: bool = True
-    """Drop documents whose word-shingle Jaccard similarity to an earlier kept document is high."""
+    """Drop documents whose shingle Jaccard similarity to an earlier kept document is high."""
     threshold: float = Field(0.8, gt=0.0, le=1.0)
     """Estimated Jaccard similarity at or above which a later document is dropped as a near duplicate."""
     num_perm: int = Field(128, ge=16, le=1024)
     """MinHash permutations; more is more precise and slower."""
     shingle_words: int = Field(5, ge=1, le=32)
-    """Words per shingle (lower-cased, whitespace-split)."""
+    """Words per shingle (lower-cased, whitespace-split; in scripts written without spaces, such as
+    Chinese and Japanese, each character is a word, so shingles there are character n-grams)."""
 
 
 class CleanConfig(Section):
@@ -64,6 +65,12 @@ class CleanConfig(Section):
     """Drop documents whose cleaned text is identical to an earlier one (``duplicate_exact``)."""
     near_dup: NearDupConfig = NearDupConfig()
     """Near-duplicate removal (``duplicate_near``)."""
+    dedup_memory_mb: int = Field(256, ge=1)
+    """Memory for the dedup index on rank 0 (exact fingerprints, LSH band keys, kept signatures;
+    ~2.9 kB per kept document with near_dup, 130 B without). Up to this it is kept in memory;
+    beyond it, it moves to an SQLite file in ``out_dir/.work`` (~1 kB of disk per kept document)
+    read through a page cache of this size, so memory stops growing with the corpus (deciding costs
+    ~5x the CPU from then on). Decisions do not depend on it."""
 
 
 class TokenizerConfig(Section):
@@ -76,7 +83,14 @@ class TokenizerConfig(Section):
     model_type: Literal["unigram", "bpe"] = "unigram"
     """SentencePiece algorithm."""
     character_coverage: float = Field(0.9995, gt=0.0, le=1.0)
-    """Share of characters covered by the vocabulary; the rest become byte pieces or [UNK]."""
+    """Share of characters covered by the vocabulary; the rest become byte pieces or [UNK].
+    SentencePiece's advice: 0.9995 for text with a large character set (Chinese, Japanese), 1.0 for
+    small alphabets (English and other Latin, Cyrillic...)."""
+    normalization: Literal["nfkc", "none"] = "nfkc"
+    """What the tokenizer does to text before splitting it (in data_prep and in the exported HF
+    tokenizer alike): ``nfkc`` is SentencePiece's ``nmt_nfkc`` (NFKC, so full-width "，！？ＡＢ１"
+    become ",!?AB1", plus whitespace clean-up); ``none`` keeps the cleaned text as it is (NFC, as
+    cleaning leaves it), for corpora that keep full-width punctuation distinct."""
     byte_fallback: bool = True
     """Spell uncovered characters as UTF-8 byte pieces instead of [UNK]."""
     sample_sentences: int = Field(1_000_000, ge=1)
@@ -102,8 +116,8 @@ class PrepConfig(Section):
     """``python -m data_prep --config configs/prep/NAME.yaml [key=value ...]``."""
 
     inputs: StrList = Field(min_length=1)
-    """Files, folders (searched recursively), globs (``**`` allowed) of .txt / .jsonl / .jsonl.gz,
-    or the word ``pydocs``. Relative paths are relative to the current directory."""
+    """Files, folders (searched recursively), globs (``**`` allowed) of .txt / .jsonl (either may end
+    in .gz or .zst), or the word ``pydocs``. Relative paths are relative to the current directory."""
     out_dir: str
     """The prepared data dir (contract 1 in docs/contracts.md). Must be new, empty or an earlier output."""
     seq_len: int = Field(128, ge=8, le=65536)

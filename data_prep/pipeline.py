@@ -67,6 +67,7 @@ from data_prep.typed_config import ConfigError
 from data_prep.workdir import WORK_DIR, WorkDir, load_arrays, load_json, save_json, work_key
 
 REJECTS_NAME = "rejects.jsonl"
+DEDUP_INDEX = "dedup.sqlite"  # in .work, while dedup decisions are made
 REPORT_NAME = "report.json"
 OUTPUT_NAMES = (MANIFEST_NAME, REPORT_NAME, REJECTS_NAME, TOKENIZER_DIR, "shards", WORK_DIR)
 
@@ -267,41 +268,41 @@ class Runner:
     # -- rank-0 steps -------------------------------------------------------------------------
 
     def _decide(self, work: WorkDir, chunks: list[Chunk], cleaned: list[CleanSummary]) -> dict[str, Any]:
-        """Exact and near-duplicate decisions in canonical order, then the valid split by document."""
+        """Exact and near-duplicate decisions in canonical order, then the valid split by document.
+        One chunk at a time, so memory holds one chunk's metadata and the bounded dedup index."""
         config = self.config
         near = config.clean.near_dup if config.clean.near_dup.enabled else None
-        duplicates = DuplicateFilter(config.clean.dedup_exact, near)
-        decisions: list[list[str]] = []
-        metas = []
-        for chunk in chunks:
+        duplicates = DuplicateFilter(
+            config.clean.dedup_exact,
+            near,
+            work.root / DEDUP_INDEX,
+            config.clean.dedup_memory_mb,
+        )
+        counts: Counter = Counter()
+        kept_sentences = 0
+        first_kept = None  # (uniform, chunk position, document) of the kept document nearest the cut
+        for c, chunk in enumerate(chunks):
             meta = load_json(work.clean_meta(chunk.index))
             signatures = load_arrays(work.clean_signatures(chunk.index))["minhash"] if near else None
             reasons = duplicates.check_chunk(meta["fingerprints"], signatures)
             split = ["valid" if uniform < config.valid_fraction else "train" for uniform in meta["uniforms"]]
-            decisions.append([reason or kept for reason, kept in zip(reasons, split)])
-            metas.append({"uniforms": meta["uniforms"], "sentence_counts": meta["sentence_counts"]})
-        kept = [
-            (u, c, j)
-            for c, m in enumerate(metas)
-            for j, u in enumerate(m["uniforms"])
-            if decisions[c][j] in KEPT
-        ]
-        if (
-            config.valid_fraction > 0
-            and len(kept) > 1
-            and not any(decisions[c][j] == "valid" for _, c, j in kept)
-        ):
-            _, c, j = min(kept)  # a small corpus still gets a valid split: the document nearest the cut
-            decisions[c][j] = "valid"
-        for chunk, chunk_decisions in zip(chunks, decisions):
-            save_json(work.decisions(chunk.index), chunk_decisions)
-        counts = Counter(d for chunk_decisions in decisions for d in chunk_decisions)
-        kept_sentences = sum(
-            n
-            for d, m in zip(decisions, metas)
-            for decision, n in zip(d, m["sentence_counts"])
-            if decision in KEPT
-        )
+            decisions = [reason or kept for reason, kept in zip(reasons, split)]
+            for j, (decision, uniform, n) in enumerate(
+                zip(decisions, meta["uniforms"], meta["sentence_counts"])
+            ):
+                if decision in KEPT:
+                    kept_sentences += n
+                    first_kept = min(first_kept or (uniform, c, j), (uniform, c, j))
+            counts.update(decisions)
+            save_json(work.decisions(chunk.index), decisions)
+        duplicates.close()
+        (work.root / DEDUP_INDEX).unlink(missing_ok=True)
+        if config.valid_fraction > 0 and counts["train"] + counts["valid"] > 1 and not counts["valid"]:
+            _, c, j = first_kept  # a small corpus still gets a valid split: the document nearest the cut
+            decisions = load_json(work.decisions(chunks[c].index))
+            decisions[j] = "valid"
+            save_json(work.decisions(chunks[c].index), decisions)
+            counts.update({"train": -1, "valid": 1})
         if counts["train"] == 0:
             reasons = Counter(d for d in counts.elements() if d not in KEPT)
             for summary in cleaned:
@@ -311,7 +312,7 @@ class Runner:
                 f"no document left to train on ({sum(c.docs_in for c in cleaned)} read; dropped: {top}; "
                 f"valid: {counts['valid']}): add text, or loosen clean.* / lower valid_fraction"
             )
-        return {"counts": dict(counts), "kept_sentences": kept_sentences}
+        return {"counts": {d: n for d, n in counts.items() if n}, "kept_sentences": kept_sentences}
 
     def _tokenizer(
         self, work: WorkDir, context: Context, mine: list[Chunk], kept_sentences: int

@@ -25,7 +25,7 @@ def check_missing(expanded: list[ExpandedInput], config: PrepConfig) -> None:
     missing = [item.entry for item in expanded if item.missing]
     if missing and config.text.missing_inputs == "error":
         raise InputError(
-            f"input {missing[0]!r} matches no .txt, .jsonl or .jsonl.gz file"
+            f"input {missing[0]!r} matches no .txt or .jsonl file (optionally .gz or .zst)"
             + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
             + "; fix the path, or set text.missing_inputs=skip to count it as dropped and go on"
         )
@@ -86,6 +86,10 @@ def _pydocs_pieces(
     return pieces
 
 
+def _file_pieces(task: tuple[str, str, int, str]) -> list[Piece]:
+    return file_pieces(*task)
+
+
 def _group(pieces: Iterable[Piece], chunk_bytes: int) -> list[Chunk]:
     chunks, current, size = [], [], 0
     for piece in pieces:
@@ -107,14 +111,18 @@ def plan_chunks(
         return [Chunk(c["index"], tuple(Piece(**p) for p in c["pieces"])) for c in load_json(work.plan)]
     chunk_bytes = max(1, int(config.chunk_mb * 1e6))
     pieces: list[Piece] = []
+    split_dir = str(work.root / "inputs")
     for item in expanded:
         if item.pydocs:
             pieces.extend(_pydocs_pieces(config, work, map_fn, chunk_bytes, show_progress))
         elif item.missing:
             pieces.append(Piece("rejected", item.entry, 0, reason="missing_path"))
-        else:
-            for path in item.files:
-                pieces.extend(file_pieces(path, file_kind(path, config.text.txt_mode), chunk_bytes))
+        else:  # on the worker pool: big compressed files are decompressed into parts there, in parallel
+            tasks = [
+                (path, file_kind(path, config.text.txt_mode), chunk_bytes, split_dir) for path in item.files
+            ]
+            for file_result in map_fn(_file_pieces, tasks):
+                pieces.extend(file_result)
     chunks = _group(pieces, chunk_bytes)
     save_json(work.plan, [asdict(chunk) for chunk in chunks])
     return chunks

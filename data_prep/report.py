@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-REPAIRS = ("repaired_invalid_utf8", "fixed_mojibake")  # counted, but the document is kept
+# Counted, but the document is kept. terminal_escapes_removed counts escape sequences, not documents.
+REPAIRS = ("repaired_invalid_utf8", "fixed_mojibake", "terminal_escapes_removed")
 
 
 def _rate(nbytes: int, seconds: float) -> float:

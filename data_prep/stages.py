@@ -66,7 +66,7 @@ class CleanSummary:
     nbytes: int
     docs_in: int = 0
     counts: Counter = field(default_factory=Counter)
-    """Drops by reason, plus ``repaired_invalid_utf8`` / ``fixed_mojibake`` (not drops)."""
+    """Drops by reason, plus the repairs of ``report.REPAIRS`` (not drops)."""
     resumed: bool = False
 
 
@@ -111,6 +111,8 @@ def clean_chunk(task: tuple[Context, Chunk]) -> CleanSummary:
                 continue
             if cleaned.fixed_mojibake:
                 summary.counts["fixed_mojibake"] += 1
+            if cleaned.terminal_escapes:
+                summary.counts["terminal_escapes_removed"] += cleaned.terminal_escapes
             text = cleaned.text
             fingerprints.append(exact_fingerprint(text))
             texts.append(text)

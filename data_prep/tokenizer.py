@@ -29,6 +29,7 @@ SPM_FILE = "spm.model"
 HF_TOKENIZER_FILE = "tokenizer.json"
 SPECIAL_NAMES = ("pad", "unk", "cls", "sep", "mask")  # in the order of manifest.SPECIAL_TOKENS
 CONTROL_SCORE = -1e9
+NORMALIZATION_RULES = {"nfkc": "nmt_nfkc", "none": "identity"}  # tokenizer.normalization -> SentencePiece's
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".onnx", ".gguf")
 
 
@@ -62,6 +63,7 @@ def train_sentencepiece(sentences: Iterable[str], config: TokenizerConfig, seed:
             vocab_size=config.vocab_size,
             character_coverage=config.character_coverage,
             byte_fallback=config.byte_fallback,
+            normalization_rule_name=NORMALIZATION_RULES[config.normalization],
             hard_vocab_limit=False,  # a small corpus gets a smaller vocabulary instead of an error
             pad_id=0,
             pad_piece=SPECIAL_TOKENS[0],

@@ -83,7 +83,7 @@ def test_bad_inputs_become_rejects_with_reasons(tmp_path):
         ("Document", None, 7),
     ]
     assert items[-1].text == "café" and items[-1].repaired
-    gz = read_all(tmp_path / "cut.jsonl.gz", "jsonl_gz")
+    gz = read_all(tmp_path / "cut.jsonl.gz", "jsonl")
     assert isinstance(gz[-1], Reject) and gz[-1].reason == "corrupt_gzip"
     assert all(isinstance(d, Document) for d in gz[:-1]) and len(gz) > 100
 
