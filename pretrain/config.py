@@ -52,6 +52,11 @@ class PretrainConfig(Section):
     """Where checkpoints, metrics, TensorBoard events and the export go; relaunching resumes from it."""
     model: str = "tiny"
     """A preset in configs/model (tiny, mini, small, base, large) or a path to a BertConfig JSON."""
+    init_from: str | None = None
+    """A local Hugging Face BERT dir (a run's export/, or a BertForPreTraining / BertForMaskedLM /
+    BertModel with its tokenizer) whose weights and architecture start this run (``model`` is then
+    ignored). The data must be prepared with its tokenizer (data_prep ``tokenizer.path=PATH``).
+    pretrain/init_from.py."""
     seq_len: int = Field(128, ge=8)
     """Must equal the data dir's seq_len."""
     micro_batch_size: int = Field(32, ge=1)

@@ -37,6 +37,7 @@ from pretrain.fault_injection import (
     nonfinite_loss_injected,
 )
 from pretrain.flops import BertShape, forward_flops
+from pretrain.init_from import InitFromError, check_tokenizer, load_source_weights, source_config
 from pretrain.model import (
     PretrainingObjective,
     bert_config_from_preset,
@@ -107,6 +108,7 @@ class Run:
     skipped_at_launch: int = 0
     forward_passes: int = 0  # training forward passes of this launch (the fault-injection clock)
     eval_set: list[dict[str, Any]] | None = None
+    init_report: str | None = None  # init_from: what was loaded and what initialised (the banner)
 
     def global_tokens(self) -> int:
         return int(_reduce_sum([self.progress.local_tokens], self.engine.device)[0])
@@ -177,6 +179,7 @@ def _fingerprint(cfg: PretrainConfig, hf_config, manifest: dict[str, Any]) -> di
         "seq_len": cfg.seq_len,
         "tokenizer_sha256": manifest["tokenizer"]["sha256"],
         "train_shards_sha256": shard_digest.hexdigest(),
+        "init_from": cfg.init_from and str(Path(cfg.init_from).resolve()),
     }
 
 
@@ -227,14 +230,18 @@ def prepare_run(cfg: PretrainConfig) -> Run:
     _check_data(cfg, manifest)
     layout = TokenLayout.from_manifest(manifest)
     special = manifest["tokenizer"]["special_ids"]
-    try:  # a malformed model or deepspeed JSON: one line
-        hf_config = bert_config_from_preset(
-            resolve_model_config_path(cfg.model),
-            layout.vocab_size,
-            special,
-            cfg.seq_len,
-            cfg.attn_implementation,
-        )
+    try:  # a malformed model or deepspeed JSON, or an init_from that does not fit the data: one line
+        if cfg.init_from:
+            hf_config = source_config(cfg.init_from, cfg.seq_len, cfg.attn_implementation)
+            check_tokenizer(cfg.init_from, cfg.data_dir, manifest, hf_config.vocab_size)
+        else:
+            hf_config = bert_config_from_preset(
+                resolve_model_config_path(cfg.model),
+                layout.vocab_size,
+                special,
+                cfg.seq_len,
+                cfg.attn_implementation,
+            )
         ds_config = build_deepspeed_config(
             micro_batch_size=cfg.micro_batch_size,
             grad_accum=cfg.grad_accum,
@@ -260,6 +267,12 @@ def prepare_run(cfg: PretrainConfig) -> Run:
 
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     hf_model = build_hf_model(hf_config, nsp=layout.nsp)
+    try:  # a checkpoint resumes its own weights below; a new run starts from the source's
+        init_report = (
+            load_source_weights(hf_model, cfg.init_from).describe() if cfg.init_from and tag is None else None
+        )
+    except InitFromError as err:
+        raise SetupError(str(err)) from None
     # ZeRO-3 hooks every submodule to gather its partitioned parameters; Dynamo would trace into
     # those hooks and recompile until it gives up, so stage 3 runs eagerly.
     if cfg.cpu_dropout and get_accelerator().device_name() == "cpu":
@@ -318,6 +331,7 @@ def prepare_run(cfg: PretrainConfig) -> Run:
         progress=progress,
         resumed_from=tag,
         skipped_at_launch=progress.skipped,
+        init_report=init_report,
     )
 
 
@@ -515,6 +529,9 @@ def train(cfg: PretrainConfig) -> dict[str, Any]:
     run = prepare_run(cfg)
     progress, log = run.progress, run.log
     log.print(_banner(run))
+    if run.init_report:  # a continued run: its banner, and the source's quality on this data at step 0
+        log.print(run.init_report)
+        evaluate(run)
     stream = TrainStream(
         shard_specs(cfg.data_dir, run.manifest, "train"),
         run.layout,
@@ -604,7 +621,7 @@ def _banner(run: Run) -> str:
         f"resumed from {run.resumed_from} (step {run.progress.step})" if run.resumed_from else "fresh start"
     )
     return (
-        f"pretrain: {cfg.model} ({params / 1e6:.1f}M params, objective {manifest['objective']}) | "
+        f"pretrain: {f'init_from {cfg.init_from}' if cfg.init_from else cfg.model} ({params / 1e6:.1f}M params, objective {manifest['objective']}) | "
         f"{run.dist.world_size} rank(s), {cfg.precision}, ZeRO-{cfg.zero_stage}"
         f"{', compiled layers' if cfg.compile and cfg.zero_stage < 3 else ''} | global batch "
         f"{cfg.micro_batch_size * cfg.grad_accum * run.dist.world_size} x {cfg.seq_len} | "
