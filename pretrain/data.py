@@ -55,6 +55,7 @@ class TokenLayout:
     vocab_size: int
     seq_len: int
     nsp: bool
+    word_starts: torch.Tensor | None = None  # [V] bool for whole-word masking (masking.word_start_table)
 
     @classmethod
     def from_manifest(cls, manifest: dict[str, Any]) -> TokenLayout:
@@ -103,6 +104,7 @@ def collate(
         mask_id=layout.mask_id,
         vocab_size=layout.vocab_size,
         generator=generator,
+        word_starts=layout.word_starts,
     )
     batch: dict[str, Any] = {
         "input_ids": masked_ids,

@@ -14,7 +14,7 @@ import os
 import shutil
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,7 @@ from pretrain.fault_injection import (
 )
 from pretrain.flops import BertShape, forward_flops
 from pretrain.init_from import InitFromError, check_tokenizer, load_source_weights, source_config
+from pretrain.masking import word_start_table
 from pretrain.model import (
     PretrainingObjective,
     bert_config_from_preset,
@@ -229,6 +230,10 @@ def prepare_run(cfg: PretrainConfig) -> Run:
     manifest = load_manifest(cfg.data_dir)
     _check_data(cfg, manifest)
     layout = TokenLayout.from_manifest(manifest)
+    if cfg.masking == "whole_word":  # a per-id table, computed once from the data's tokenizer
+        layout = replace(
+            layout, word_starts=word_start_table(Path(cfg.data_dir) / TOKENIZER_DIR, layout.vocab_size)[0]
+        )
     special = manifest["tokenizer"]["special_ids"]
     try:  # a malformed model or deepspeed JSON, or an init_from that does not fit the data: one line
         if cfg.init_from:
