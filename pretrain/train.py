@@ -45,6 +45,7 @@ from pretrain.model import (
     build_hf_model,
     compile_encoder_layers,
 )
+from pretrain.model_card import describe_hardware
 from pretrain.optim import build_optimizer, param_groups, warmup_decay_schedule
 from pretrain.plot import plot_losses
 from pretrain.run_log import RunLog, read_metrics
@@ -595,6 +596,7 @@ def finish(run: Run, last_eval: dict[str, float] | None, started: float, start_s
         "model": run.cfg.model,
         "resumed_from": run.resumed_from,
         "wall_time_s": elapsed,
+        "hardware": describe_hardware(),
         "tokens_per_s": (sum(r["tokens_per_s"] for r in train_rows) / len(train_rows))
         if train_rows
         else None,

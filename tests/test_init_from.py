@@ -32,6 +32,14 @@ def test_continued_run_starts_where_the_source_ended(tmp_path, data_dir):
     assert f"init_from {export}:" in continued.stdout and "nothing initialised" in continued.stdout
     last = metrics(tmp_path / "source", "eval")[-1]
     first = metrics(tmp_path / "continued", "eval")[0]
+    # the export's model card carries the run's numbers
+    card = (export / "README.md").read_text()
+    assert card.startswith("---\n") and "pipeline_tag: fill-mask" in card
+    tokens = metrics(tmp_path / "source")[-1]["tokens"]
+    assert f"6 optimizer steps, {tokens:,} tokens seen" in card and "hardware: 1 x " in card
+    assert f"MLM accuracy {last['mlm_acc']:.4f}" in card and f"NSP accuracy {last['nsp_acc']:.4f}" in card
+    assert "training examples: 96," in card and "AutoModelForPreTraining.from_pretrained" in card
+    assert f"continuing from `{export}`" in (tmp_path / "continued" / "export" / "README.md").read_text()
     assert last["step"] == 6 and first["step"] == 0
     for key in ("mlm_loss", "mlm_acc", "nsp_loss", "nsp_acc"):
         assert first[key] == last[key], (key, first[key], last[key])
