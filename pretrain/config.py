@@ -68,6 +68,11 @@ class PretrainConfig(Section):
     """Where checkpoints, metrics, TensorBoard events and the export go; relaunching resumes from it."""
     model: str = "tiny"
     """A preset in configs/model (tiny, mini, small, base, large) or a path to a BertConfig JSON."""
+    init_from: str | None = None
+    """A local Hugging Face BERT dir (a run's export/, or a BertForPreTraining / BertForMaskedLM /
+    BertModel with its tokenizer) whose weights and architecture start this run (``model`` is then
+    ignored). The data must be prepared with its tokenizer (data_prep ``tokenizer.path=PATH``).
+    pretrain/init_from.py."""
     seq_len: int = Field(128, ge=8)
     """Must equal the data dir's seq_len."""
     micro_batch_size: int = Field(32, ge=1)
@@ -85,6 +90,9 @@ class PretrainConfig(Section):
     """Clip the global gradient norm to this (0 = off)."""
     mlm_probability: float = Field(0.15, gt=0, lt=1)
     """Fraction of non-special tokens selected for MLM; of those 80% [MASK], 10% random, 10% kept."""
+    masking: Literal["token", "whole_word"] = "token"
+    """``whole_word`` chooses all pieces of a word together (BERT-wwm), the same count per sequence;
+    words from the tokenizer's pieces: space-delimited scripts only (pretrain/masking.py)."""
     save_every: int = Field(500, ge=1)
     """Checkpoint every this many optimizer steps (and always at the end)."""
     keep_last: int = Field(3, ge=1)

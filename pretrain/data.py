@@ -74,6 +74,7 @@ class TokenLayout:
     seq_len: int
     nsp: bool
     rules: SampleRules  # what the reader checks every sample against
+    word_starts: torch.Tensor | None = None  # [V] bool for whole-word masking (masking.word_start_table)
 
     @classmethod
     def from_manifest(cls, manifest: dict[str, Any]) -> TokenLayout:
@@ -119,6 +120,7 @@ def collate(
         mask_id=layout.mask_id,
         vocab_size=layout.vocab_size,
         generator=generator,
+        word_starts=layout.word_starts,
     )
     batch: dict[str, Any] = {
         "input_ids": masked_ids,

@@ -7,7 +7,7 @@ ZeRO partitions are consolidated into fp32 weights with DeepSpeed's own
 weights); without ZeRO (stage 0) the module weights of the checkpoint are used. The result is a
 stock ``BertForPreTraining`` (``BertForMaskedLM`` for the ``mlm`` objective) saved with
 ``save_pretrained`` (safetensors; the decoder stays tied to the word embeddings), the run's
-tokenizer, and ``training_summary.json``. It loads with ``AutoModelForPreTraining`` (or
+tokenizer, ``training_summary.json`` and a model card (``README.md``, pretrain/model_card.py). It loads with ``AutoModelForPreTraining`` (or
 ``AutoModelForMaskedLM``) and ``AutoModel``. The directory is written under a temporary name and
 renamed when complete.
 """
@@ -31,6 +31,7 @@ import torch  # noqa: E402
 
 from data_prep.manifest import atomic_path  # noqa: E402
 from pretrain.checkpoint import CheckpointError, latest_tag, read_run_state  # noqa: E402
+from pretrain.model_card import write_model_card  # noqa: E402
 
 MODEL_PREFIX = "model."  # PretrainingObjective holds the HF model as `.model`
 TIED_KEYS = {"cls.predictions.decoder.weight", "cls.predictions.decoder.bias"}
@@ -108,6 +109,7 @@ def export_checkpoint(
         model.save_pretrained(tmp, safe_serialization=True)
         shutil.copytree(run_dir / RUN_TOKENIZER, tmp, dirs_exist_ok=True)
         (tmp / SUMMARY).write_text(json.dumps(record, indent=2) + "\n")
+        write_model_card(tmp, run_dir, record, sum(p.numel() for p in model.parameters()))  # README.md
     return out
 
 

@@ -17,9 +17,10 @@ import hashlib
 import json
 import math
 import shutil
+import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -54,12 +55,15 @@ from pretrain.fault_injection import (
     nonfinite_loss_injected,
 )
 from pretrain.flops import BertShape, datasheet_peak_flops, model_flops
+from pretrain.init_from import InitFromError, check_tokenizer, load_source_weights, source_config
+from pretrain.masking import word_start_table
 from pretrain.model import (
     PretrainingObjective,
     bert_config_from_preset,
     build_hf_model,
     compile_encoder_layers,
 )
+from pretrain.model_card import describe_hardware
 from pretrain.optim import build_optimizer, param_groups, warmup_decay_schedule
 from pretrain.plot import plot_losses
 from pretrain.run_log import RunLog, read_metrics
@@ -149,6 +153,7 @@ class Run:
     stream: TrainStream | None = None
     source: DataSource | None = None  # the data dir, local or remote
     fetch_retries: int = 0  # transient fetch failures this rank's loader retried (this launch)
+    init_report: str | None = None  # init_from: what was loaded and what initialised (the banner)
 
     def global_tokens(self) -> int:
         return int(reduce_sum([self.progress.mine.local_tokens])[0])
@@ -179,7 +184,9 @@ def _check_data(cfg: PretrainConfig, manifest: dict[str, Any], source: DataSourc
     return tokenizer_files(source, manifest)
 
 
-def _fingerprint(layout: TokenLayout, hf_config, manifest: dict[str, Any]) -> dict[str, Any]:
+def _fingerprint(
+    cfg: PretrainConfig, layout: TokenLayout, hf_config, manifest: dict[str, Any]
+) -> dict[str, Any]:
     """What a resumed run must share with the saved one: model shape, objective and data."""
     shard_digest = hashlib.sha256(
         "".join(s["sha256"] for s in manifest["splits"]["train"]["shards"]).encode()
@@ -199,6 +206,7 @@ def _fingerprint(layout: TokenLayout, hf_config, manifest: dict[str, Any]) -> di
         "seq_len": layout.seq_len,
         "tokenizer_sha256": manifest["tokenizer"]["sha256"],
         "train_shards_sha256": shard_digest.hexdigest(),
+        "init_from": cfg.init_from and str(Path(cfg.init_from).resolve()),
     }
 
 
@@ -242,9 +250,13 @@ def _write_run_files(
     tokenizer = run_dir / RUN_TOKENIZER
     if tokenizer.exists():
         shutil.rmtree(tokenizer)
-    for name, data in tokenizer_files.items():
-        (tokenizer / name).parent.mkdir(parents=True, exist_ok=True)
-        (tokenizer / name).write_bytes(data)
+    _write_tokenizer(tokenizer_files, tokenizer)
+
+
+def _write_tokenizer(files: dict[str, bytes], directory: Path) -> None:
+    for name, data in files.items():
+        (directory / name).parent.mkdir(parents=True, exist_ok=True)
+        (directory / name).write_bytes(data)
 
 
 def build_run(cfg: PretrainConfig) -> Run:
@@ -269,14 +281,27 @@ def build_run(cfg: PretrainConfig) -> Run:
     manifest = load_manifest(cfg.data_dir, source)
     tokenizer = _check_data(cfg, manifest, source)
     layout = TokenLayout.from_manifest(manifest)
-    try:  # a malformed model or deepspeed JSON: one line
-        hf_config = bert_config_from_preset(
-            resolve_model_config_path(cfg.model),
-            layout.vocab_size,
-            manifest["tokenizer"]["special_ids"],
-            layout.seq_len,
-            cfg.attn_implementation,
-        )
+    special = manifest["tokenizer"]["special_ids"]
+    # The data's tokenizer as local files (the data dir may be a URL), for the checks that load it.
+    with tempfile.TemporaryDirectory(prefix="tokenizer-") as tokenizer_dir:
+        _write_tokenizer(tokenizer, Path(tokenizer_dir))
+        if cfg.masking == "whole_word":  # a per-id table, computed once from the data's tokenizer
+            layout = replace(layout, word_starts=word_start_table(tokenizer_dir, layout.vocab_size)[0])
+        try:  # a malformed model or deepspeed JSON, or an init_from that does not fit the data: one line
+            if cfg.init_from:
+                hf_config = source_config(cfg.init_from, layout.seq_len, cfg.attn_implementation)
+                check_tokenizer(cfg.init_from, cfg.data_dir, tokenizer_dir, manifest, hf_config.vocab_size)
+            else:
+                hf_config = bert_config_from_preset(
+                    resolve_model_config_path(cfg.model),
+                    layout.vocab_size,
+                    special,
+                    layout.seq_len,
+                    cfg.attn_implementation,
+                )
+        except ValueError as err:
+            raise SetupError(str(err)) from None
+    try:
         ds_config = build_deepspeed_config(
             micro_batch_size=cfg.micro_batch_size,
             grad_accum=cfg.grad_accum,
@@ -288,7 +313,7 @@ def build_run(cfg: PretrainConfig) -> Run:
     except ValueError as err:
         raise SetupError(str(err)) from None
     run_dir = Path(cfg.run_dir)
-    fingerprint = _fingerprint(layout, hf_config, manifest)
+    fingerprint = _fingerprint(cfg, layout, hf_config, manifest)
     tag, load_tag = checkpoint.latest_tag(run_dir / "checkpoints"), None
     if tag is not None:  # refuse before building anything
         saved = checkpoint.read_run_state(run_dir / "checkpoints", tag)
@@ -315,6 +340,12 @@ def build_run(cfg: PretrainConfig) -> Run:
         hf_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if cfg.cpu_dropout and device_type == "cpu":
         use_cpu_dropout(hf_model)
+    try:  # a checkpoint resumes its own weights below; a new run starts from the source's
+        init_report = (
+            load_source_weights(hf_model, cfg.init_from).describe() if cfg.init_from and tag is None else None
+        )
+    except InitFromError as err:
+        raise SetupError(str(err)) from None
     # ZeRO-3 hooks every submodule to gather its partitioned parameters; Dynamo would trace into
     # those hooks and recompile until it gives up, so stage 3 runs eagerly.
     if cfg.compile and cfg.zero_stage < 3:
@@ -353,6 +384,7 @@ def build_run(cfg: PretrainConfig) -> Run:
         load_tag=load_tag,
         peak_flops_per_s=datasheet_peak_flops(cfg.precision),
         source=source,
+        init_report=init_report,
     )
 
 
@@ -637,6 +669,9 @@ def train(cfg: PretrainConfig) -> dict[str, Any]:
     run = prepare_run(cfg)
     progress, log = run.progress, run.log
     log.print(_banner(run))
+    if run.init_report:  # a continued run: its banner, and the source's quality on this data at step 0
+        log.print(run.init_report)
+        evaluate(run)
     batches = iter(_loader(run))
     samples_log = _open_samples_log(run)
     window, started, start_step, last_eval = Window(), time.perf_counter(), progress.step, None
@@ -716,6 +751,7 @@ def finish(run: Run, last_eval: dict[str, float] | None, started: float, start_s
         "model": run.cfg.model,
         "resumed_from": run.resumed_from,
         "wall_time_s": elapsed,
+        "hardware": describe_hardware(),
         "tokens_per_s": (sum(r["tokens_per_s"] for r in train_rows) / len(train_rows))
         if train_rows
         else None,
@@ -747,7 +783,7 @@ def _banner(run: Run) -> str:
         f"resumed from {run.resumed_from} (step {run.progress.step})" if run.resumed_from else "fresh start"
     )
     return (
-        f"pretrain: {cfg.model} ({params / 1e6:.1f}M params, objective {manifest['objective']}) | "
+        f"pretrain: {f'init_from {cfg.init_from}' if cfg.init_from else cfg.model} ({params / 1e6:.1f}M params, objective {manifest['objective']}) | "
         f"{run.dist.world_size} rank(s), {cfg.precision}, ZeRO-{cfg.zero_stage}"
         f"{', compiled layers' if cfg.compile and cfg.zero_stage < 3 else ''} | global batch "
         f"{cfg.micro_batch_size * cfg.grad_accum * run.dist.world_size} x {run.layout.seq_len} | "

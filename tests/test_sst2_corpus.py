@@ -1,0 +1,34 @@
+"""SST-2's phrases reduced to its sentences for self-pretraining (pretrain/sst2_corpus.py)."""
+
+from pathlib import Path
+
+import pytest
+
+from pretrain.sst2_corpus import main, maximal_phrases
+
+SST2 = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "sst2"
+
+
+def test_fragments_of_longer_phrases_are_dropped():
+    phrases = [
+        "the greatest musicians",
+        "the greatest musicians of all time",
+        "of all",
+        "a dull , lifeless film",
+        "dull",
+        "greatest musician",  # not a word span of the first sentence: kept
+        "the greatest musicians of all time",  # duplicate
+    ]
+    assert maximal_phrases(phrases) == [
+        "the greatest musicians of all time",
+        "a dull , lifeless film",
+        "greatest musician",
+    ]
+
+
+@pytest.mark.skipif(not SST2.is_dir(), reason=f"{SST2} is absent (GLUE SST-2, shared data)")
+def test_sst2_train_holds_about_seven_thousand_sentences(tmp_path, capsys):
+    main([str(SST2 / "train.tsv"), "--out", str(tmp_path / "corpus.txt")])
+    lines = (tmp_path / "corpus.txt").read_text().splitlines()
+    assert 6000 < len(lines) < 9000 and len(set(lines)) == len(lines)
+    assert "6,886 lines" in capsys.readouterr().out
