@@ -615,10 +615,12 @@ def run_seeds(config: FinetuneConfig) -> dict:
     results = []
     for index, seed in enumerate(config.seeds):
         one = config.model_copy(update={"seed": seed, "seeds": [], "out_dir": str(out / f"seed-{seed}")})
-        if index == 0 and is_main:
-            setup(one)  # bad input stops here, before the out dir is cleared
-            start_out_dir(out, config)
-        results.append(run_once(one))
+        job = None
+        if index == 0:
+            job = setup(one)  # bad input stops here, before the out dir is cleared
+            if is_main:
+                start_out_dir(out, config)
+        results.append(run_once(one, job))
     metric = config.selection_metric
     best = max(range(len(results)), key=lambda i: results[i]["selected"][metric])
     summary = {
@@ -710,10 +712,10 @@ def _peak_memory_mb(device) -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # Linux: KiB
 
 
-def run_once(config: FinetuneConfig) -> dict:
-    """One fine-tuning run (one seed) into config.out_dir."""
+def run_once(config: FinetuneConfig, job: Job | None = None) -> dict:
+    """One fine-tuning run (one seed) into config.out_dir; ``job``: ``setup(config)`` if done already."""
     started = time.time()
-    job = setup(config)  # first: bad input fails fast, before DeepSpeed is even imported
+    job = job or setup(config)  # first: bad input fails fast, before DeepSpeed is even imported
 
     import torch
     from deepspeed.accelerator import get_accelerator
