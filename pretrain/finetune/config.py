@@ -40,7 +40,7 @@ class TokenFilesConfig(Section):
     """Where the words and tags are in token_classification files."""
 
     word_column: int = 0
-    """CoNLL column files (.txt/.conll/.iob): 0-based column of the word (whitespace-separated columns)."""
+    """CoNLL column files (any suffix but .jsonl): 0-based column of the word (whitespace-separated columns)."""
     tag_column: int = -1
     """CoNLL column files: column of the tag; negative counts from the end (-1: the last column)."""
     tokens_field: str = "tokens"
