@@ -28,6 +28,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from data_prep.manifest import open_atomic
+
 REPORTERS = ("tensorboard", "wandb", "csv")
 
 
@@ -174,12 +176,10 @@ class _Csv:
 
     @staticmethod
     def _rewrite(path: Path, columns: list[str], rows: list[dict]) -> None:
-        staging = path.with_name(path.name + ".tmp")
-        with staging.open("w", newline="") as handle:
+        with open_atomic(path, "w", newline="") as handle:
             writer = csv.DictWriter(handle, columns)
             writer.writeheader()
             writer.writerows(rows)
-        staging.replace(path)
 
     def config(self, config: dict) -> None:
         pass  # the run dir's config.yaml already holds it

@@ -17,7 +17,13 @@ prepare_entry()  # before transformers is imported
 
 from data_prep.typed_config import ConfigError, exit_on_config_error, load_config  # noqa: E402
 from pretrain.finetune import InputError  # noqa: E402
-from pretrain.finetune.config import FinetuneConfig, SplitConfig  # noqa: E402
+from pretrain.finetune.config import (  # noqa: E402
+    AugmentConfig,
+    FinetuneConfig,
+    LoraConfig,
+    SplitConfig,
+    TokenFilesConfig,
+)
 
 
 def _is_main_process() -> bool:
@@ -28,7 +34,14 @@ def _is_main_process() -> bool:
 def _config_keys() -> str:
     """The keys with their documentation, for --help."""
     lines = ["config keys (configs/finetune/*.yaml, or key=value):"]
-    for prefix, section in (("", FinetuneConfig), ("split.", SplitConfig)):
+    sections = (
+        ("", FinetuneConfig),
+        ("split.", SplitConfig),
+        ("tokens.", TokenFilesConfig),
+        ("lora.", LoraConfig),
+        ("augment.", AugmentConfig),
+    )
+    for prefix, section in sections:
         for name, field in section.model_fields.items():
             if field.description:
                 lines.append(f"  {prefix}{name}: {field.description}")
@@ -40,7 +53,7 @@ def main(argv: list[str] | None = None) -> None:
         prog="python -m pretrain.finetune",
         epilog=_config_keys(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Fine-tune a pretrained BERT as a text classifier.",
+        description="Fine-tune a pretrained BERT: text (pair) classification, regression or token tagging.",
     )
     parser.add_argument("--config", help="YAML config (see configs/finetune/)")
     parser.add_argument("--local_rank", type=int, help=argparse.SUPPRESS)  # passed by the deepspeed launcher

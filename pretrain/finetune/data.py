@@ -274,34 +274,59 @@ def seeded_split(table: Table, fractions: Sequence[float], seed: int, names: Seq
     return [table.subset(sorted(order[start:]))] + parts
 
 
+def float_labels(table: Table) -> np.ndarray:
+    """Regression targets; a label that is not a finite number stops with its file and line."""
+    values = np.empty(len(table), dtype=np.float32)
+    for row, label in enumerate(table.labels):
+        try:
+            values[row] = float(label)
+        except ValueError:
+            values[row] = np.nan
+        if not np.isfinite(values[row]):
+            raise InputError(
+                f"{table.source} line {table.lines[row]}: label {label!r} is not a number; "
+                f"task=regression needs one number per row"
+            )
+    return values
+
+
 @dataclass(frozen=True)
 class Encoded:
-    """A tokenized split: unpadded token ids per row and class ids; batches are padded on demand."""
+    """A tokenized split: unpadded token ids per row and its labels; batches are padded on demand.
+
+    ``labels`` is int64 [rows] (classes), float32 [rows] (regression) or, for token classification,
+    one list per row of a tag id per token (-100: not scored: specials and non-first subwords).
+    ``words`` (token classification): per row, the word index each token starts, else -1;
+    ``origin``: per row (window), the sentence it comes from.
+    """
 
     input_ids: list[list[int]]
     token_type_ids: list[list[int]]
-    labels: np.ndarray  # int64 [rows]
+    labels: np.ndarray | list[list[int]]
+    words: list[list[int]] | None = None
+    origin: list[int] | None = None
 
     def __len__(self) -> int:
         return len(self.input_ids)
 
 
-def encode(table: Table, tokenizer, vocabulary: Sequence[str], max_len: int) -> Encoded:
-    """Tokenize once up front ([CLS] text [SEP] (pair [SEP])), truncated to ``max_len`` tokens."""
-    ids = {label: index for index, label in enumerate(vocabulary)}
+def encode(table: Table, tokenizer, labels: np.ndarray, max_len: int) -> Encoded:
+    """Tokenize once up front ([CLS] text [SEP] (pair [SEP])), truncated to ``max_len`` tokens;
+    a pair loses tokens from its longer side first (longest_first)."""
     encoded = tokenizer(
         table.texts,
         table.pairs,
-        truncation=True,
+        truncation="longest_first",
         max_length=max_len,
         return_token_type_ids=True,
         return_attention_mask=False,
     )
-    return Encoded(
-        input_ids=encoded["input_ids"],
-        token_type_ids=encoded["token_type_ids"],
-        labels=np.array([ids[label] for label in table.labels], dtype=np.int64),
-    )
+    return Encoded(input_ids=encoded["input_ids"], token_type_ids=encoded["token_type_ids"], labels=labels)
+
+
+def class_ids(table: Table, vocabulary: Sequence[str]) -> np.ndarray:
+    ids = {label: index for index, label in enumerate(vocabulary)}
+    return np.array([ids[label] for label in table.labels], dtype=np.int64)
 
 
 def collate(data: Encoded, indices: Sequence[int], pad_id: int) -> dict:
@@ -312,14 +337,18 @@ def collate(data: Encoded, indices: Sequence[int], pad_id: int) -> dict:
     input_ids = torch.full((len(indices), width), pad_id, dtype=torch.long)
     token_type_ids = torch.zeros((len(indices), width), dtype=torch.long)
     attention_mask = torch.zeros((len(indices), width), dtype=torch.long)
+    per_token = isinstance(data.labels, list)
+    labels = torch.full((len(indices), width), -100, dtype=torch.long) if per_token else None
     for row, index in enumerate(indices):
         length = len(data.input_ids[index])
         input_ids[row, :length] = torch.tensor(data.input_ids[index])
         token_type_ids[row, :length] = torch.tensor(data.token_type_ids[index])
         attention_mask[row, :length] = 1
+        if per_token:
+            labels[row, :length] = torch.tensor(data.labels[index])
     return {
         "input_ids": input_ids,
         "token_type_ids": token_type_ids,
         "attention_mask": attention_mask,
-        "labels": torch.from_numpy(data.labels[list(indices)]),
+        "labels": labels if per_token else torch.from_numpy(data.labels[list(indices)]),
     }

@@ -73,3 +73,79 @@ def format_reports(reports: dict[str, dict], class_names: Sequence[str]) -> str:
                 f"{scores['f1']:>7.4f} {scores['support']:>7}"
             )
     return "\n".join(lines)
+
+
+def _ranks(values: np.ndarray) -> np.ndarray:
+    """1-based ranks, ties sharing their average rank (as Spearman's rho needs)."""
+    order = np.argsort(values, kind="stable")
+    ranks = np.empty(len(values), dtype=np.float64)
+    ranks[order] = np.arange(1, len(values) + 1)
+    unique, inverse, counts = np.unique(values, return_inverse=True, return_counts=True)
+    sums = np.bincount(inverse, weights=ranks)
+    return (sums / counts)[inverse]
+
+
+def _pearson(x: np.ndarray, y: np.ndarray) -> float:
+    x, y = x - x.mean(), y - y.mean()
+    denominator = np.sqrt((x * x).sum() * (y * y).sum())
+    return float((x * y).sum() / denominator) if denominator > 0 else 0.0  # constant predictions: 0
+
+
+def regression_report(gold: np.ndarray, predicted: np.ndarray) -> dict:
+    """MSE, Pearson's r and Spearman's rho (Pearson on average ranks) of predictions vs gold."""
+    gold, predicted = gold.astype(np.float64), predicted.astype(np.float64)
+    return {
+        "rows": len(gold),
+        "mse": float(np.mean((predicted - gold) ** 2)),
+        "pearson": _pearson(gold, predicted),
+        "spearman": _pearson(_ranks(gold), _ranks(predicted)),
+    }
+
+
+def entity_report(gold: list[list[str]], predicted: list[list[str]]) -> dict:
+    """Entity-level precision/recall/F1 (exact type and span), per type and micro-averaged, by seqeval
+    in its default mode, which follows conlleval (an I- tag after O or another type opens an
+    entity); plus word-level tag accuracy."""
+    from seqeval.metrics import accuracy_score
+    from seqeval.metrics import classification_report as seqeval_report
+
+    per_type = seqeval_report(gold, predicted, output_dict=True, zero_division=0)
+    micro = per_type.pop("micro avg")
+    for average in ("macro avg", "weighted avg"):
+        per_type.pop(average, None)
+    return {
+        "sentences": len(gold),
+        "words": sum(map(len, gold)),
+        "precision": float(micro["precision"]),
+        "recall": float(micro["recall"]),
+        "f1": float(micro["f1-score"]),
+        "entities": int(micro["support"]),
+        "accuracy": float(accuracy_score(gold, predicted)),
+        "per_type": {
+            name: {
+                "precision": float(scores["precision"]),
+                "recall": float(scores["recall"]),
+                "f1": float(scores["f1-score"]),
+                "support": int(scores["support"]),
+            }
+            for name, scores in sorted(per_type.items())
+        },
+    }
+
+
+def summarize_seeds(reports: list) -> object:
+    """Mean and sample std (ddof=1) over seeds of every number in equal-shaped reports; lists
+    (confusion matrices) and strings are left out."""
+    first = reports[0]
+    if isinstance(first, dict):
+        summary = {}
+        for key in first:
+            value = summarize_seeds([report[key] for report in reports])
+            if value is not None:
+                summary[key] = value
+        return summary
+    if isinstance(first, (int, float)) and not isinstance(first, bool):
+        values = np.array(reports, dtype=np.float64)
+        std = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+        return {"mean": float(values.mean()), "std": std}
+    return None

@@ -88,22 +88,44 @@ def check_compatible(path: Path, tokenizer, model, max_len: int) -> None:
         )
 
 
-def load_classifier(
-    path: Path, init: str, class_names: Sequence[str], dropout: float | None
-) -> tuple[object, str]:
-    """The classifier and a one-line summary of what was loaded and what is new.
+def auto_class(task: str):
+    """The transformers class for a task: a head on [CLS] (classes or one number) or on every token."""
+    from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
 
-    Seed torch before calling: the new head (and with ``init=random`` everything) is drawn from it.
-    """
-    import torch
-    from transformers import AutoConfig, AutoModelForSequenceClassification
+    return (
+        AutoModelForTokenClassification
+        if task == "token_classification"
+        else AutoModelForSequenceClassification
+    )
 
-    _quiet_transformers()
-    options = {
+
+def head_options(task: str, class_names: Sequence[str]) -> dict:
+    if task == "regression":
+        return {"num_labels": 1, "problem_type": "regression"}  # MSE loss on one output
+    return {
         "num_labels": len(class_names),
         "id2label": dict(enumerate(class_names)),
         "label2id": {name: index for index, name in enumerate(class_names)},
     }
+
+
+def load_classifier(
+    path: Path,
+    init: str,
+    class_names: Sequence[str],
+    dropout: float | None,
+    task: str = "sequence_classification",
+) -> tuple[object, str]:
+    """The model with its new task head and a one-line summary of what was loaded and what is new.
+
+    Seed torch before calling: the new head (and with ``init=random`` everything) is drawn from it.
+    """
+    import torch
+    from transformers import AutoConfig
+
+    _quiet_transformers()
+    model_class = auto_class(task)
+    options = head_options(task, class_names)
     if dropout is not None:
         options.update(
             hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout, classifier_dropout=dropout
@@ -111,19 +133,17 @@ def load_classifier(
     try:
         if init == "random":
             config = AutoConfig.from_pretrained(path, local_files_only=True, **options)
-            model = AutoModelForSequenceClassification.from_config(config)
+            model = model_class.from_config(config)
             return (
                 model,
                 f"model: {model.num_parameters():,} parameters, randomly initialised from {path}/config.json",
             )
         # fp32 whatever the checkpoint's dtype: DeepSpeed casts to bf16/fp16 itself when asked to.
-        model, info = AutoModelForSequenceClassification.from_pretrained(
+        model, info = model_class.from_pretrained(
             path, local_files_only=True, output_loading_info=True, dtype=torch.float32, **options
         )
     except Exception as err:  # a corrupt or foreign checkpoint: one line, not a library traceback
-        raise InputError(
-            f"model dir {str(path)!r} does not load as a sequence classifier ({_first_line(err)})"
-        ) from None
+        raise InputError(f"model dir {str(path)!r} does not load for {task} ({_first_line(err)})") from None
     new = sorted(info["missing_keys"])
     unused = sorted(info["unexpected_keys"])
     summary = f"model: {model.num_parameters():,} parameters from {path}; new: {', '.join(new) or 'none'}"
@@ -142,3 +162,83 @@ def load_classifier(
             f"(first: {encoder_missing[0]})"
         )
     return model, summary
+
+
+def apply_method(model, config, total_steps: int) -> tuple[object, str]:
+    """Wrap ``model`` for LoRA / AdaLoRA (peft): the base weights are frozen, the low-rank updates
+    and the new task head train. Returns the model and a one-line parameter count."""
+    from peft import AdaLoraConfig, LoraConfig, TaskType, get_peft_model
+
+    task_type = TaskType.TOKEN_CLS if config.task == "token_classification" else TaskType.SEQ_CLS
+    common = {
+        "task_type": task_type,
+        "lora_alpha": config.lora.alpha,
+        "lora_dropout": config.lora.dropout,
+        "target_modules": list(config.lora.target_modules),
+        # the head is new: it trains in full and is saved with the adapter
+        "modules_to_save": ["classifier"],
+    }
+    if config.method == "lora":
+        peft_config = LoraConfig(r=config.lora.r, **common)
+    else:
+        # AdaLoRA's budget schedule: full init_r for the first 10% of steps, pruned towards r until
+        # 80%, then fixed (peft's tinit / tfinal are counted in steps).
+        peft_config = AdaLoraConfig(
+            init_r=config.lora.init_r,
+            target_r=config.lora.r,
+            total_step=total_steps,
+            tinit=int(0.1 * total_steps),
+            tfinal=int(0.2 * total_steps),
+            deltaT=max(1, total_steps // 50),
+            **common,
+        )
+    try:
+        model = get_peft_model(model, peft_config)
+    except ValueError as err:  # e.g. a target module that the model does not have
+        raise InputError(f"method={config.method}: {_first_line(err)}; check lora.target_modules") from None
+    trainable, total = model.get_nb_trainable_parameters()
+    return model, f"{config.method}: {trainable:,} of {total:,} parameters train ({trainable / total:.2%})"
+
+
+def count_parameters(model) -> dict:
+    """Trainable and total parameters and the trainable share, for eval.json."""
+    if hasattr(model, "get_nb_trainable_parameters"):
+        trainable, total = model.get_nb_trainable_parameters()
+    else:
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        total = sum(p.numel() for p in model.parameters())
+    return {"trainable": int(trainable), "total": int(total), "trainable_share": trainable / total}
+
+
+FINETUNE_JSON = "finetune.json"
+
+
+def load_finetuned(model_dir: str | Path):
+    """A fine-tune dir's model/ as (model, tokenizer, finetune.json contents), ready for inference.
+
+    model/ holds either a plain model (full fine-tuning, or LoRA with merge=true) that the task's
+    AutoModel class loads, or a peft adapter (adapter_config.json; LoRA with merge=false) that is
+    applied to the base named by finetune.json's base_model, with the head shape it records.
+    """
+    model_dir = Path(model_dir)
+    try:
+        info = json.loads((model_dir / FINETUNE_JSON).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise InputError(f"model dir {str(model_dir)!r} has no readable {FINETUNE_JSON} ({err})") from None
+    _quiet_transformers()
+    import torch
+
+    model_class = auto_class(info["task"])
+    if info["merged"]:
+        model = model_class.from_pretrained(model_dir, local_files_only=True, dtype=torch.float32)
+    else:
+        from peft import PeftModel
+
+        base = check_base_dir(info["base_model"], need_weights=True)
+        model = model_class.from_pretrained(
+            base, local_files_only=True, dtype=torch.float32, **head_options(info["task"], info["labels"])
+        )
+        model = PeftModel.from_pretrained(model, model_dir)
+    tokenizer = load_tokenizer(model_dir)
+    model.eval()
+    return model, tokenizer, info

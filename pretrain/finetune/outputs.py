@@ -2,8 +2,11 @@
 
 <out_dir>/config.yaml       the resolved config of the run
           metrics.jsonl     training, validation and final rows
-          model/            the selected model + tokenizer (save_pretrained), swapped in whole
-          predictions.tsv   the test split's predictions
+          model/            the selected model + tokenizer (save_pretrained) + finetune.json, swapped in
+                            whole; LoRA/AdaLoRA: the adapter (merge=false) or the merged plain model
+                            with the adapter in model/adapter/ (merge=true)
+          predictions.tsv   the test split's predictions (token_classification: CoNLL columns)
+          seed-N/           with seeds: one such dir per seed
           eval.json         written last: its presence means the run finished
 """
 
@@ -17,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data_prep.manifest import atomic_path, open_atomic, write_json_atomic
+from data_prep.manifest import atomic_path, open_atomic, write_json_atomic, write_text_atomic
 from data_prep.typed_config import Section, to_yaml
 from pretrain.finetune import InputError
 from pretrain.finetune.data import Table
@@ -67,29 +70,71 @@ def start_out_dir(out: Path, config: Section) -> None:
         # The old report goes first: until the new one is written, the dir must not look finished.
         (out / "eval.json").unlink(missing_ok=True)
         (out / "predictions.tsv").unlink(missing_ok=True)
-        shutil.rmtree(out / "model", ignore_errors=True)
+        for stale in ("model", *(p.name for p in out.glob("seed-*"))):
+            shutil.rmtree(out / stale, ignore_errors=True)
         (out / "config.yaml").write_text(to_yaml(config), encoding="utf-8")
         (out / "metrics.jsonl").write_text("", encoding="utf-8")
     except OSError as err:
         raise InputError(f"out_dir {str(out)!r} cannot be written: {err.strerror or err}") from None
 
 
-def save_model(engine, tokenizer, out: Path, zero_stage: int, is_main: bool) -> None:
-    """Write model + tokenizer to a temporary dir, then swap it in as out/model: never half a model.
+def save_model(engine, tokenizer, out: Path, zero_stage: int, is_main: bool, info: dict) -> None:
+    """Write model + tokenizer + finetune.json to a temporary dir, then swap it in as out/model:
+    never half a model. ``info`` is finetune.json (see README, "The fine-tune dir").
 
     Saved in the training dtype: these are exactly the weights the selection evaluated. A collective:
-    under ZeRO-3 every rank contributes its shard of the weights.
+    under ZeRO-3 every rank contributes its shard of the weights. A peft model saves its adapter
+    (the low-rank matrices and the head); with ``info["merged"]`` a merged copy is the plain model.
     """
+    import copy
+
     import deepspeed
 
     from pretrain.distributed import barrier
 
-    with deepspeed.zero.GatheredParameters(list(engine.module.parameters()), enabled=zero_stage == 3):
+    module = engine.module
+    with deepspeed.zero.GatheredParameters(list(module.parameters()), enabled=zero_stage == 3):
         if is_main:
             with atomic_path(out / "model") as staging:
-                engine.module.save_pretrained(staging)
+                if hasattr(module, "peft_config") and info["merged"]:
+                    module.save_pretrained(staging / "adapter")
+                    tokenizer.save_pretrained(staging / "adapter")
+                    # merge a copy: the training model keeps its adapter layers
+                    copy.deepcopy(module).merge_and_unload().save_pretrained(staging)
+                else:
+                    module.save_pretrained(staging)
                 tokenizer.save_pretrained(staging)
+                write_finetune_json(staging, info)
     barrier()
+
+
+def write_finetune_json(model_dir: Path, info: dict) -> None:
+    """model/finetune.json: what a server needs to use model/ (task, columns, labels, how it loads)."""
+    from pretrain.finetune.model import FINETUNE_JSON
+
+    write_text_atomic(model_dir / FINETUNE_JSON, json.dumps(info, indent=2) + "\n")
+
+
+def write_conll_predictions(
+    path: Path, words: list[list[str]], gold: list[list[str]], predicted: list[list[str]]
+) -> None:
+    """CoNLL form, as conlleval reads it: ``word gold predicted`` per line, a blank line after each sentence."""
+    with open_atomic(path, "w", encoding="utf-8") as handle:
+        for sentence in zip(words, gold, predicted):
+            handle.writelines(f"{word} {tag} {guess}\n" for word, tag, guess in zip(*sentence))
+            handle.write("\n")
+
+
+def write_regression_predictions(path: Path, table: Table, gold: np.ndarray, predicted: np.ndarray) -> None:
+    """One row per test row: its line, the text (and pair), the gold and the predicted value."""
+    with open_atomic(path, "w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle, delimiter="\t", lineterminator="\n")
+        writer.writerow(["line", "text", *(["text_pair"] if table.pairs else []), "gold", "predicted"])
+        for row in range(len(table)):
+            pair = [table.pairs[row]] if table.pairs else []
+            writer.writerow(
+                [table.lines[row], table.texts[row], *pair, f"{gold[row]:g}", f"{predicted[row]:.4f}"]
+            )
 
 
 def write_predictions(

@@ -25,6 +25,7 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from data_prep.manifest import open_atomic
 from pretrain.finetune import InputError  # noqa: E402
 from pretrain.finetune.data import _DELIMITED, _JSON_LINES, _delimited_rows, _json_rows  # noqa: E402
 from pretrain.finetune.serving.engine import Item, ModelInfo, Predictor  # noqa: E402
@@ -172,10 +173,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.out is None:
         write_results(sys.stdout, "", predictor.info, lines, items, results)
         return
-    staging = args.out.with_name(args.out.name + ".tmp")
-    with staging.open("w", encoding="utf-8", newline="") as handle:
+    with open_atomic(args.out, "w", encoding="utf-8", newline="") as handle:
         write_results(handle, args.out.name, predictor.info, lines, items, results)
-    staging.replace(args.out)
     print(f"wrote {len(results):,} predictions to {args.out} ({predictor.dtype})", file=sys.stderr)
 
 

@@ -9,35 +9,66 @@ decision), and only rank 0 writes files.
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from data_prep.manifest import atomic_path
 from data_prep.typed_config import ConfigError
 from pretrain.finetune import InputError
-from pretrain.finetune.config import FinetuneConfig
+from pretrain.finetune.config import TASK_METRICS, FinetuneConfig
 from pretrain.finetune.data import (
     Encoded,
     Table,
     check_known_labels,
+    class_ids,
     collate,
     encode,
+    float_labels,
     label_vocabulary,
     read_table,
     seeded_split,
 )
-from pretrain.finetune.metrics import classification_report, format_reports
-from pretrain.finetune.model import check_base_dir, check_compatible, load_classifier, load_tokenizer
+from pretrain.finetune.metrics import (
+    classification_report,
+    entity_report,
+    format_reports,
+    regression_report,
+    summarize_seeds,
+)
+from pretrain.finetune.model import (
+    apply_method,
+    check_base_dir,
+    check_compatible,
+    count_parameters,
+    load_classifier,
+    load_finetuned,
+    load_tokenizer,
+)
 from pretrain.finetune.outputs import (
     MetricsLog,
     report_run,
     save_model,
     start_out_dir,
+    write_conll_predictions,
     write_eval_report,
+    write_finetune_json,
     write_predictions,
+    write_regression_predictions,
+)
+from pretrain.finetune.tokens import (
+    IGNORE,
+    TokenTable,
+    check_known_tags,
+    encode_tokens,
+    read_token_file,
+    tag_vocabulary,
+    word_predictions,
 )
 from pretrain.tracking import Tracker
 
@@ -54,7 +85,7 @@ ADAM_EPS = 1e-6
 class Split:
     """One split as read (texts, raw labels, source lines) and as tokenized."""
 
-    table: Table
+    table: Table | TokenTable
     data: Encoded
 
 
@@ -63,11 +94,36 @@ class Job:
     """Everything ``run`` needs, built without touching the output dir or the process group."""
 
     config: FinetuneConfig
-    class_names: list[str]  # index = class id; saved as the model's id2label
+    class_names: list[str]  # index = class (tag) id; saved as the model's id2label; [] for regression
     tokenizer: object
     model: object
     splits: dict[str, Split]  # "train", "valid", and "test" unless there is no test data
     notes: list[str]  # one-line facts for the console: rows per split, dropped rows, what was loaded
+    total_steps: int = 0
+    augmented: dict | None = None  # rows added per augmentation method
+
+    def finetune_info(self, summary: dict | None = None) -> dict:
+        """model/finetune.json (README, "The fine-tune dir")."""
+        config = self.config
+        token_task = config.task == "token_classification"
+        pair = config.text_pair_column is not None and not token_task
+        text_columns = (
+            [config.tokens.tokens_field]
+            if token_task
+            else [self.splits["train"].table.text_column, *([config.text_pair_column] if pair else [])]
+        )
+        return {
+            "task": config.task,
+            "text_columns": text_columns,
+            "pair": pair,
+            "max_len": config.max_len,
+            "labels": self.class_names,
+            "base_model": str(Path(config.model).resolve()),
+            "init": config.init,
+            "method": config.method,
+            "merged": config.method == "full" or config.merge,
+            "summary": summary,
+        }
 
 
 @dataclass
@@ -105,11 +161,16 @@ class Place:
         return self.rank == 0
 
 
-def read_splits(config: FinetuneConfig) -> dict[str, Table]:
+def read_splits(config: FinetuneConfig) -> dict[str, Table | TokenTable]:
     """Train/valid/test tables: the given files, else seeded parts of train_file (no test split when
     neither test_file nor split.test_fraction is set)."""
 
-    def read(role: str, path: str) -> Table:
+    def read(role: str, path: str) -> Table | TokenTable:
+        if config.task == "token_classification":
+            files = config.tokens
+            return read_token_file(
+                path, role, files.word_column, files.tag_column, files.tokens_field, files.tags_field
+            )
         return read_table(
             path, role, config.text_column, config.label_column, config.text_pair_column, config.drop_empty
         )
@@ -144,22 +205,56 @@ def class_names_for(config: FinetuneConfig, vocabulary: list[str], source: str) 
     return names
 
 
+def _labels_of(config: FinetuneConfig, tables: dict) -> tuple[list[str], list[str]]:
+    """(label vocabulary, display names) from train, after refusing valid/test labels train never has."""
+    train = tables["train"]
+    if config.task == "regression":
+        return [], []
+    if config.task == "token_classification":
+        vocabulary = tag_vocabulary(train)
+        check = check_known_tags
+    else:
+        vocabulary = label_vocabulary(train)
+        check = check_known_labels
+    for name in ("valid", "test"):
+        if name in tables:
+            check(tables[name], vocabulary)
+    if config.task == "token_classification":
+        return vocabulary, vocabulary
+    return vocabulary, class_names_for(config, vocabulary, train.source)
+
+
+def _encode(
+    config: FinetuneConfig, name: str, table, tokenizer, vocabulary: list[str], notes: list[str]
+) -> Encoded:
+    if config.task == "token_classification":
+        data, stats = encode_tokens(table, tokenizer, vocabulary, config.max_len)
+        if stats.sentences_split:
+            notes.append(
+                f"{name}: {stats.sentences_split} sentences longer than max_len={config.max_len} tokens "
+                f"split at word boundaries ({stats.windows:,} windows for {len(table):,} sentences)"
+            )
+        if stats.words_without_tokens:
+            notes.append(f"{name}: {stats.words_without_tokens} words have no tokens; predicted O")
+        return data
+    if config.task == "regression":
+        return encode(table, tokenizer, float_labels(table), config.max_len)
+    return encode(table, tokenizer, class_ids(table, vocabulary), config.max_len)
+
+
 def setup(config: FinetuneConfig) -> Job:
-    """Check the base checkpoint, read and tokenize the splits, build the classifier.
+    """Check the base checkpoint, read and tokenize the splits, build the model.
 
     Every user-caused problem surfaces here as an ``InputError`` (or ``ConfigError``), before the
     output dir is touched.
     """
     base = check_base_dir(config.model, need_weights=config.init == "pretrained")
     tables = read_splits(config)
-    vocabulary = label_vocabulary(tables["train"])
-    for name in ("valid", "test"):
-        if name in tables:
-            check_known_labels(tables[name], vocabulary)
-    class_names = class_names_for(config, vocabulary, tables["train"].source)
+    vocabulary, class_names = _labels_of(config, tables)
+    unit = "sentences" if config.task == "token_classification" else "rows"
     notes = [
-        f"{name}: {len(table):,} rows from {table.source}"
-        + (f", {table.dropped_empty} empty rows dropped" if table.dropped_empty else "")
+        f"{name}: {len(table):,} {unit} from {table.source}"
+        + (f", {table.dropped_empty} empty rows dropped" if getattr(table, "dropped_empty", 0) else "")
         for name, table in tables.items()
     ]
     if config.max_train_samples and config.max_train_samples < len(tables["train"]):
@@ -168,21 +263,44 @@ def setup(config: FinetuneConfig) -> Job:
             len(tables["train"]), config.max_train_samples, replace=False
         )
         tables["train"] = tables["train"].subset(sorted(chosen))
-        notes.append(f"train: using a seeded subset of {config.max_train_samples:,} rows (max_train_samples)")
+        notes.append(
+            f"train: using a seeded subset of {config.max_train_samples:,} {unit} (max_train_samples)"
+        )
 
     import torch
 
     tokenizer = load_tokenizer(base)
+    augmented = None
+    if config.augment.methods:
+        from pretrain.finetune.augment import augment_table
+
+        tables["train"], augmented = augment_table(tables["train"], config, base, tokenizer)
+        notes.append(
+            "augment: "
+            + ", ".join(f"{method} +{count:,} rows" for method, count in augmented.items())
+            + f" (made once before training; train now {len(tables['train']):,} rows)"
+        )
     splits = {
-        name: Split(table, encode(table, tokenizer, vocabulary, config.max_len))
+        name: Split(table, _encode(config, name, table, tokenizer, vocabulary, notes))
         for name, table in tables.items()
     }
-    torch.manual_seed(config.seed)  # the new classifier head (and with init=random, every weight)
-    model, summary = load_classifier(base, config.init, class_names, config.dropout)
+    torch.manual_seed(config.seed)  # the new head (and with init=random, every weight)
+    model, summary = load_classifier(base, config.init, class_names, config.dropout, config.task)
     check_compatible(base, tokenizer, model, config.max_len)
     notes.append(summary)
+    _, total_steps = step_counts(len(splits["train"].data), config.batch_size, config.epochs)
+    if config.method != "full":
+        model, summary = apply_method(model, config, total_steps)
+        notes.append(summary)
     return Job(
-        config=config, class_names=class_names, tokenizer=tokenizer, model=model, splits=splits, notes=notes
+        config=config,
+        class_names=class_names,
+        tokenizer=tokenizer,
+        model=model,
+        splits=splits,
+        notes=notes,
+        total_steps=total_steps,
+        augmented=augmented,
     )
 
 
@@ -194,8 +312,12 @@ def epoch_order(rows: int, global_batch: int, seed: int, epoch: int) -> np.ndarr
     return np.concatenate([order, order[:padding]]) if padding else order
 
 
-def predict(model, data: Encoded, batch_size: int, pad_id: int, place: Place) -> np.ndarray:
-    """Class probabilities [rows, classes] for every row of ``data``, on every rank.
+def predict(
+    model, data: Encoded, batch_size: int, pad_id: int, place: Place, task: str, max_len: int
+) -> np.ndarray:
+    """Model outputs for every row of ``data``, on every rank: class probabilities [rows, classes],
+    the predicted value [rows, 1] (regression), or per-token tag probabilities [rows, max_len, tags]
+    (token classification; zero beyond a row's length).
 
     Rows are sorted by length (batches of similar lengths pad little) and dealt round-robin to the
     ranks; each rank gets the same count (the last rows repeat) because under ZeRO-3 a forward pass
@@ -217,24 +339,60 @@ def predict(model, data: Encoded, batch_size: int, pad_id: int, place: Place) ->
         for start in range(0, per_rank, batch_size):
             batch = collate(data, mine[start : start + batch_size], pad_id)
             batch.pop("labels")
-            logits = model(**to_device(batch, place.device)).logits
-            chunks.append(torch.softmax(logits.float(), dim=-1))
+            logits = model(**to_device(batch, place.device)).logits.float()
+            if task == "regression":
+                chunks.append(logits)
+            elif task == "token_classification":
+                # a fixed width, so that every rank's chunks stack and gather alike
+                chunks.append(
+                    torch.nn.functional.pad(torch.softmax(logits, -1), (0, 0, 0, max_len - logits.shape[1]))
+                )
+            else:
+                chunks.append(torch.softmax(logits, dim=-1))
     model.train(was_training)
-    local = torch.cat(chunks)  # [per_rank, classes]
+    local = torch.cat(chunks)  # [per_rank, ...]
     if world > 1:  # row j * world + r = rank r's j-th = dealt[j * world + r]
         local = torch.stack(all_gather(local), dim=1).flatten(0, 1)
-    probabilities = np.empty((len(order), local.shape[1]), dtype=np.float32)
+    probabilities = np.empty((len(order), *local.shape[1:]), dtype=np.float32)
     probabilities[dealt] = local.cpu().numpy()
     return probabilities
 
 
 def evaluate(model, split: Split, job: Job, place: Place) -> tuple[dict, np.ndarray]:
-    """The classification report (plus mean cross-entropy) of ``model`` on ``split``, and its probabilities."""
-    probabilities = predict(model, split.data, job.config.eval_batch_size, job.tokenizer.pad_token_id, place)
-    gold = split.data.labels
-    report = classification_report(gold, probabilities.argmax(axis=1), job.class_names)
-    report["loss"] = float(-np.log(np.maximum(probabilities[np.arange(len(gold)), gold], 1e-12)).mean())
-    return report, probabilities
+    """The task's report (plus the mean loss) of ``model`` on ``split``, and its raw outputs."""
+    config = job.config
+    outputs = predict(
+        model,
+        split.data,
+        config.eval_batch_size,
+        job.tokenizer.pad_token_id,
+        place,
+        config.task,
+        config.max_len,
+    )
+    if config.task == "regression":
+        report = regression_report(split.data.labels, outputs[:, 0])
+        report["loss"] = report["mse"]
+    elif config.task == "token_classification":
+        report = entity_report(
+            split.table.tags, word_predictions(split.table, split.data, outputs, job.class_names)
+        )
+        gold = [
+            probs[position, label]
+            for probs, labels in zip(outputs, split.data.labels)
+            for position, label in enumerate(labels)
+            if label != IGNORE
+        ]
+        report["loss"] = float(-np.log(np.maximum(gold, 1e-12)).mean())
+    else:
+        gold = split.data.labels
+        report = classification_report(gold, outputs.argmax(axis=1), job.class_names)
+        report["loss"] = float(-np.log(np.maximum(outputs[np.arange(len(gold)), gold], 1e-12)).mean())
+    return report, outputs
+
+
+def _main_metrics(report: dict, task: str) -> dict:
+    return {key: report[key] for key in ("loss", *TASK_METRICS[task])}
 
 
 def _engine(model, config: FinetuneConfig, micro_batch: int, total_steps: int, device_type: str):
@@ -306,6 +464,10 @@ def train_loop(engine, job: Job, place: Place, log: MetricsLog, out: Path, say) 
         batch = collate(train, order[start : start + micro_batch], job.tokenizer.pad_token_id)
         loss = engine(**to_device(batch, place.device)).loss
         engine.backward(loss)
+        if config.method == "adalora":
+            # AdaLoRA scores each rank's importance from this step's gradients and prunes on its
+            # schedule; before engine.step(), which clears the gradients.
+            engine.module.base_model.update_and_allocate(step)
         engine.step()
         loss_sum += loss.detach().float()
         loss_count += 1
@@ -331,21 +493,15 @@ def train_loop(engine, job: Job, place: Place, log: MetricsLog, out: Path, say) 
 
         if step in eval_points:
             report, _ = evaluate(engine, job.splits["valid"], job, place)
-            improved = selection.improves(report[config.metric], step)
+            improved = selection.improves(report[config.selection_metric], step)
             if improved:
-                save_model(engine, job.tokenizer, out, config.zero_stage, place.is_main)
-            log.write(
-                {
-                    "kind": "eval",
-                    "step": step,
-                    "epoch": epochs_done,
-                    "split": "valid",
-                    **{key: report[key] for key in ("loss", "accuracy", "macro_f1")},
-                }
-            )
+                save_model(engine, job.tokenizer, out, config.zero_stage, place.is_main, job.finetune_info())
+            main = _main_metrics(report, config.task)
+            log.write({"kind": "eval", "step": step, "epoch": epochs_done, "split": "valid", **main})
             say(
-                f"step {step}/{total_steps} (epoch {epochs_done:.2f})  valid loss {report['loss']:.4f}  "
-                f"accuracy {report['accuracy']:.4f}  macro_f1 {report['macro_f1']:.4f}  "
+                f"step {step}/{total_steps} (epoch {epochs_done:.2f})  valid "
+                + "  ".join(f"{key} {value:.4f}" for key, value in main.items())
+                + "  "
                 + (
                     "[best, saved]"
                     if improved
@@ -353,7 +509,9 @@ def train_loop(engine, job: Job, place: Place, log: MetricsLog, out: Path, say) 
                 )
             )
             if selection.exhausted:
-                say(f"early stop: valid {config.metric} did not improve in {config.patience} evaluations")
+                say(
+                    f"early stop: valid {config.selection_metric} did not improve in {config.patience} evaluations"
+                )
                 break
             last_log = time.time()  # evaluation time is not training throughput
     bar.close()
@@ -363,41 +521,176 @@ def train_loop(engine, job: Job, place: Place, log: MetricsLog, out: Path, say) 
 def final_evaluation(
     job: Job, place: Place, log: MetricsLog, out: Path, selected_step: int
 ) -> dict[str, dict]:
-    """Reports on valid and test from the saved model reloaded from disk, so that they describe
-    exactly what a user of out/model gets; writes predictions.tsv for the test split."""
-    from transformers import AutoModelForSequenceClassification
-
-    model = AutoModelForSequenceClassification.from_pretrained(out / "model", local_files_only=True)
+    """Reports on valid and test from the saved model reloaded from disk (as a server loads it), so
+    that they describe exactly what a user of out/model gets; writes predictions.tsv for the test split."""
+    model, _, _ = load_finetuned(out / "model")
     model.to(place.device)
     reports = {}
     for name in ("valid", "test"):
         if name not in job.splits:
             continue
-        reports[name], probabilities = evaluate(model, job.splits[name], job, place)
+        reports[name], outputs = evaluate(model, job.splits[name], job, place)
         log.write(
             {
                 "kind": "final",
                 "step": selected_step,
                 "split": name,
-                **{key: reports[name][key] for key in ("loss", "accuracy", "macro_f1")},
+                **_main_metrics(reports[name], job.config.task),
             }
         )
         if name == "test" and place.is_main:
-            split = job.splits[name]
-            write_predictions(
-                out / "predictions.tsv", split.table, split.data.labels, probabilities, job.class_names
-            )
+            split, path = job.splits[name], out / "predictions.tsv"
+            if job.config.task == "token_classification":
+                predicted = word_predictions(split.table, split.data, outputs, job.class_names)
+                write_conll_predictions(path, split.table.words, split.table.tags, predicted)
+            elif job.config.task == "regression":
+                write_regression_predictions(path, split.table, split.data.labels, outputs[:, 0])
+            else:
+                write_predictions(path, split.table, split.data.labels, outputs, job.class_names)
     return reports
 
 
+def _format(reports: dict[str, dict], job: Job) -> str:
+    if job.config.task == "sequence_classification":
+        return format_reports(reports, job.class_names)
+    lines = [
+        f"{split:<6} "
+        + "  ".join(f"{key} {value:.4f}" for key, value in _main_metrics(report, job.config.task).items())
+        for split, report in reports.items()
+    ]
+    if job.config.task == "token_classification":
+        lines += [
+            f"{split:<6} {kind:<6} precision {scores['precision']:.4f}  recall {scores['recall']:.4f}  "
+            f"f1 {scores['f1']:.4f}  entities {scores['support']}"
+            for split, report in reports.items()
+            for kind, scores in report["per_type"].items()
+        ]
+    return "\n".join(lines)
+
+
 def run(config: FinetuneConfig) -> dict:
-    """Fine-tune, select the best model on the validation metric, evaluate it, write the outputs.
+    """Fine-tune, select the best model on the validation metric, evaluate it, write the outputs;
+    with ``seeds``, once per seed into out_dir/seed-N/ plus the summary over seeds.
 
     Returns the ``eval.json`` report (on every rank). Raises ``InputError``/``ConfigError`` for
     user-caused problems, before anything is written.
     """
+    if config.seeds:
+        return run_seeds(config)
+    return run_once(config)
+
+
+def run_seeds(config: FinetuneConfig) -> dict:
+    """One run per seed, then eval.json with every metric's mean and std over the seeds; model/
+    and predictions.tsv are the seed with the best validation metric."""
+    import shutil
+
+    from pretrain.distributed import barrier
+
+    out = Path(config.out_dir)
     started = time.time()
-    job = setup(config)  # first: bad input fails fast, before DeepSpeed is even imported
+    is_main = os.environ.get("RANK", "0") == "0"
+    results = []
+    for index, seed in enumerate(config.seeds):
+        one = config.model_copy(update={"seed": seed, "seeds": [], "out_dir": str(out / f"seed-{seed}")})
+        job = None
+        if index == 0:
+            job = setup(one)  # bad input stops here, before the out dir is cleared
+            if is_main:
+                start_out_dir(out, config)
+        results.append(run_once(one, job))
+    metric = config.selection_metric
+    best = max(range(len(results)), key=lambda i: results[i]["selected"][metric])
+    summary = {
+        name: summarize_seeds([result["splits"][name] for result in results]) for name in results[0]["splits"]
+    }
+    first = results[0]
+    report = {
+        **{
+            key: first[key]
+            for key in (
+                "format",
+                "task",
+                "method",
+                "model",
+                "init",
+                "metric",
+                "parameters",
+                "train_rows",
+                "class_names",
+                "precision",
+                "ranks",
+            )
+        },
+        "seeds": list(config.seeds),
+        "selected_seed": config.seeds[best],
+        "splits": summary,  # {split: {metric: {mean, std}}}; std is the sample std (ddof=1)
+        "train_time_s": summarize_seeds([result["train_time_s"] for result in results]),
+        "per_seed": [
+            {
+                "seed": seed,
+                "selected": result["selected"],
+                "splits": {
+                    name: _main_metrics(split, config.task) for name, split in result["splits"].items()
+                },
+                "train_time_s": result["train_time_s"],
+                "peak_memory_mb": result["peak_memory_mb"],
+            }
+            for seed, result in zip(config.seeds, results)
+        ],
+        "wall_time_s": round(time.time() - started, 2),
+    }
+    if is_main:
+        chosen = out / f"seed-{config.seeds[best]}"
+        with atomic_path(out / "model") as staging:
+            shutil.copytree(chosen / "model", staging)
+        if (chosen / "predictions.tsv").exists():
+            shutil.copyfile(chosen / "predictions.tsv", out / "predictions.tsv")
+        info = json.loads((out / "model" / "finetune.json").read_text(encoding="utf-8"))
+        info["summary"] = {
+            name: {key: value["mean"] for key, value in _main_metrics(split, config.task).items()}
+            for name, split in summary.items()
+        }
+        info["seeds"] = {
+            "seeds": list(config.seeds),
+            "selected": config.seeds[best],
+            "summary": "mean over seeds",
+        }
+        write_finetune_json(out / "model", info)
+        print(
+            "over seeds "
+            + ", ".join(map(str, config.seeds))
+            + ": "
+            + "; ".join(
+                f"{name} "
+                + ", ".join(
+                    f"{key} {value['mean']:.4f} ± {value['std']:.4f}"
+                    for key, value in _main_metrics(split, config.task).items()
+                )
+                for name, split in summary.items()
+            ),
+            flush=True,
+        )
+        write_eval_report(out, report)
+    barrier()
+    return report
+
+
+def _peak_memory_mb(device) -> float:
+    """Peak memory of this process: the accelerator's allocator peak, or on CPU the peak resident set."""
+    import resource
+
+    import torch
+
+    if device.type == "cuda":
+        return round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # Linux: KiB
+
+
+def run_once(config: FinetuneConfig, job: Job | None = None) -> dict:
+    """One fine-tuning run (one seed) into config.out_dir; ``job``: ``setup(config)`` if done already."""
+    started = time.time()
+    job = job or setup(config)  # first: bad input fails fast, before DeepSpeed is even imported
 
     import torch
     from deepspeed.accelerator import get_accelerator
@@ -434,20 +727,26 @@ def run(config: FinetuneConfig) -> dict:
     steps_per_epoch, total_steps = step_counts(
         len(job.splits["train"].data), config.batch_size, config.epochs
     )
+    parameters = count_parameters(job.model)
     engine = _engine(job.model, config, config.batch_size // place.world, total_steps, place.device.type)
     selection, steps = train_loop(engine, job, place, log, out, say)
     train_time = time.time() - train_started
+    peak_memory = _peak_memory_mb(place.device)
     reports = final_evaluation(job, place, log, out, selection.best_step)
 
     result = {
         "format": EVAL_FORMAT,
+        "task": config.task,
+        "method": config.method,
         "model": config.model,
         "init": config.init,
-        "metric": config.metric,
+        "metric": config.selection_metric,
+        "parameters": parameters,
+        "augmented": job.augmented,
         "selected": {
             "step": selection.best_step,
             "epoch": round(selection.best_step / steps_per_epoch, 4),
-            config.metric: selection.best_value,
+            config.selection_metric: selection.best_value,
         },
         "steps": steps,
         "stopped_early": selection.exhausted,
@@ -456,12 +755,15 @@ def run(config: FinetuneConfig) -> dict:
         "precision": config.precision,
         "ranks": place.world,
         "train_time_s": round(train_time, 2),
+        "peak_memory_mb": peak_memory,
         "wall_time_s": round(time.time() - started, 2),
         "splits": reports,
     }
     if place.is_main:
-        say(format_reports(reports, job.class_names))
+        say(_format(reports, job))
         report_run(tracker, out, result)
+        summary = {name: _main_metrics(report, config.task) for name, report in reports.items()}
+        write_finetune_json(out / "model", job.finetune_info(summary))
         write_eval_report(out, result)
         written = [
             "model/",
