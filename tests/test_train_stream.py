@@ -58,12 +58,22 @@ def test_ranks_get_disjoint_equal_shares_of_each_epoch(data_dir):
 
 
 def test_resume_at_a_position_continues_the_exact_batch_sequence(data_dir):
-    full = _take(_stream(data_dir, micro=5).batches(), 12)  # crosses shard and epoch boundaries
-    resumed = _take(_stream(data_dir, micro=5, start=full[6]["stream_end"]).batches(), 5)
-    for expected, got in zip(full[7:], resumed):
-        assert expected["keys"] == got["keys"]
-        assert torch.equal(expected["input_ids"], got["input_ids"])  # same masks too
-        assert torch.equal(expected["mlm_positions"], got["mlm_positions"])
+    epoch = 5 * SPS  # one rank reads all 5 shards
+    full = _take(_stream(data_dir, micro=7).batches(), 30)  # 210 samples: into the third epoch
+    assert full[-1]["stream_end"] == 210 > 2 * epoch
+    # resumed mid-shard in epoch 0, across two epoch ends (and batches that straddle them);
+    # resumed in a later epoch (position 133 is in epoch 1)
+    for after in (6, 18):
+        start = full[after]["stream_end"]
+        resumed = _take(_stream(data_dir, micro=7, start=start).batches(), 30 - after - 1)
+        assert len(resumed) == 30 - after - 1  # a resumed stream that yields nothing fails here
+        for expected, got in zip(full[after + 1 :], resumed, strict=True):
+            assert expected["keys"] == got["keys"] and expected["stream_end"] == got["stream_end"]
+            assert torch.equal(expected["input_ids"], got["input_ids"])  # same masks too
+            assert torch.equal(expected["mlm_positions"], got["mlm_positions"])
+    assert full[18]["stream_end"] // epoch == 1
+    keys = [key for batch in full for key in batch["keys"]]
+    assert sorted(keys[:epoch]) == sorted(keys[epoch : 2 * epoch]) and keys[:epoch] != keys[epoch : 2 * epoch]
 
 
 def test_loader_workers_do_not_change_the_sequence(data_dir):
