@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
+DEFAULT_PORT = 29500  # torch's and DeepSpeed's default MASTER_PORT
 _LAUNCHER_RANK_VARS = ("RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK", "SLURM_PROCID")
 
 
@@ -55,6 +56,9 @@ def init_distributed(timeout_s: float = 600.0) -> DistInfo:
         deepspeed.init_distributed(
             dist_backend=get_accelerator().communication_backend_name(),
             auto_mpi_discovery=_launched_by_mpi_without_torch_env(),
+            # Under mpirun DeepSpeed sets MASTER_PORT to this, 29500 unless given: without it,
+            # two jobs on one node would both listen there and the second would fail.
+            distributed_port=int(os.environ.get("MASTER_PORT", DEFAULT_PORT)),
             timeout=timedelta(seconds=timeout_s),
             verbose=False,
         )
