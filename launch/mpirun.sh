@@ -12,6 +12,7 @@ MPIRUN=${MPIRUN:-.venv/bin/mpirun}
 extra=()
 [[ $(id -u) == 0 ]] && extra+=(--allow-run-as-root)   # containers often run as root
 [[ -n "${HOSTS:-}" ]] && extra+=(-H "$HOSTS")
+[[ -n "${MASTER_PORT:-}" ]] && extra+=(-x MASTER_PORT)   # rank 0 listens there (default 29500)
 exec "$MPIRUN" -n "$NP" "${extra[@]}" --oversubscribe --bind-to none \
     -x HF_HUB_OFFLINE=1 -x PATH -x LD_LIBRARY_PATH \
     .venv/bin/python -m pretrain --config "$CONFIG" "$@"

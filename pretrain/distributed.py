@@ -30,6 +30,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+DEFAULT_PORT = 29500  # torch's and DeepSpeed's default MASTER_PORT
 _LAUNCHER_RANK_VARS = ("RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK", "SLURM_PROCID")
 _LOCAL_SIZE_VARS = ("LOCAL_SIZE", "LOCAL_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_SIZE")
 STRICT_ENV = "PRETRAIN_STRICT_COLLECTIVES"
@@ -112,6 +113,9 @@ def init_distributed(timeout_s: float = 600.0) -> DistInfo:
         deepspeed.init_distributed(
             dist_backend=process_group_backend(accelerator),
             auto_mpi_discovery=_launched_by_mpi_without_torch_env(),
+            # Under mpirun DeepSpeed sets MASTER_PORT to this, 29500 unless given: without it,
+            # two jobs on one node would both listen there and the second would fail.
+            distributed_port=int(os.environ.get("MASTER_PORT", DEFAULT_PORT)),
             timeout=timedelta(seconds=timeout_s),
             verbose=False,
         )

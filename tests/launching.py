@@ -51,22 +51,25 @@ def run_pretrain(
     timeout: float = 240,
     preexec_fn=None,
     entry: tuple[str, ...] = ("-m", "pretrain"),
+    launcher: str = "deepspeed",
 ) -> subprocess.CompletedProcess:
-    """``entry`` (one rank only): what follows ``python``, e.g. a script that wraps ``pretrain``."""
+    """``entry``: what follows ``python``, e.g. a script that wraps ``pretrain``. ``launcher`` (for
+    more than one rank): deepspeed, torchrun or mpirun, each as README shows it."""
     args = [f"data_dir={data_dir}", f"run_dir={run_dir}", *FAST, *overrides]
+    port = str(free_port())
     if ranks == 1:
-        command = [sys.executable, *entry, *args]
+        command = [sys.executable, *entry]
+    elif launcher == "deepspeed":
+        script = ["--module", entry[1]] if entry[0] == "-m" else list(entry)
+        command = [str(BIN / "deepspeed"), "--num_gpus", str(ranks), "--master_port", port, *script]
+    elif launcher == "torchrun":
+        command = [str(BIN / "torchrun"), "--nproc_per_node", str(ranks), "--master_port", port, *entry]
+    elif launcher == "mpirun":  # ranks read their identity from mpi4py; rank 0 listens on MASTER_PORT
+        flags = ["--allow-run-as-root", "--oversubscribe", "--bind-to", "none", "-x", f"MASTER_PORT={port}"]
+        command = [str(BIN / "mpirun"), "-n", str(ranks), *flags, sys.executable, *entry]
     else:
-        command = [
-            str(BIN / "deepspeed"),
-            "--num_gpus",
-            str(ranks),
-            "--master_port",
-            str(free_port()),
-            "--module",
-            "pretrain",
-            *args,
-        ]
+        raise ValueError(f"unknown launcher {launcher!r}")
+    command += args
     inherited = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARS}
     full_env = {**inherited, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", **STRICT, **(env or {})}
     return subprocess.run(

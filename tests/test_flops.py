@@ -55,5 +55,31 @@ def test_executed_flops_of_sparse_head_match_counter():
     )
     shape = BertShape.from_config(cfg, nsp=True)
     assert hardware_flops(shape, B, L, head_positions=positions.numel()) == pytest.approx(counted, rel=0.05)
-    # without padding, the model FLOPs of MFU equal the executed ones
-    assert model_flops(shape, [L] * B, positions.numel()) == hardware_flops(shape, B, L, positions.numel())
+
+
+def test_model_flops_count_real_lengths_as_unpadded_sequences_execute_them():
+    """MFU's model FLOPs: each sequence at its real length and the MLM head on its masked positions,
+    checked against the counter on each sequence run alone, unpadded (no padding is executed)."""
+    torch.manual_seed(0)
+    cfg = _tiny()
+    model = PretrainingObjective(BertForPreTraining(cfg))
+    lengths, masked = [64, 40, 24, 8], [9, 6, 4, 1]
+    counted = 0.0
+    for n, m in zip(lengths, masked):
+        ids = torch.randint(5, 1000, (1, n))
+        positions = torch.arange(m) * (n // m)
+        counted += _counted(
+            lambda ids=ids, positions=positions: model(
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                token_type_ids=torch.zeros_like(ids),
+                mlm_positions=positions,
+                mlm_labels=ids.flatten()[positions],
+                next_sentence_label=torch.zeros(1, dtype=torch.long),
+            )["loss"]
+        )
+    shape = BertShape.from_config(cfg, nsp=True)
+    assert model_flops(shape, lengths, sum(masked)) == pytest.approx(counted, rel=0.05)
+    # the padded count is far off: the check above tells real lengths from padded ones
+    padded = hardware_flops(shape, len(lengths), max(lengths), sum(masked))
+    assert padded > 1.5 * counted

@@ -224,7 +224,7 @@ def test_bad_inputs_are_counted_with_reasons_never_fatal(corpus, tmp_path):
     write_corpus(bad, seed=3, docs=40)
     (bad / "empty.txt").write_bytes(b"")
     (bad / "binary.txt").write_bytes(bytes(range(256)) * 64)
-    (bad / "huge.txt").write_bytes(b"x" * 100_000_000)  # a single 100 MB line
+    (bad / "huge.txt").write_bytes(b"x" * 1_100_000)  # one 1.1 MB line: above clean.max_chars (1,000,000)
     (bad / "invalid-utf8.txt").write_bytes(("Caf\xe9 cr\xe8me. " * 20).encode("latin-1"))
     good = json.dumps({"text": document(random.Random(9))})
     (bad / "lines.jsonl").write_text(f'{good}\nnot json at all\n{{"title": "no text field"}}\n')

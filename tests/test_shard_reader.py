@@ -90,7 +90,10 @@ def test_hostile_members_are_rejected_and_never_unpickled(tmp_path):
     assert "not a plain NumPy array" in bad["000001_000001"]
     assert [s.key for s in samples if isinstance(s, Sample)] == ["000000_000000", "000001_000000"]
     assert not marker.exists()
-    assert not (tmp_path.parent / "escape.tokens.npy").exists()
+    # the member is named relative to the working directory (tmp_path): it would land two levels up
+    escaped = (tmp_path / "../../escape.tokens.npy").resolve()
+    assert escaped.parent == tmp_path.parent.parent and not escaped.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.tar", "s2.tar"]  # nothing else written
 
 
 @pytest.mark.parametrize(

@@ -83,13 +83,23 @@ def _positions_after(batches, stream):
 
 
 def test_resume_at_a_position_continues_the_exact_batch_sequence(data_dir):
+    epoch = 16  # global batches of 5 per epoch: 80 samples
     fresh = _stream(data_dir, micro=5)
-    full = _take(fresh.batches(), 24)  # crosses shard and epoch boundaries
-    resumed = _stream(data_dir, micro=5, start=7, lane_positions=_positions_after(full[:7], fresh))
-    for expected, got in zip(full[7:], _take(resumed.batches(), 17), strict=True):
-        assert expected["keys"] == got["keys"]
-        assert torch.equal(expected["input_ids"], got["input_ids"])  # same masks too
-        assert torch.equal(expected["mlm_positions"], got["mlm_positions"])
+    full = _take(fresh.batches(), 40)  # into the third epoch, across shard ends
+    # resumed mid-shard in epoch 0 (across two epoch ends), and resumed in a later epoch (batch 20)
+    for after in (7, 20):
+        resumed = _stream(
+            data_dir, micro=5, start=after, lane_positions=_positions_after(full[:after], fresh)
+        )
+        got = _take(resumed.batches(), 40 - after)
+        assert len(got) == 40 - after  # a resumed stream that yields nothing fails here
+        for expected, batch in zip(full[after:], got, strict=True):
+            assert expected["keys"] == batch["keys"]
+            assert torch.equal(expected["input_ids"], batch["input_ids"])  # same masks too
+            assert torch.equal(expected["mlm_positions"], batch["mlm_positions"])
+    keys = [key for batch in full for key in batch["keys"]]
+    first, second = keys[: epoch * 5], keys[epoch * 5 : 2 * epoch * 5]
+    assert sorted(first) == sorted(second) and first != second  # each epoch: every sample, a new order
 
 
 def test_loader_workers_split_the_reading_and_keep_the_sequence(data_dir, tmp_path):
