@@ -36,7 +36,7 @@ from data_prep.manifest import load_manifest
 from pretrain.config import PretrainConfig, load_pretrain_config, resolve_model_config_path
 from pretrain.data import TokenLayout, TrainStream, shard_specs, train_loader
 from pretrain.flops import BertShape
-from pretrain.model import bert_config_from_preset, build_hf_model
+from pretrain.model import bert_config_from_preset, build_hf_model, set_tf32
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -80,6 +80,7 @@ def measure(
     initial_weights: Path | None,
 ) -> dict[str, Any]:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    set_tf32(cfg.tf32)  # the trainer's fp32 matmul mode, so both run against the same peak
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     manifest = load_manifest(cfg.data_dir)

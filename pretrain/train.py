@@ -42,6 +42,7 @@ from pretrain.model import (
     bert_config_from_preset,
     build_hf_model,
     compile_encoder_layers,
+    set_tf32,
 )
 from pretrain.optim import build_optimizer, param_groups, warmup_decay_schedule
 from pretrain.plot import plot_losses
@@ -241,6 +242,7 @@ def prepare_run(cfg: PretrainConfig) -> Run:
             precision=cfg.precision,
             zero_stage=cfg.zero_stage,
             grad_clip=cfg.grad_clip,
+            offload=cfg.offload,
             extra=read_user_deepspeed_config(cfg.deepspeed_config),
         )
     except ValueError as err:
@@ -267,8 +269,9 @@ def prepare_run(cfg: PretrainConfig) -> Run:
     if cfg.compile and cfg.zero_stage < 3:
         _check_compiler(get_accelerator().device_name())
         compile_encoder_layers(hf_model)
-    model = PretrainingObjective(hf_model, sparse_head=cfg.sparse_mlm_head)
+    model = PretrainingObjective(hf_model, sparse_head=cfg.sparse_mlm_head, loss_kernel=cfg.mlm_loss_kernel)
     device_type = get_accelerator().device_name()
+    set_tf32(cfg.tf32)
     optimizer = build_optimizer(
         cfg.optimizer.name,
         param_groups(model, cfg.optimizer.weight_decay),
@@ -276,6 +279,7 @@ def prepare_run(cfg: PretrainConfig) -> Run:
         cfg.optimizer.betas,
         cfg.optimizer.eps,
         device_type,
+        offload=cfg.offload != "none",
     )
     schedule = warmup_decay_schedule(
         cfg.schedule.warmup_steps,
