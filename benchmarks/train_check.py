@@ -3,7 +3,7 @@ uninterrupted run, and an export that loads. The GPU check's training stage (``b
 
 ``python -m benchmarks.train_check --data-dir D --model tiny --configs bf16:0,bf16:2,fp16:1 --out FILE``
 
-For each ``precision:zero_stage``, in this one process:
+For each ``precision:zero_stage[:offload]``, in this one process:
 
 1. the uninterrupted run: ``steps`` optimizer steps with a checkpoint every ``steps // 2`` and the
    export at the end;
@@ -77,14 +77,26 @@ def _export_check(uninterrupted: Path, resumed: Path) -> dict[str, Any]:
 
 
 def check_config(
-    data_dir: Path, work: Path, model: str, precision: str, zero_stage: int, steps: int, overrides: list[str]
+    data_dir: Path,
+    work: Path,
+    model: str,
+    precision: str,
+    zero_stage: int,
+    steps: int,
+    overrides: list[str],
+    offload: str = "none",
 ) -> dict[str, Any]:
     from deepspeed.accelerator import get_accelerator
 
     from pretrain.config import load_pretrain_config
     from pretrain.train import train
 
-    result: dict[str, Any] = {"model": model, "precision": precision, "zero_stage": zero_stage}
+    result: dict[str, Any] = {
+        "model": model,
+        "precision": precision,
+        "zero_stage": zero_stage,
+        "offload": offload,
+    }
     if precision == "fp16" and not get_accelerator().is_fp16_supported():
         return {**result, "status": "skipped", "error": "DeepSpeed supports no fp16 on this device (a CPU)"}
     middle = steps // 2
@@ -93,6 +105,7 @@ def check_config(
         f"model={model}",
         f"precision={precision}",
         f"zero_stage={zero_stage}",
+        f"offload={offload}",
         f"max_steps={steps}",
         f"save_every={middle}",
         "keep_last=5",
@@ -140,7 +153,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--data-dir", required=True, type=Path)
     parser.add_argument("--model", required=True)
-    parser.add_argument("--configs", default="bf16:0,bf16:2,fp16:1", help="precision:zero_stage,...")
+    parser.add_argument(
+        "--configs", default="bf16:0,bf16:2,fp16:1", help="precision:zero_stage[:offload],..."
+    )
     parser.add_argument("--steps", type=int, default=6, help="optimizer steps; resumed from the middle")
     parser.add_argument("--work", required=True, type=Path, help="run dirs go here")
     parser.add_argument("--out", required=True, type=Path, help="result JSON (a list, one per config)")
@@ -148,11 +163,18 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     results = []
     for item in args.configs.split(","):
-        precision, zero_stage = item.split(":")
-        work = args.work / f"{args.model}-{precision}-zero{zero_stage}"
+        precision, zero_stage, *offload = item.split(":")
+        work = args.work / f"{args.model}-{precision}-zero{zero_stage}-{'-'.join(offload) or 'none'}"
         results.append(
             check_config(
-                args.data_dir, work, args.model, precision, int(zero_stage), args.steps, args.overrides
+                args.data_dir,
+                work,
+                args.model,
+                precision,
+                int(zero_stage),
+                args.steps,
+                args.overrides,
+                offload=offload[0] if offload else "none",
             )
         )
         args.out.write_text(json.dumps(results, indent=2) + "\n")  # what finished survives a crash
