@@ -32,9 +32,6 @@ ENTRY_FILES = (
     "pretrain/__main__.py",
     "pretrain/export.py",
     "tests/test_gpu_path.py",
-    "tests/test_chunked_cross_entropy.py",
-    "tests/test_objective_equivalence.py",
-    "tests/test_flops.py",
 )
 PROVIDED = "torch"  # the GPU machine has it, and what it requires
 # Imported under another package's name: torch.utils.tensorboard needs the tensorboard

@@ -21,6 +21,7 @@ DeepSpeed's ops are compiled on first use (ninja and a C++ compiler; nvcc for Fu
 from __future__ import annotations
 
 import math
+import subprocess
 from collections.abc import Callable, Iterable
 
 import torch
@@ -120,11 +121,19 @@ def build_optimizer(
     if name == "lamb" and offload:
         raise ValueError("optimizer.name=lamb cannot be offloaded; use adamw with offload")
     if name == "lamb" and device_type == "cuda":
-        from deepspeed.ops.lamb import FusedLamb
+        try:
+            from deepspeed.ops.lamb import FusedLamb
 
-        # The same algorithm as Lamb below: decoupled decay inside the update, trust ratio clamped
-        # to [0, 10] (min_coeff 0: DeepSpeed's default 0.01 floor is not in the paper).
-        return FusedLamb(groups, lr=lr, betas=betas, eps=eps, max_coeff=10.0, min_coeff=0.0)
+            # The same algorithm as Lamb below: decoupled decay inside the update, trust ratio clamped
+            # to [0, 10] (min_coeff 0: DeepSpeed's default 0.01 floor is not in the paper).
+            return FusedLamb(groups, lr=lr, betas=betas, eps=eps, max_coeff=10.0, min_coeff=0.0)
+        except (ImportError, RuntimeError, OSError, subprocess.CalledProcessError) as err:
+            # The op is compiled on first use; without nvcc/ninja the loop still trains, only slower.
+            reason = (str(err).strip().splitlines() or [type(err).__name__])[-1]
+            print(
+                f"warning: DeepSpeed's fused LAMB could not be built ({reason}); using the PyTorch loop",
+                flush=True,
+            )
     if name == "lamb":
         return Lamb(groups, lr=lr, betas=betas, eps=eps)
     raise ValueError(f"unknown optimizer {name!r}; use adamw or lamb")

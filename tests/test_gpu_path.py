@@ -75,6 +75,35 @@ def test_objective_gives_the_same_loss_and_gradients_with_either_kernel(device):
     torch.testing.assert_close(block_grad, dense_grad, rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_sparse_objective_equals_the_stock_model_on_each_device(device):
+    # On CUDA, SDPA runs fused attention kernels and the dense loss kernel: the loss must still be
+    # the stock BertForPreTraining's on the same weights and batch.
+    cfg = BertConfig(
+        vocab_size=500, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64
+    )
+    cfg._attn_implementation = "sdpa"
+    torch.manual_seed(0)
+    stock = BertForPreTraining(cfg).to(device).eval()
+    ours = PretrainingObjective(stock).eval()
+    ids = torch.randint(5, 500, (4, 24), device=device)
+    positions = torch.arange(0, 96, 5, device=device)
+    labels = torch.full((96,), -100, device=device)
+    labels[positions] = ids.flatten()[positions]
+    nsp = torch.tensor([0, 1, 1, 0], device=device)
+    with torch.no_grad():
+        expected = stock(input_ids=ids, labels=labels.view(4, 24), next_sentence_label=nsp).loss
+        got = ours(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            token_type_ids=torch.zeros_like(ids),
+            mlm_positions=positions,
+            mlm_labels=ids.flatten()[positions],
+            next_sentence_label=nsp,
+        )["loss"]
+    assert got.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
 @pytest.mark.parametrize(
     "name, precision, tf32, model, tflops",
     [
@@ -198,3 +227,14 @@ def test_offloaded_optimizer_trains_on_cuda(tmp_path):
         engine.step()
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0]
+
+
+def test_the_gpu_wheel_set_covers_every_import_of_the_check_beyond_torch():
+    from benchmarks.gpu_wheels import external_imports, required_distributions
+
+    carry, missing = required_distributions()
+    assert missing == []  # every import maps to an installed distribution
+    # the packages the NVIDIA image lacks, and what they need in turn
+    assert {"deepspeed", "webdataset", "hjson", "pydantic", "pydantic-core", "braceexpand"} <= set(carry)
+    assert "torch" not in carry and "typing-extensions" not in carry  # torch (and its needs) is there
+    assert {"deepspeed", "webdataset", "hjson", "pydantic", "transformers"} <= external_imports()
