@@ -85,7 +85,7 @@ class PretrainConfig(Section):
     seed: int = 1234
     loader: LoaderConfig = LoaderConfig()
     deepspeed_config: str | None = None
-    """Optional DeepSpeed JSON merged over the derived config (offload, bucket sizes, ...)."""
+    """Optional DeepSpeed JSON merged over the derived config (bucket sizes, overlap, prefetch, ...)."""
     threads: int | None = Field(None, ge=1)
     """torch intra-op threads per rank (default: the cores of this machine divided among its ranks)."""
     attn_implementation: Literal["sdpa", "eager"] = "sdpa"

@@ -2,7 +2,7 @@
 
 Everything DeepSpeed needs to know (batch geometry, precision, ZeRO stage, clipping) is derived
 here from the stage's own typed config; an optional user JSON (``deepspeed_config``) is merged on
-top for knobs this project does not model (offload, bucket sizes, ...). Key names follow
+top for knobs this project does not model (bucket sizes, overlap, prefetch, ...). Key names follow
 https://www.deepspeed.ai/docs/config-json/.
 """
 
