@@ -30,10 +30,11 @@ transformers, sentencepiece and mpi4py but no deepspeed, webdataset, hjson or py
    every other package our code imports, torch excepted (``python -m benchmarks.gpu_wheels`` lists them);
 2. copy the repo and ``dist/gpu-wheels`` to the GPU machine;
 3. there: ``python3 -m pip install --no-index --find-links dist/gpu-wheels -r dist/gpu-wheels/requirements.txt``
-   (pip keeps what is installed already), or without a writable site-packages
-   ``python3 -m pip install --no-index --no-deps --target /tmp/site dist/gpu-wheels/*.whl`` and
-   ``export PYTHONPATH=/tmp/site:$PWD``;
-4. ``make gpu-check PY=python3`` (or ``python3 -m benchmarks.gpu_check``) from the repo root.
+   (unpinned: pip keeps what is installed already and adds the rest from the folder); without a
+   writable site-packages, ``--target /tmp/site`` and ``export PYTHONPATH=/tmp/site:$PWD`` (``--target``
+   ignores what is installed, so it puts every wheel there, tested versions that shadow the image's);
+4. ``make gpu-check`` (or ``python3 -m benchmarks.gpu_check``) from the repo root; a missing package is
+   named in the first row of the table.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """The packages the GPU check needs beyond torch, found from what our code imports.
 
-    python -m benchmarks.gpu_wheels        # requirements.txt lines (name==version), what `make gpu-wheels` downloads
+    python -m benchmarks.gpu_wheels            # name==version lines: what `make gpu-wheels` downloads
+    python -m benchmarks.gpu_wheels --names    # names only: what the GPU machine installs (keeping its own versions)
 
 Every ``import`` in the modules the GPU check runs (followed through this repo's own imports, the
 ones inside functions included) is mapped to its installed distribution, then to everything those
@@ -127,12 +128,14 @@ def missing_distributions() -> list[str]:
     return required_distributions()[1]
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    names_only = "--names" in (sys.argv[1:] if argv is None else argv)
     carry, missing = required_distributions()
     if missing:
         raise SystemExit(f"error: not installed here, so their versions are unknown: {', '.join(missing)}")
     for name, version in carry.items():
-        print(f"{name}=={version}")
+        # Unpinned for the install: a package the GPU machine already has (numpy with its torch) is kept.
+        print(name if names_only else f"{name}=={version}")
 
 
 if __name__ == "__main__":
