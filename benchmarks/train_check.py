@@ -144,6 +144,7 @@ def check_config(
         traceback.print_exc()
         result.update(status="error", error=f"{type(err).__name__}: {err}")
     result["seconds"] = time.perf_counter() - started
+    shutil.rmtree(work, ignore_errors=True)  # base: ~8 GB of checkpoints and exports per configuration
     return result
 
 
