@@ -275,6 +275,7 @@ def test_a_failed_point_is_recorded_and_ends_the_sweep(tmp_path):
     assert json_path.with_suffix(".md").is_file()
 
 
+@pytest.mark.slow
 def test_gpu_check_dry_run_runs_every_stage_on_a_cpu(tmp_path, capsys):
     from benchmarks import gpu_check
 
