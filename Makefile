@@ -12,7 +12,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(TORCH_VERSION)
 PYTEST_ARGS ?=
 
-.PHONY: venv test lint format demo bench clean
+.PHONY: venv test lint format demo bench gpu-check gpu-wheels clean
 
 venv: $(STAMP)
 
@@ -41,6 +41,33 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m benchmarks.throughput --model mini --seq-len 128 --batch-sizes 8,16,32,64 \
 		--precision bf16 --zero-stage 0 --ranks 1 --baseline --out benchmarks/results
+
+# The GPU check (benchmarks/gpu_check.py): CUDA tests, 1-rank pretraining with save/resume/export, the
+# base sweep with the baseline; one table, benchmarks/results/<device>-<date>-gpu-check.md. Uses .venv
+# where there is one, else `python3` (an air-gapped GPU machine with torch: see `make gpu-wheels`).
+GPU_PY ?= $(if $(wildcard $(PY)),$(PY),python3)
+GPU_CHECK_ARGS ?=
+gpu-check:
+	$(GPU_PY) -m benchmarks.gpu_check $(GPU_CHECK_ARGS)
+
+# Wheels of every package the GPU check imports beyond torch, for a GPU machine without a package
+# index (Python $(GPU_PYTHON_VERSION), x86-64 Linux): deepspeed built pure (DS_BUILD_OPS=0; its ops
+# compile on first use there), the rest downloaded at the versions tested here. Install there with
+# (unpinned: what the machine has already, numpy beside its torch say, is kept)
+#   pip install --no-index --find-links $(GPU_WHEELS) -r $(GPU_WHEELS)/requirements.txt
+GPU_WHEELS ?= dist/gpu-wheels
+GPU_PYTHON_VERSION ?= 3.12
+GPU_PLATFORMS ?= manylinux_2_28_x86_64 manylinux_2_17_x86_64 manylinux2014_x86_64
+gpu-wheels: $(STAMP)
+	mkdir -p $(GPU_WHEELS)
+	$(PY) -m benchmarks.gpu_wheels > $(GPU_WHEELS)/pinned.txt
+	$(PY) -m benchmarks.gpu_wheels --names > $(GPU_WHEELS)/requirements.txt
+	grep -v '^deepspeed==' $(GPU_WHEELS)/pinned.txt > $(GPU_WHEELS)/downloaded.txt
+	$(PY) -m pip download --no-deps --only-binary=:all: --python-version $(GPU_PYTHON_VERSION) \
+		--implementation cp $(addprefix --platform ,$(GPU_PLATFORMS)) -d $(GPU_WHEELS) -r $(GPU_WHEELS)/downloaded.txt
+	DS_BUILD_OPS=0 $(PY) -m pip wheel --no-deps --no-build-isolation -w $(GPU_WHEELS) \
+		"$$(grep '^deepspeed==' $(GPU_WHEELS)/pinned.txt)"
+	@echo "wheels in $(GPU_WHEELS); see python -m benchmarks.gpu_check --help for the install"
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

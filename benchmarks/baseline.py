@@ -37,7 +37,7 @@ from pretrain.config import PretrainConfig, load_pretrain_config, resolve_model_
 from pretrain.data import TokenLayout, TrainStream, train_loader
 from pretrain.distributed import peak_memory_bytes, set_threads, to_device
 from pretrain.flops import BertShape
-from pretrain.model import bert_config_from_preset, build_hf_model
+from pretrain.model import bert_config_from_preset, build_hf_model, set_tf32
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 STOCK_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -82,6 +82,7 @@ def measure(
     initial_weights: Path | None,
 ) -> dict[str, Any]:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    set_tf32(cfg.tf32)  # the trainer's fp32 matmul mode, so both run against the same peak
     set_threads(cfg.threads)
     manifest = load_manifest(cfg.data_dir)
     layout = TokenLayout.from_manifest(manifest)

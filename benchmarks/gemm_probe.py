@@ -1,7 +1,9 @@
 """The peak FLOP/s that MFU and HFU are fractions of.
 
-On a GPU the peak is the vendor's dense datasheet figure for the dtype (``pretrain.flops.
-DATASHEET_PEAK_TFLOPS``), the convention of MFU in the PaLM paper and in torchtitan. A CPU has no
+On a GPU the peak is the vendor's dense datasheet figure of that exact model for the dtype
+(``pretrain.flops.GPU_PEAK_TFLOPS``: H100 SXM, PCIe and NVL differ by 30%), the convention of MFU in
+the PaLM paper and in torchtitan; fp32 runs use TF32 tensor cores unless ``tf32: false``, and the
+peak follows. A GPU missing from the table has its matmul peak measured, as a CPU does. A CPU has no
 such agreed figure (it depends on the ISA the library picks: AVX512-BF16, AMX, plain FMA, and on
 clocks under load), so it is measured: square matmuls of a few sizes in the run's dtype, on the
 thread count one rank uses, best of several repeats. The best rate any size reaches is the peak:
@@ -11,11 +13,12 @@ it is what the machine's matmul library can do in this dtype, in this run, on th
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
 
-from pretrain.flops import DATASHEET_PEAK_TFLOPS
+from pretrain.flops import gpu_peak_tflops, peak_column
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 PROBE_SIZES = (512, 1024, 2048)
@@ -25,7 +28,7 @@ MIN_SECONDS_PER_SIZE = 0.5  # more repeats for small sizes, so a short stall by 
 
 @dataclass(frozen=True)
 class Peak:
-    flops_per_s: float  # of the whole run: all ranks
+    flops_per_s: float  # of one device: a GPU, or the cores of one CPU rank
     source: str  # how it was obtained, for the report
     per_size: dict[int, float] = field(default_factory=dict)  # measured FLOP/s per matmul size (probe only)
 
@@ -56,41 +59,42 @@ def matmul_flops_per_s(precision: str, threads: int, device: str = "cpu") -> dic
         torch.set_num_threads(previous)
 
 
-def datasheet_tflops(device_name: str, precision: str) -> float | None:
-    """The datasheet dense peak of a GPU whose name contains a known model (``NVIDIA H100 80GB HBM3``)."""
-    for model, peaks in DATASHEET_PEAK_TFLOPS.items():
-        if model in device_name.upper() and peaks.get(precision):
-            return peaks[precision]
-    return None
+def peak_flops(precision: str, *, threads_per_rank: int, tf32: bool = True) -> Peak:
+    """The peak of one device: one GPU, or on a CPU the ``threads_per_rank`` cores one rank uses.
 
-
-def peak_flops(precision: str, *, threads_per_rank: int, ranks: int) -> Peak:
-    """The peak of a run of ``ranks`` processes on this machine (one GPU each, or sharing the CPU).
-
-    CPU ranks share one machine, each with ``threads_per_rank`` threads on its own cores, so the
-    run's peak is the per-rank probe times the ranks: the sum of what each rank's cores can do.
-    (A single probe over all cores gives about the same on this kind of machine; probing the
-    per-rank configuration measures exactly the resources each rank was given.)
+    CPU ranks share one machine, each with its threads on its own cores, so a run's peak is this
+    per-rank probe times the ranks: the sum of what each rank's cores can do. (A single probe over
+    all cores gives about the same on this kind of machine; probing the per-rank configuration
+    measures exactly the resources each rank was given.)
     """
     if torch.cuda.is_available():
         name = torch.cuda.get_device_name()
-        tflops = datasheet_tflops(name, precision)
-        if tflops is not None:
-            return Peak(
-                tflops * 1e12 * ranks,
-                f"datasheet dense {precision} peak of {name}: {tflops} TFLOP/s x {ranks} GPU(s)",
-            )
-        per_size = matmul_flops_per_s(precision, threads_per_rank, device="cuda")
+        column = peak_column(precision, tf32)
+        known = gpu_peak_tflops(name, precision, tf32)
+        if known is not None:
+            model, tflops = known
+            return Peak(tflops * 1e12, f"datasheet dense {column} peak of {model} ({name}): {tflops} TFLOP/s")
+        with _tf32(tf32):
+            per_size = matmul_flops_per_s(precision, threads_per_rank, device="cuda")
         return Peak(
-            max(per_size.values()) * ranks,
-            f"{name} is not in the datasheet table: measured {precision} matmul peak x {ranks} GPU(s)",
+            max(per_size.values()),
+            f"{name} is not in pretrain.flops.GPU_PEAK_TFLOPS: measured {column} matmul peak",
             per_size,
         )
     per_size = matmul_flops_per_s(precision, threads_per_rank)
     best = max(per_size.values())
     return Peak(
-        best * ranks,
-        f"measured {precision} matmul peak on {threads_per_rank} thread(s): "
-        f"{best / 1e9:.0f} GFLOP/s x {ranks} rank(s)",
+        best,
+        f"measured {precision} matmul peak on {threads_per_rank} thread(s): {best / 1e9:.0f} GFLOP/s",
         per_size,
     )
+
+
+@contextmanager
+def _tf32(enabled: bool):
+    previous = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = enabled
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = previous

@@ -23,7 +23,6 @@ import http.client
 import json
 import os
 import platform
-import socket
 import statistics
 import subprocess
 import sys
@@ -33,6 +32,7 @@ from datetime import date
 from pathlib import Path
 
 from benchmarks.contention import OtherProcessesMeter
+from pretrain.distributed import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -112,12 +112,6 @@ def make_model_dir(
     if finetune_json is not None:
         (path / "finetune.json").write_text(json.dumps(finetune_json, indent=2))
     return path
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def start_server(model_dir: Path, port: int, *args: str, env: dict | None = None) -> subprocess.Popen:

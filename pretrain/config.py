@@ -20,7 +20,8 @@ MODEL_PRESETS_DIR = REPO_ROOT / "configs" / "model"
 
 class OptimizerConfig(Section):
     name: Literal["adamw", "lamb"] = "adamw"
-    """adamw (torch's fused kernel) or lamb (You et al. 2019; only with zero_stage 0)."""
+    """adamw (torch's fused kernel; DeepSpeedCPUAdam with offload) or lamb (You et al. 2019; DeepSpeed's
+    fused kernel on CUDA; only with zero_stage 0). README: which optimizer with which ZeRO stage."""
     lr: float = Field(1e-4, gt=0)
     """Peak learning rate, reached at the end of warm-up."""
     betas: tuple[float, float] = (0.9, 0.999)
@@ -85,6 +86,9 @@ class PretrainConfig(Section):
     zero_stage: int = Field(1, ge=0, le=3)
     """DeepSpeed ZeRO stage: 0 off, 1 optimizer states, 2 + gradients, 3 + parameters partitioned."""
     optimizer: OptimizerConfig = OptimizerConfig()
+    offload: Literal["none", "optimizer", "optimizer+params"] = "none"
+    """ZeRO-Offload: optimizer states and step on the CPU (DeepSpeedCPUAdam; zero_stage 1-3), and with
+    optimizer+params also the parameters (zero_stage 3). Saves accelerator memory, costs speed."""
     schedule: ScheduleConfig = ScheduleConfig()
     grad_clip: float = Field(1.0, ge=0)
     """Clip the global gradient norm to this (0 = off)."""
@@ -105,7 +109,7 @@ class PretrainConfig(Section):
     seed: int = 1234
     loader: LoaderConfig = LoaderConfig()
     deepspeed_config: str | None = None
-    """Optional DeepSpeed JSON merged over the derived config (offload, bucket sizes, ...)."""
+    """Optional DeepSpeed JSON merged over the derived config (bucket sizes, overlap, prefetch, ...)."""
     threads: int | None = Field(None, ge=1)
     """torch intra-op threads per rank (default: the cores of this machine divided among its ranks)."""
     attn_implementation: Literal["sdpa", "eager"] = "sdpa"
@@ -114,6 +118,11 @@ class PretrainConfig(Section):
     work); false runs transformers' head over every position, the unoptimised reference."""
     cpu_dropout: bool = True
     """On CPUs, draw dropout masks 4 elements per random number (pretrain/cpu_dropout.py)."""
+    mlm_loss_kernel: Literal["auto", "blockwise", "dense"] = "auto"
+    """MLM cross-entropy: dense (one F.cross_entropy in fp32 over the masked rows), blockwise (fp32 on
+    cache-sized blocks, no fp32 copy of the logits), auto = dense on CUDA, blockwise on CPUs."""
+    tf32: bool = True
+    """fp32 matmuls on TF32 tensor cores on GPUs (what the datasheet fp32 peak assumes); false = true fp32."""
     compile: bool = False
     """torch.compile each encoder layer, fusing the element-wise work around the matmuls. Off by
     default: on the 2-core CPU it was measured on, -5.5% (1 rank) / +1.9% (2 ranks) (README, Speed).
@@ -147,6 +156,16 @@ class PretrainConfig(Section):
             raise ValueError(
                 "optimizer.name=lamb needs zero_stage=0: LAMB's per-tensor trust ratio needs whole "
                 "parameters, which ZeRO partitions"
+            )
+        if self.offload != "none" and self.optimizer.name != "adamw":
+            raise ValueError(f"offload={self.offload} needs optimizer.name=adamw (DeepSpeedCPUAdam)")
+        if self.offload == "optimizer" and self.zero_stage == 0:
+            raise ValueError(
+                "offload=optimizer needs zero_stage 1, 2 or 3: ZeRO-Offload moves ZeRO's optimizer partition"
+            )
+        if self.offload == "optimizer+params" and self.zero_stage != 3:
+            raise ValueError(
+                "offload=optimizer+params needs zero_stage=3: only stage 3 partitions the parameters"
             )
         return self
 

@@ -2,7 +2,7 @@
 
 Everything DeepSpeed needs to know (batch geometry, precision, ZeRO stage, clipping) is derived
 here from the stage's own typed config; an optional user JSON (``deepspeed_config``) is merged on
-top for knobs this project does not model (offload, bucket sizes, ...). Key names follow
+top for knobs this project does not model (bucket sizes, overlap, prefetch, ...). Key names follow
 https://www.deepspeed.ai/docs/config-json/.
 """
 
@@ -42,6 +42,7 @@ def build_deepspeed_config(
     precision: str,
     zero_stage: int,
     grad_clip: float,
+    offload: str = "none",
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """DeepSpeed config for one run; ``extra`` (a user's JSON) wins over the derived values."""
@@ -51,7 +52,7 @@ def build_deepspeed_config(
         "train_micro_batch_size_per_gpu": micro_batch_size,
         "gradient_accumulation_steps": grad_accum,
         "gradient_clipping": grad_clip,
-        "zero_optimization": {"stage": zero_stage},
+        "zero_optimization": {"stage": zero_stage, **_offload(offload)},
         "bf16": {"enabled": precision == "bf16"},
         # Dynamic loss scaling (loss_scale 0): start at 2^16, halve on overflow (the step is
         # skipped), double after 1000 clean steps; hysteresis 2 tolerates one isolated overflow.
@@ -73,9 +74,24 @@ def build_deepspeed_config(
         if theirs is not None and theirs != ours:
             raise ValueError(
                 f"deepspeed_config sets {'.'.join(path)}={theirs!r} but the run config gives {ours!r}; "
-                f"set it in the run config (micro_batch_size, grad_accum, grad_clip, zero_stage, precision) instead"
+                f"set it in the run config (micro_batch_size, grad_accum, grad_clip, zero_stage, precision, offload) instead"
             )
     return deep_merge(config, extra)
+
+
+OFFLOADS = ("none", "optimizer", "optimizer+params")
+
+
+def _offload(offload: str) -> dict[str, Any]:
+    """ZeRO-Offload to the CPU, in pinned memory (faster host-device copies)."""
+    if offload not in OFFLOADS:
+        raise ValueError(f"offload must be one of {OFFLOADS}, got {offload!r}")
+    fields: dict[str, Any] = {}
+    if offload != "none":
+        fields["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
+    if offload == "optimizer+params":
+        fields["offload_param"] = {"device": "cpu", "pin_memory": True}
+    return fields
 
 
 # Settings the run config owns: a user JSON may repeat them but not contradict them.
@@ -84,6 +100,8 @@ DERIVED_KEYS = (
     ("gradient_accumulation_steps",),
     ("gradient_clipping",),
     ("zero_optimization", "stage"),
+    ("zero_optimization", "offload_optimizer", "device"),
+    ("zero_optimization", "offload_param", "device"),
     ("bf16", "enabled"),
     ("fp16", "enabled"),
 )

@@ -23,18 +23,55 @@ also counts attention.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 TRAIN_MULTIPLIER = 3  # forward + backward (2x forward)
 
-# Dense (no sparsity) peak TFLOP/s per GPU from the vendors' datasheets, by dtype.
-DATASHEET_PEAK_TFLOPS = {
-    "H200": {"bf16": 989.4, "fp16": 989.4, "fp32": 494.7},  # fp32 through TF32 tensor cores
-    "H100": {"bf16": 989.4, "fp16": 989.4, "fp32": 494.7},  # SXM
-    "A100": {"bf16": 312.0, "fp16": 312.0, "fp32": 156.0},
-    "V100": {"bf16": 0.0, "fp16": 125.0, "fp32": 15.7},
-}
+# Dense (no 2:4 sparsity) peak TFLOP/s of one GPU from the vendor's datasheet, by exact model:
+# torch.cuda.get_device_name() is matched against each pattern in order, the first match wins (so
+# "H100 PCIe" and "H100 NVL" come before the SXM part, whose name is "NVIDIA H100 80GB HBM3").
+# Columns: bf16 and fp16 tensor cores; tf32 tensor cores (fp32 weights with TF32 matmuls, what an
+# fp32 run gets with ``tf32: true``); true fp32 (CUDA cores, ``tf32: false``). None: no such unit.
+GPU_PEAK_TFLOPS: tuple[tuple[str, str, dict[str, float | None]], ...] = (
+    (r"H100.*PCIe", "H100 PCIe", {"bf16": 756.5, "fp16": 756.5, "tf32": 378.0, "fp32": 51.2}),
+    (r"H100 NVL", "H100 NVL", {"bf16": 835.5, "fp16": 835.5, "tf32": 417.5, "fp32": 60.0}),
+    (r"H100", "H100 SXM", {"bf16": 989.4, "fp16": 989.4, "tf32": 494.7, "fp32": 66.9}),
+    (r"H200 NVL", "H200 NVL", {"bf16": 835.5, "fp16": 835.5, "tf32": 417.5, "fp32": 60.0}),
+    (r"H200", "H200 SXM", {"bf16": 989.4, "fp16": 989.4, "tf32": 494.7, "fp32": 66.9}),
+    (r"GH200", "GH200", {"bf16": 989.4, "fp16": 989.4, "tf32": 494.7, "fp32": 66.9}),
+    (r"H800.*PCIe", "H800 PCIe", {"bf16": 756.5, "fp16": 756.5, "tf32": 378.0, "fp32": 51.2}),
+    (r"H800", "H800 SXM", {"bf16": 989.4, "fp16": 989.4, "tf32": 494.7, "fp32": 66.9}),
+    # A100 and A800: the same compute for SXM and PCIe, 40 and 80 GB.
+    (r"A[18]00", "A100", {"bf16": 312.0, "fp16": 312.0, "tf32": 156.0, "fp32": 19.5}),
+    (r"L40S", "L40S", {"bf16": 362.05, "fp16": 362.05, "tf32": 183.0, "fp32": 91.6}),
+    (r"L40\b", "L40", {"bf16": 181.05, "fp16": 181.05, "tf32": 90.5, "fp32": 90.5}),
+    (r"L4\b", "L4", {"bf16": 121.0, "fp16": 121.0, "tf32": 60.0, "fp32": 30.3}),
+    (r"A10\b", "A10", {"bf16": 125.0, "fp16": 125.0, "tf32": 62.5, "fp32": 31.2}),
+    (r"A30\b", "A30", {"bf16": 165.0, "fp16": 165.0, "tf32": 82.0, "fp32": 10.3}),
+    (r"A40\b", "A40", {"bf16": 149.7, "fp16": 149.7, "tf32": 74.8, "fp32": 37.4}),
+    (r"V100S", "V100S PCIe", {"bf16": None, "fp16": 130.0, "tf32": None, "fp32": 16.4}),
+    (r"V100.*PCIE", "V100 PCIe", {"bf16": None, "fp16": 112.0, "tf32": None, "fp32": 14.0}),
+    (r"V100", "V100 SXM2", {"bf16": None, "fp16": 125.0, "tf32": None, "fp32": 15.7}),
+    (r"T4\b", "T4", {"bf16": None, "fp16": 65.0, "tf32": None, "fp32": 8.1}),
+)
+
+
+def peak_column(precision: str, tf32: bool) -> str:
+    """The datasheet column a run's matmuls use: bf16 / fp16, and for fp32 TF32 or true fp32."""
+    return ("tf32" if tf32 else "fp32") if precision == "fp32" else precision
+
+
+def gpu_peak_tflops(device_name: str, precision: str, tf32: bool = True) -> tuple[str, float] | None:
+    """(model, dense peak TFLOP/s) of the GPU called ``device_name`` for this precision; None when the
+    model is not in the table or has no unit for it (then measure the peak instead)."""
+    for pattern, model, peaks in GPU_PEAK_TFLOPS:
+        if re.search(pattern, device_name, flags=re.IGNORECASE):
+            # Without TF32 units (V100, T4) the TF32 setting has no effect: fp32 runs in fp32.
+            tflops = peaks[peak_column(precision, tf32)] or (peaks["fp32"] if precision == "fp32" else None)
+            return (model, tflops) if tflops else None
+    return None
 
 
 @dataclass(frozen=True)
@@ -56,16 +93,25 @@ class BertShape:
         )
 
 
-def forward_flops(shape: BertShape, lengths: Iterable[int], head_positions: int) -> float:
-    """Forward FLOPs of a batch whose sequences have ``lengths`` tokens each."""
+def forward_flops_by_component(
+    shape: BertShape, lengths: Iterable[int], head_positions: int
+) -> dict[str, float]:
+    """Forward FLOPs of a batch whose sequences have ``lengths`` tokens, per component of the formula."""
     h, f, layers = shape.hidden, shape.ffn, shape.layers
     lengths = list(lengths)
     tokens = sum(lengths)
-    encoder = layers * tokens * (8 * h * h + 4 * h * f)
-    attention = layers * 4 * h * sum(n * n for n in lengths)
-    mlm_head = head_positions * (2 * h * h + 2 * h * shape.vocab)
-    nsp_head = len(lengths) * (2 * h * h + 4 * h) if shape.nsp else 0
-    return float(encoder + attention + mlm_head + nsp_head)
+    return {
+        "encoder_projections": float(layers * tokens * (8 * h * h + 4 * h * f)),
+        "attention": float(layers * 4 * h * sum(n * n for n in lengths)),
+        "mlm_transform": float(head_positions * 2 * h * h),
+        "mlm_decoder": float(head_positions * 2 * h * shape.vocab),
+        "nsp_head": float(len(lengths) * (2 * h * h + 4 * h)) if shape.nsp else 0.0,
+    }
+
+
+def forward_flops(shape: BertShape, lengths: Iterable[int], head_positions: int) -> float:
+    """Forward FLOPs of a batch whose sequences have ``lengths`` tokens each."""
+    return sum(forward_flops_by_component(shape, lengths, head_positions).values())
 
 
 def model_flops(shape: BertShape, lengths: Iterable[int], masked_positions: int) -> float:
@@ -85,13 +131,12 @@ def utilisation(flops: float, seconds: float, peak_flops_per_s: float) -> float:
     return flops / seconds / peak_flops_per_s
 
 
-def datasheet_peak_flops(precision: str) -> float | None:
+def datasheet_peak_flops(precision: str, tf32: bool = True) -> float | None:
     """This process's GPU's dense datasheet peak FLOP/s in ``precision`` (for the MFU of the train
     log), or None where none applies: a CPU (the benchmarks measure its peak) or an unlisted GPU."""
     import torch
 
     if not torch.cuda.is_available():
         return None
-    name = torch.cuda.get_device_name().upper()
-    peak = next((peaks for model, peaks in DATASHEET_PEAK_TFLOPS.items() if model in name), {}).get(precision)
-    return peak * 1e12 if peak else None
+    found = gpu_peak_tflops(torch.cuda.get_device_name(), precision, tf32)
+    return found[1] * 1e12 if found else None

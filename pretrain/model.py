@@ -7,8 +7,9 @@ the export is a standard Hugging Face checkpoint. Only the loss is computed diff
   before the head, as NVIDIA's BERT and the academic-budget recipes (Izsak et al. 2021) do. With
   15% masking that skips 85% of the largest matmul in a small BERT (hidden x vocab per position)
   and of the softmax over the vocabulary.
-* The MLM cross-entropy runs in fp32 on blocks of rows that stay in cache
-  (``pretrain.chunked_cross_entropy``), instead of several fp32 passes over all [M, V] logits.
+* The MLM cross-entropy runs in fp32 (``pretrain.chunked_cross_entropy``, ``mlm_loss_kernel``): on
+  CUDA one ``F.cross_entropy`` over the gathered rows; on CPUs on blocks of rows that stay in cache,
+  instead of several fp32 passes over all [M, V] logits.
 * The NSP head sees the pooled [CLS] vector only (as in the stock model).
 
 The loss equals the stock model's on the same batch and weights (tested), because positions that
@@ -27,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import BertConfig, BertForMaskedLM, BertForPreTraining
 
-from pretrain.chunked_cross_entropy import chunked_cross_entropy
+from pretrain.chunked_cross_entropy import mlm_cross_entropy, resolve_loss_kernel
 
 
 def bert_config_from_preset(
@@ -79,11 +80,15 @@ class PretrainingObjective(nn.Module):
     ``mlm_correct``, ``mlm_count``, ``nsp_correct``, ``nsp_count``.
     """
 
-    def __init__(self, model: BertForPreTraining | BertForMaskedLM, sparse_head: bool = True):
+    def __init__(
+        self, model: BertForPreTraining | BertForMaskedLM, sparse_head: bool = True, loss_kernel: str = "auto"
+    ):
         super().__init__()
         self.model = model
         self.nsp = isinstance(model, BertForPreTraining)
         self.sparse_head = sparse_head
+        resolve_loss_kernel(loss_kernel, "cpu")  # a wrong name fails here, not at the first step
+        self.loss_kernel = loss_kernel
 
     def forward(
         self,
@@ -105,7 +110,7 @@ class PretrainingObjective(nn.Module):
         if self.sparse_head:
             gathered = hidden.reshape(-1, hidden.shape[-1]).index_select(0, mlm_positions)  # [M, H]
             logits = self.model.cls.predictions(gathered)  # [M, V], the model's dtype
-            out = {"mlm_loss": chunked_cross_entropy(logits, mlm_labels)}  # in fp32, without an fp32 copy
+            out = {"mlm_loss": mlm_cross_entropy(logits, mlm_labels, self.loss_kernel)}  # in fp32
         else:  # the stock head over every position, then the masked rows: the unoptimised reference
             every = self.model.cls.predictions(hidden)  # [B, L, V]
             logits = every.reshape(-1, every.shape[-1]).index_select(0, mlm_positions).float()  # [M, V]
@@ -126,3 +131,14 @@ class PretrainingObjective(nn.Module):
                     nsp_count=torch.tensor(next_sentence_label.numel(), device=logits.device),
                 )
         return out
+
+
+def set_tf32(enabled: bool) -> None:
+    """fp32 matmuls and convolutions on TF32 tensor cores (Ampere and later), or in true fp32.
+
+    torch's default is true fp32 for matmuls; the datasheet's fp32 training peak (and so the MFU of an
+    fp32 run) assumes TF32, which keeps fp32's range with a 10-bit mantissa. bf16/fp16 runs are not
+    affected. No effect on CPUs.
+    """
+    torch.backends.cuda.matmul.allow_tf32 = enabled
+    torch.backends.cudnn.allow_tf32 = enabled

@@ -4,11 +4,24 @@ BERT's recipe (Devlin et al. 2019, and the reference ``optimization.py``): AdamW
 on every weight matrix but none on biases and LayerNorm parameters, linear warm-up then linear
 decay. LAMB (You et al. 2019, "Large Batch Optimization for Deep Learning") is the large-batch
 alternative that DeepSpeed and NVIDIA used for their record BERT runs.
+
+Which implementation runs (``build_optimizer``):
+
+    optimizer  offload    device  implementation                     ZeRO stages
+    adamw      none       any     torch.optim.AdamW(fused=True)      0, 1, 2, 3
+    adamw      optimizer  any     deepspeed.ops.adam.DeepSpeedCPUAdam 1, 2, 3 (+params: 3)
+    lamb       none       CUDA    deepspeed.ops.lamb.FusedLamb       0
+    lamb       none       CPU     Lamb below (a loop over tensors)   0
+
+LAMB's trust ratio is per whole tensor, which ZeRO's flat partitions split, so it runs without
+ZeRO; ZeRO-Offload runs the optimizer step on the CPU, which only DeepSpeed's CPU Adam does fast.
+DeepSpeed's ops are compiled on first use (ninja and a C++ compiler; nvcc for FusedLamb).
 """
 
 from __future__ import annotations
 
 import math
+import subprocess
 from collections.abc import Callable, Iterable
 
 import torch
@@ -87,13 +100,40 @@ class Lamb(torch.optim.Optimizer):
 
 
 def build_optimizer(
-    name: str, groups: list[dict], lr: float, betas: tuple[float, float], eps: float, device_type: str
+    name: str,
+    groups: list[dict],
+    lr: float,
+    betas: tuple[float, float],
+    eps: float,
+    device_type: str,
+    offload: bool = False,
 ) -> torch.optim.Optimizer:
-    """``adamw`` (torch's fused kernel where the device has one) or ``lamb``."""
+    """``adamw`` or ``lamb``, in the implementation the device and offload call for (table above)."""
+    if name == "adamw" and offload:
+        from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+        # Decoupled weight decay per group (adamw_mode), as torch's AdamW.
+        return DeepSpeedCPUAdam(groups, lr=lr, betas=betas, eps=eps, adamw_mode=True)
     if name == "adamw":
         # The fused AdamW kernel exists for CPU and CUDA in torch >= 2.4: one pass over all
         # parameters instead of a chain of element-wise ops per tensor.
         return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=device_type in ("cpu", "cuda"))
+    if name == "lamb" and offload:
+        raise ValueError("optimizer.name=lamb cannot be offloaded; use adamw with offload")
+    if name == "lamb" and device_type == "cuda":
+        try:
+            from deepspeed.ops.lamb import FusedLamb
+
+            # The same algorithm as Lamb below: decoupled decay inside the update, trust ratio clamped
+            # to [0, 10] (min_coeff 0: DeepSpeed's default 0.01 floor is not in the paper).
+            return FusedLamb(groups, lr=lr, betas=betas, eps=eps, max_coeff=10.0, min_coeff=0.0)
+        except (ImportError, RuntimeError, OSError, subprocess.CalledProcessError) as err:
+            # The op is compiled on first use; without nvcc/ninja the loop still trains, only slower.
+            reason = (str(err).strip().splitlines() or [type(err).__name__])[-1]
+            print(
+                f"warning: DeepSpeed's fused LAMB could not be built ({reason}); using the PyTorch loop",
+                flush=True,
+            )
     if name == "lamb":
         return Lamb(groups, lr=lr, betas=betas, eps=eps)
     raise ValueError(f"unknown optimizer {name!r}; use adamw or lamb")

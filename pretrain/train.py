@@ -62,6 +62,7 @@ from pretrain.model import (
     bert_config_from_preset,
     build_hf_model,
     compile_encoder_layers,
+    set_tf32,
 )
 from pretrain.model_card import describe_hardware
 from pretrain.optim import build_optimizer, param_groups, warmup_decay_schedule
@@ -308,6 +309,7 @@ def build_run(cfg: PretrainConfig) -> Run:
             precision=cfg.precision,
             zero_stage=cfg.zero_stage,
             grad_clip=cfg.grad_clip,
+            offload=cfg.offload,
             extra=read_user_deepspeed_config(cfg.deepspeed_config),
         )
     except ValueError as err:
@@ -351,7 +353,8 @@ def build_run(cfg: PretrainConfig) -> Run:
     if cfg.compile and cfg.zero_stage < 3:
         _check_compiler(device_type)
         compile_encoder_layers(hf_model)
-    model = PretrainingObjective(hf_model, sparse_head=cfg.sparse_mlm_head)
+    model = PretrainingObjective(hf_model, sparse_head=cfg.sparse_mlm_head, loss_kernel=cfg.mlm_loss_kernel)
+    set_tf32(cfg.tf32)
     optimizer = build_optimizer(
         cfg.optimizer.name,
         param_groups(model, cfg.optimizer.weight_decay),
@@ -359,6 +362,7 @@ def build_run(cfg: PretrainConfig) -> Run:
         cfg.optimizer.betas,
         cfg.optimizer.eps,
         device_type,
+        offload=cfg.offload != "none",
     )
     schedule = warmup_decay_schedule(
         cfg.schedule.warmup_steps,
@@ -382,7 +386,7 @@ def build_run(cfg: PretrainConfig) -> Run:
         ckpt_dir=run_dir / "checkpoints",
         fingerprint=fingerprint,
         load_tag=load_tag,
-        peak_flops_per_s=datasheet_peak_flops(cfg.precision),
+        peak_flops_per_s=datasheet_peak_flops(cfg.precision, cfg.tf32),
         source=source,
         init_report=init_report,
     )
