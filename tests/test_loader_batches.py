@@ -17,8 +17,8 @@ import pytest
 import torch
 from synthetic_data import CLS, MASK, PAD, SEP, make_data_dir
 
-from data_prep.manifest import load_manifest, write_json_atomic
-from pretrain.data import TokenLayout, TrainStream, shard_specs, train_loader
+from data_prep.manifest import load_manifest, shard_specs, write_json_atomic
+from pretrain.data import TokenLayout, TrainStream, train_loader
 
 SEQ_LEN = 64
 LONGEST = 45  # every sample holds at most 45 tokens: a full-length batch pads to 48, not to seq_len

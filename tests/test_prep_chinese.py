@@ -19,10 +19,9 @@ from benchmarks.corpus import add_noise, chinese_words, document
 from data_prep.cleaning import clean_document
 from data_prep.config import CleanConfig, NearDupConfig, TokenizerConfig, load_prep_config
 from data_prep.dedup import DuplicateFilter, Shingler, exact_fingerprint
-from data_prep.manifest import TOKENS_EXT, load_manifest
+from data_prep.manifest import TOKENS_EXT, load_manifest, load_tokens, tar_samples
 from data_prep.pipeline import prepare
 from data_prep.sentences import split_sentences
-from data_prep.shards import iter_samples, load_tokens
 from data_prep.tokenizer import decoder_for, save_trained_tokenizer, train_sentencepiece
 
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -52,7 +51,8 @@ def measure(out: Path) -> dict:
     texts = []
     for split in ("train", "valid"):
         for entry in manifest["splits"][split]["shards"]:
-            for _, members in iter_samples(out / entry["path"]):
+            path = out / entry["path"]
+            for _, members in tar_samples(path.read_bytes(), path.name):
                 segment: list[int] = []
                 for token in [*load_tokens(members[TOKENS_EXT]).tolist(), next(iter(boundaries))]:
                     if token in boundaries:
