@@ -106,13 +106,15 @@ def test_data_of_another_tokenizer_is_refused_with_the_prep_command(tmp_path, da
     model = tmp_path / "model"
     BertForPreTraining(BertConfig(**TINY)).save_pretrained(model)
     shutil.copytree(data_dir / "tokenizer", model, dirs_exist_ok=True)
-    check_tokenizer(model, data_dir, load_manifest(data_dir), 200)  # the same tokenizer passes
+    check_tokenizer(
+        model, data_dir, data_dir / "tokenizer", load_manifest(data_dir), 200
+    )  # the same tokenizer passes
     with pytest.raises(InitFromError) as err:
-        check_tokenizer(model, other, load_manifest(other), 200)
+        check_tokenizer(model, other, other / "tokenizer", load_manifest(other), 200)
     message = str(err.value)
     assert "\n" not in message and "200 tokens" in message and "300" in message
     assert f"tokenizer.path={model}" in message
     manifest = load_manifest(data_dir)
     manifest["tokenizer"]["special_ids"]["mask"] = 7
     with pytest.raises(InitFromError, match=r"special token ids differ .*mask 4 vs 7"):
-        check_tokenizer(model, data_dir, manifest, 200)
+        check_tokenizer(model, data_dir, data_dir / "tokenizer", manifest, 200)

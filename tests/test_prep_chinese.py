@@ -199,4 +199,4 @@ def test_finetuning_reads_and_truncates_chinese_like_any_text(zh_prepared, tmp_p
         for ids in encoded.input_ids
     )
     assert hf.unk_token_id not in {i for ids in encoded.input_ids for i in ids}
-    assert encoded.labels.tolist() == [1 if r["label"] == "负面" else 0 for r in rows]  # sorted: 正面 < 负面
+    assert list(encoded.labels) == [1 if r["label"] == "负面" else 0 for r in rows]  # sorted: 正面 < 负面
