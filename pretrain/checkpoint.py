@@ -236,6 +236,7 @@ def universal_tag(ckpt_dir: str | Path, tag: str) -> str | None:
             with atomic_path(out) as staging, contextlib.redirect_stdout(io.StringIO()):
                 options.output_folder = str(staging)
                 ds_to_universal.main(options)
+            (tag_dir / "latest_universal").unlink(missing_ok=True)  # the converter's pointer: unused here
         except Exception as err:  # DeepSpeed's converter raises anything from assertions to OSErrors
             ok, problem = False, f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"
     if not all_ranks(ok):
