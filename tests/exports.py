@@ -21,6 +21,8 @@ ZERO2_MLM = (
     "max_steps=12",
     "eval_every=12",
 )
+# A 2-rank ZeRO-3 launch took ~145 s on the 2-core machine at load average ~45; allow twice that.
+LAUNCH_TIMEOUT_S = 480
 SAME_KEYS = ("loss", "mlm_loss", "nsp_loss", "lr", "grad_norm", "tokens")
 
 
@@ -29,7 +31,9 @@ def straight_then_resumed(data_dir: Path, root: Path, *overrides: str, resume_fr
     as if the run had stopped right after saving it, and relaunch. Returns (straight, resumed):
     ``straight`` is a copy of the first run's records (metrics, sample logs, export, probe)."""
     run_dir = root / "run"
-    first = run_pretrain(data_dir, run_dir, *overrides, ranks=ranks, entry=PROBE_ENTRY)
+    first = run_pretrain(
+        data_dir, run_dir, *overrides, ranks=ranks, entry=PROBE_ENTRY, timeout=LAUNCH_TIMEOUT_S
+    )
     assert first.returncode == 0, explain(first)
     straight = root / "straight"
     straight.mkdir()
@@ -42,7 +46,7 @@ def straight_then_resumed(data_dir: Path, root: Path, *overrides: str, resume_fr
         if later.name > tag:
             shutil.rmtree(later)
     (checkpoints / "latest").write_text(tag)
-    resumed = run_pretrain(data_dir, run_dir, *overrides, ranks=ranks)
+    resumed = run_pretrain(data_dir, run_dir, *overrides, ranks=ranks, timeout=LAUNCH_TIMEOUT_S)
     assert resumed.returncode == 0, explain(resumed)
     assert f"resumed from {tag}" in resumed.stdout
     return straight, run_dir

@@ -5,7 +5,7 @@ import socket
 from contextlib import contextmanager
 
 import pytest
-from exports import SAME_KEYS, ZERO2_MLM
+from exports import LAUNCH_TIMEOUT_S, SAME_KEYS, ZERO2_MLM
 from launching import BIN, explain, metrics, run_pretrain
 
 pytestmark = pytest.mark.slow
@@ -30,7 +30,7 @@ def test_another_launcher_trains_to_the_deepspeed_launchers_losses(launcher, zer
     run_dir = tmp_path / "run"
     # 29500 is DeepSpeed's default port; a launch must use the port it is given (MASTER_PORT)
     with _port_held(29500):
-        result = run_pretrain(mlm_data, run_dir, *ZERO2_MLM, launcher=launcher)
+        result = run_pretrain(mlm_data, run_dir, *ZERO2_MLM, launcher=launcher, timeout=LAUNCH_TIMEOUT_S)
     assert result.returncode == 0, explain(result)
     assert "2 rank(s)" in result.stdout
     expected = [{k: row.get(k) for k in SAME_KEYS} for row in metrics(zero2_mlm)]
