@@ -14,7 +14,7 @@ SST2=${1:-../shared/data/sst2}
 OUT=${2:-runs/sst2}
 PYTHON=${PYTHON:-python}
 RANDOM_LR=${RANDOM_LR:-1e-3}
-PRETRAINED_LR=${PRETRAINED_LR:-3e-4}
+PRETRAINED_LR=${PRETRAINED_LR:-1e-3}
 export HF_HUB_OFFLINE=1
 
 [[ -f "$OUT/corpus.txt" ]] || "$PYTHON" -m pretrain.sst2_corpus "$SST2/train.tsv" --out "$OUT/corpus.txt"
