@@ -155,41 +155,51 @@ def plot(points: list[dict], dedup: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(1, 3 if dedup else 2, figsize=(15 if dedup else 10, 4))
+    figure, axes = plt.subplots(1, 4 if dedup else 3, figsize=(20 if dedup else 15, 4))
     for workers in sorted({p["workers"] for p in points}):
         mine = sorted((p for p in points if p["workers"] == workers), key=lambda p: p["mb"])
         sizes = [p["mb"] for p in mine]
-        axes[0].plot(sizes, [p["wall_s"] for p in mine], "o-", label=f"wall, {workers} worker(s)")
-        axes[0].plot(sizes, [p["cpu_s"] for p in mine], "s--", label=f"CPU, {workers} worker(s)")
-        axes[1].plot(sizes, [p["peak_tree_rss_mb"] for p in mine], "o-", label=f"all processes, {workers} w")
-        axes[1].plot(
+        axes[0].plot(sizes, [p["wall_s"] for p in mine], "o-", label=f"{workers} worker(s)")
+        axes[1].plot(sizes, [p["cpu_s"] for p in mine], "o-", label=f"all stages, {workers} worker(s)")
+        rest = [p["cpu_s"] - p["stage_cpu_s"].get("tokenizer", 0.0) for p in mine]
+        axes[1].plot(sizes, rest, "s--", label=f"without tokenizer training, {workers} w")
+        axes[2].plot(sizes, [p["peak_tree_rss_mb"] for p in mine], "o-", label=f"all processes, {workers} w")
+        axes[2].plot(
             sizes, [p["peak_process_rss_mb"] for p in mine], "s--", label=f"largest process, {workers} w"
         )
-    axes[0].set(xlabel="corpus MB", ylabel="seconds", title="prep time")
-    axes[1].set(xlabel="corpus MB", ylabel="peak RSS MB", title="prep peak memory", ylim=(0, None))
-    for axis in axes[:2]:
+    axes[0].set(xlabel="corpus MB", ylabel="seconds", title="prep wall time (shared machine)", ylim=(0, None))
+    axes[1].set(xlabel="corpus MB", ylabel="CPU seconds", title="prep CPU time", ylim=(0, None))
+    axes[2].set(xlabel="corpus MB", ylabel="peak RSS MB", title="prep peak memory", ylim=(0, None))
+    for axis in axes[:3]:
         axis.legend(fontsize=7)
         axis.grid(alpha=0.3)
     if dedup:
         for label in sorted({d["code"] for d in dedup}):
             rows = sorted((d for d in dedup if d["code"] == label), key=lambda d: d["documents"])
-            axes[2].plot([d["documents"] for d in rows], [d["peak_rss_mb"] for d in rows], "o-", label=label)
-        axes[2].set(xlabel="documents", ylabel="peak RSS MB", title="dedup index alone", ylim=(0, None))
-        axes[2].legend(fontsize=7)
-        axes[2].grid(alpha=0.3)
+            axes[3].plot(
+                [d["documents"] / 1000 for d in rows], [d["peak_rss_mb"] for d in rows], "o-", label=label
+            )
+        axes[3].set(
+            xlabel="thousand documents", ylabel="peak RSS MB", title="dedup index alone", ylim=(0, None)
+        )
+        axes[3].legend(fontsize=7)
+        axes[3].grid(alpha=0.3)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
 
 
 def table(points: list[dict], dedup: list[dict]) -> str:
     lines = [
-        "| corpus MB | workers | documents | near dups | wall s | CPU s | CPU s per MB | peak RSS all MB | peak RSS largest MB |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| corpus MB | workers | documents | near dups | wall s | CPU s | tokenizer CPU s | other CPU s per MB "
+        "| peak RSS all MB | peak RSS largest MB |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for p in sorted(points, key=lambda p: (p["workers"], p["mb"])):
+        tokenizer = p["stage_cpu_s"].get("tokenizer", 0.0)
         lines.append(
             f"| {p['mb']} | {p['workers']} | {p['documents']:,} | {p['near_duplicates']:,} | {p['wall_s']} | "
-            f"{p['cpu_s']} | {p['cpu_s'] / p['mb']:.2f} | {p['peak_tree_rss_mb']} | {p['peak_process_rss_mb']} |"
+            f"{p['cpu_s']} | {tokenizer} | {(p['cpu_s'] - tokenizer) / p['mb']:.3f} | {p['peak_tree_rss_mb']} | "
+            f"{p['peak_process_rss_mb']} |"
         )
     if dedup:
         lines += ["", "| dedup index | documents | peak RSS MB | wall s | CPU s |", "|---|---|---|---|---|"]
@@ -209,10 +219,19 @@ def main() -> None:
         "--dedup-code", default="", help="a source tree to probe too (the old dedup), as LABEL=PATH"
     )
     parser.add_argument("--scratch", type=Path, default=Path(tempfile.gettempdir()) / "prep-scaling")
+    parser.add_argument(
+        "--replot", metavar="DATE", help="redraw results/prep-scaling-DATE.{md,png} from its json"
+    )
     parser.add_argument("--probe", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.probe:
         dedup_probe(args.probe)
+        return
+    if args.replot:
+        stem = RESULTS / f"prep-scaling-{args.replot}"
+        found = json.loads(stem.with_suffix(".json").read_text())
+        stem.with_suffix(".md").write_text(table(found["prep"], found["dedup"]))
+        plot(found["prep"], found["dedup"], stem.with_suffix(".png"))
         return
     from benchmarks.corpus import write_corpus
 

@@ -69,8 +69,9 @@ class CleanConfig(Section):
     """Memory for the dedup index on rank 0 (exact fingerprints, LSH band keys, kept signatures;
     ~2.9 kB per kept document with near_dup, 130 B without). Up to this it is kept in memory;
     beyond it, it moves to an SQLite file in ``out_dir/.work`` (~1 kB of disk per kept document)
-    read through a page cache of this size, so memory stops growing with the corpus (deciding costs
-    ~5x the CPU from then on). Decisions do not depend on it."""
+    read through a page cache of this size, so memory stops growing with the corpus: at most about
+    twice this (the dicts when they move, then the cache). Deciding costs ~5x the CPU from then on.
+    Decisions do not depend on it."""
 
 
 class TokenizerConfig(Section):
