@@ -766,6 +766,7 @@ def finish(run: Run, last_eval: dict[str, float] | None, started: float, start_s
     if run.dist.is_main:
         if rows:
             plot_losses(rows, run.run_dir / "loss.png", title=f"{run.cfg.model} pretraining")
+        run.log.finish(summary, run.run_dir / "loss.png" if rows else None)
         if run.cfg.export:
             path = export_checkpoint(run.run_dir, summary={"run": summary})
             run.log.print(f"exported Hugging Face model to {path}")

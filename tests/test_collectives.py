@@ -86,7 +86,8 @@ def _rank_main(rank: int, port: int, out: str) -> None:
         checkpoint.save(engine, ckpt_dir, step, {"step": step}, mine, keep_last=1)
     checkpoint.wait_for_pruning()
     os.fsync = real_fsync
-    result["synced"] = sorted(set(synced))
+    # the atomic write of `latest` goes through a temporary name unique per call
+    result["synced"] = sorted({".latest.tmp" if n.startswith(".latest.tmp") else n for n in synced})
     result["dirs_after_keep_last_1"] = sorted(p.name for p in ckpt_dir.iterdir() if p.is_dir())
 
     # A disk error on rank 1 only: both ranks must fail the save, at once, and keep step 2 as latest.

@@ -85,8 +85,6 @@ def test_a_shard_only_rank_0_reads_stops_both_ranks_each_with_one_line(tmp_path,
     """The truncated shard is rank 0's first; rank 1's data is sound. Both ranks must stop, agreeing
     (rank 1 says why), before any step: without the agreement rank 1 would wait in the step's
     collective until the launcher or dist_timeout_s ended it."""
-    from pretrain.data import TokenLayout, TrainStream, shard_specs
-
     broken = _copy_data(data_dir, tmp_path)
     manifest = load_manifest(broken)
     specs = shard_specs(broken, manifest, "train")
@@ -94,7 +92,10 @@ def test_a_shard_only_rank_0_reads_stops_both_ranks_each_with_one_line(tmp_path,
         specs, TokenLayout.from_manifest(manifest), rank=0, world_size=2, seed=1234,
         micro_batch_size=8, mlm_probability=0.15,
     )  # fmt: skip
-    victim = specs[stream.rank_shards(0)[0]].path
+    # global batch 0 (rank 0's first) is lane 0's first samples; batch 1 (rank 1's) lane 1's
+    first_shard = stream.order.locate(0, 0)[0]
+    assert stream.order.locate(0, stream.order.total // stream.lanes)[0] != first_shard
+    victim = specs[first_shard].path
     victim.write_bytes(victim.read_bytes()[:5000])
     started = time.monotonic()
     result = run_pretrain(broken, tmp_path / "run", "max_steps=4", "dist_timeout_s=600", ranks=2)

@@ -183,7 +183,7 @@ def test_normalization_none_keeps_full_width_punctuation(tmp_path):
 def test_finetuning_reads_and_truncates_chinese_like_any_text(zh_prepared, tmp_path):
     from transformers import AutoTokenizer
 
-    from pretrain.finetune.data import encode, read_table
+    from pretrain.finetune.data import class_ids, encode, read_table
 
     out, texts = zh_prepared
     rows = [
@@ -193,10 +193,10 @@ def test_finetuning_reads_and_truncates_chinese_like_any_text(zh_prepared, tmp_p
     (tmp_path / "train.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     table = read_table(tmp_path / "train.jsonl", "train_file", ["text"], "label")
     hf = AutoTokenizer.from_pretrained(str(out / "tokenizer"), local_files_only=True)
-    encoded = encode(table, hf, sorted(set(table.labels)), max_len=16)
+    encoded = encode(table, hf, class_ids(table, sorted(set(table.labels))), max_len=16)
     assert all(
         len(ids) == 16 and ids[0] == hf.cls_token_id and ids[-1] == hf.sep_token_id
         for ids in encoded.input_ids
     )
     assert hf.unk_token_id not in {i for ids in encoded.input_ids for i in ids}
-    assert list(encoded.labels) == [1 if r["label"] == "负面" else 0 for r in rows]  # sorted: 正面 < 负面
+    assert encoded.labels.tolist() == [1 if r["label"] == "负面" else 0 for r in rows]  # sorted: 正面 < 负面

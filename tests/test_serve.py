@@ -103,7 +103,7 @@ def test_inferred_metadata_comes_from_config_and_the_run_dir(models):
     assert info.source == "inferred" and info.task == "sequence_classification"
     assert info.labels == ["neg", "pos"] and info.max_len == 48  # config.yaml's, not the tokenizer's 512
     assert info.text_columns == ["sentence"] and info.base_model == "runs/x/export"
-    assert info.summary["splits"] == {"test": {"accuracy": 0.9}}
+    assert info.summary == {"test": {"accuracy": 0.9}}
     reg = Predictor(models["reg"], dtype="fp32")
     assert reg.info.task == "regression" and reg.info.labels == []
 

@@ -208,5 +208,5 @@ def test_finetuning_reports_and_its_model_dir_serves(tmp_path, no_wandb_account)
     assert tb["final/test/accuracy"][0][1] == pytest.approx(result["splits"]["test"]["accuracy"])
     predictor = Predictor(out / "model")
     assert predictor.info.labels == ["good", "bad"] and predictor.info.max_len == 40
-    assert predictor.info.summary["splits"]["test"]["accuracy"] == result["splits"]["test"]["accuracy"]
+    assert predictor.info.summary["test"]["accuracy"] == result["splits"]["test"]["accuracy"]
     assert predictor.predict(["good1 the2 good3"])[0]["label"] in ("good", "bad")

@@ -8,7 +8,6 @@ the session's shared run (conftest.py), also the reference of the launcher tests
 """
 
 import json
-from collections import Counter
 
 import pytest
 from exports import assert_resumed_exactly, check_export, straight_then_resumed
@@ -27,8 +26,8 @@ def zero3(tmp_path_factory):
 
 
 # ZeRO-0 (no partitioning; the only stage LAMB runs with) carries the hard cases of exact resume:
-# 2 micro-batches per step, 2 loader workers, batches of 6 that straddle epochs of 32 samples per
-# rank, and a checkpoint (step 5, sample 60) in the second epoch, with two epoch ends after it.
+# 2 micro-batches per step, 2 loader workers, batches of 6 that straddle the lanes' epoch slices of
+# 8 samples, and a checkpoint (step 5) in the second epoch, with two epoch ends after it.
 SPS, MICRO, ACCUM = 16, 6, 2
 
 
@@ -65,19 +64,22 @@ def test_zero3_bf16_export_merges_partitions_into_the_fp32_master_weights(zero3)
 def test_zero0_lamb_resumes_exactly_across_epochs_with_accumulation_and_workers(zero0):
     straight, resumed = zero0
     assert_resumed_exactly(straight, resumed, ranks=2, steps=10)
-    epoch = 2 * SPS  # samples per rank per epoch: 2 of the 4 shards, dealt anew each epoch
-    for rank in range(2):
-        rows = sample_log(resumed, rank)
-        assert len(rows) == 10 * ACCUM and all(len(r["keys"]) == MICRO for r in rows)
-        keys = [key for r in rows for key in r["keys"]]
-        # epochs 0-2 each read 2 whole shards (keys <shard>_<sample>), every sample once; the
-        # checkpoint (sample 60) lies in epoch 1, and the resumed run went on through epoch 2
-        # into epoch 3
-        for start in range(0, 3 * epoch, epoch):
-            chunk = keys[start : start + epoch]
-            assert len(set(chunk)) == epoch, start
-            assert sorted(Counter(key.split("_")[0] for key in chunk).values()) == [SPS, SPS], start
-        assert 5 * ACCUM * MICRO == 60 and len(keys) == 120
+    rows = [sample_log(resumed, rank) for rank in range(2)]
+    assert all(len(r) == 10 * ACCUM and all(len(row["keys"]) == MICRO for row in r) for r in rows)
+    # Global batch j is rank j % 2's (j // 2)-th micro-batch and lane j % LANES's next MICRO samples
+    # (pretrain/data.py); each lane reads its slice of every epoch's order, so the lanes' k-th
+    # slices together are epoch k: every sample once. 40 batches = 5 per lane = 30 samples per lane
+    # of 8: the checkpoint (step 5, 15 per lane) lies in epoch 1 and two epoch ends follow it.
+    lanes, total = 8, 4 * SPS  # loader.lanes defaults to 4 per rank
+    batches = [rows[j % 2][j // 2]["keys"] for j in range(2 * 10 * ACCUM)]
+    per_lane = [
+        [key for j in range(lane, len(batches), lanes) for key in batches[j]] for lane in range(lanes)
+    ]
+    share = total // lanes
+    epochs = [[key for keys in per_lane for key in keys[e * share : (e + 1) * share]] for e in range(3)]
+    for keys in epochs:
+        assert len(keys) == len(set(keys)) == total  # every sample, once
+    assert epochs[0] != epochs[1] and sorted(epochs[0]) == sorted(epochs[1])  # a new order each epoch
     assert "nsp_loss" in metrics(resumed)[-1]
 
 

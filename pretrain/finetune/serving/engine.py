@@ -77,14 +77,12 @@ def infer_model_info(model_dir: Path, config: dict, tokenizer_max: int | None) -
         tokenizer_max if tokenizer_max and tokenizer_max < 1_000_000 else positions
     )
     columns = run.get("text_column") or []
-    summary = {}
+    summary = {}  # as finetune.json's: per split, its headline numbers
     eval_path = model_dir.parent / "eval.json"
     if eval_path.is_file():
-        report = _read_json(eval_path)
-        summary = {key: report[key] for key in ("selected", "steps", "train_rows", "metric") if key in report}
-        summary["splits"] = {
+        summary = {
             name: {key: value for key, value in split.items() if isinstance(value, (int, float))}
-            for name, split in (report.get("splits") or {}).items()
+            for name, split in (_read_json(eval_path).get("splits") or {}).items()
         }
     return ModelInfo(
         task=task,
