@@ -65,7 +65,7 @@ def review(rng: np.random.Generator) -> tuple[str, str]:
 
 def write_task(directory: Path, seed: int = 7) -> dict[str, int]:
     rng = np.random.default_rng(seed)
-    sizes = {"train": 1000, "valid": 400, "test": 400}
+    sizes = {"train": 8000, "valid": 1000, "test": 1000}
     for split, n in sizes.items():
         with open(directory / f"{split}.jsonl", "w", encoding="utf-8") as handle:
             for _ in range(n):
@@ -129,7 +129,7 @@ def main() -> None:
                 python, "-m", "pretrain.finetune", "--config", "configs/finetune/example.yaml",
                 f"model={out / 'pretrain' / 'export'}", f"init={init}", f"train_file={task / 'train.jsonl'}",
                 f"valid_file={task / 'valid.jsonl'}", f"test_file={task / 'test.jsonl'}", "max_len=64",
-                f"out_dir={out / ('finetune-' + init)}", "epochs=5", "lr=5.0e-4", "metric=accuracy",
+                f"out_dir={out / ('finetune-' + init)}", "epochs=3", "lr=5.0e-4", "metric=accuracy",
                 "patience=0",
             ],
             out / f"finetune-{init}.log",
