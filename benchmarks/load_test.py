@@ -32,6 +32,7 @@ from datetime import date
 from pathlib import Path
 
 from benchmarks.contention import OtherProcessesMeter
+from benchmarks.synthetic_shards import local_bert_tokenizer
 from pretrain.distributed import free_port
 
 REPO = Path(__file__).resolve().parents[1]
@@ -40,34 +41,6 @@ SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 def words(count: int) -> list[str]:
     return [f"w{i}" for i in range(count)]
-
-
-def build_tokenizer(vocabulary: list[str], max_len: int):
-    """A BERT WordPiece tokenizer over ``vocabulary`` (``##x`` entries continue a word), built
-    locally: nothing downloaded."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
-    ids = {word: index for index, word in enumerate(vocabulary)}
-    tokenizer = Tokenizer(models.WordPiece(ids, unk_token="[UNK]"))
-    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tokenizer.decoder = decoders.WordPiece()
-    cls, sep = ids["[CLS]"], ids["[SEP]"]
-    tokenizer.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]",
-        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-        special_tokens=[("[CLS]", cls), ("[SEP]", sep)],
-    )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer,
-        pad_token="[PAD]",
-        unk_token="[UNK]",
-        cls_token="[CLS]",
-        sep_token="[SEP]",
-        mask_token="[MASK]",
-        model_max_length=max_len,
-    )
 
 
 def make_model_dir(
@@ -108,7 +81,7 @@ def make_model_dir(
     model = model_class(BertConfig(**preset)).eval()
     path.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(path)
-    build_tokenizer(vocabulary, max_len).save_pretrained(path)
+    local_bert_tokenizer(vocabulary, max_len, wordpiece=True).save_pretrained(path)
     if finetune_json is not None:
         (path / "finetune.json").write_text(json.dumps(finetune_json, indent=2))
     return path

@@ -65,25 +65,15 @@ def measure(cfg, warmup: int, steps: int, initial_weights: Path | None) -> dict[
     from deepspeed.accelerator import get_accelerator
 
     from benchmarks.step_timing import synchronizer, time_steps
-    from data_prep.manifest import shard_specs
-    from pretrain.data import DataError, TrainStream, train_loader
+    from pretrain.data import DataError
     from pretrain.distributed import peak_memory_bytes
-    from pretrain.train import micro_step, prepare_run
+    from pretrain.train import micro_step, prepare_run, training_loader
 
     run = prepare_run(cfg)
     device_type = get_accelerator().device_name()
     if device_type == "cuda":
         torch.cuda.reset_peak_memory_stats()  # count the step, not model set-up spikes
-    stream = TrainStream(
-        shard_specs(cfg.data_dir, run.manifest, "train"),
-        run.layout,
-        rank=run.dist.rank,
-        world_size=run.dist.world_size,
-        seed=cfg.seed,
-        micro_batch_size=cfg.micro_batch_size,
-        mlm_probability=cfg.mlm_probability,
-    )
-    batches = iter(train_loader(stream, cfg.loader.workers, cfg.loader.prefetch_batches))
+    batches = iter(training_loader(run))
     first = next(batches)
     if "error" in first:  # a corrupt shard: the stream's one-line message names it
         raise DataError(first["error"])

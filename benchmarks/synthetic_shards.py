@@ -30,29 +30,43 @@ SPECIAL_IDS = {"pad": PAD, "unk": UNK, "cls": CLS, "sep": SEP, "mask": MASK}
 PAIR_SPECIALS = 3  # [CLS] A [SEP] B [SEP]
 
 
-def write_word_level_tokenizer(directory: Path, vocab_size: int, seq_len: int) -> None:
-    """A Hugging Face tokenizer dir with BERT's special tokens at 0..4 and words w5..w{V-1}."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+def local_bert_tokenizer(vocabulary: list[str], max_len: int | None = None, *, wordpiece: bool = False):
+    """A fast tokenizer with BERT's layout over ``vocabulary`` (which holds the special tokens), built
+    here: nothing downloaded. ``wordpiece``: ``##x`` entries continue a word, behind BERT's lower-casing
+    normalizer and punctuation-splitting pre-tokenizer; otherwise one id per whitespace-separated word.
+    Single texts become ``[CLS] A [SEP]``, pairs ``[CLS] A [SEP] B [SEP]`` with token type ids 0/1."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {token: index for index, token in enumerate(SPECIAL_TOKENS)}
-    vocab.update({f"w{index}": index for index in range(len(SPECIAL_TOKENS), vocab_size)})
-    tokenizer = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
-    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    ids = {word: index for index, word in enumerate(vocabulary)}
+    if wordpiece:
+        tokenizer = Tokenizer(models.WordPiece(ids, unk_token="[UNK]"))
+        tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
+        tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        tokenizer.decoder = decoders.WordPiece()
+    else:
+        tokenizer = Tokenizer(models.WordLevel(ids, unk_token="[UNK]"))
+        tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tokenizer.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]",
         pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-        special_tokens=[("[CLS]", CLS), ("[SEP]", SEP)],
+        special_tokens=[("[CLS]", ids["[CLS]"]), ("[SEP]", ids["[SEP]"])],
     )
-    PreTrainedTokenizerFast(
+    return PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
         pad_token="[PAD]",
         unk_token="[UNK]",
         cls_token="[CLS]",
         sep_token="[SEP]",
         mask_token="[MASK]",
-        model_max_length=seq_len,
-    ).save_pretrained(str(directory))
+        **({"model_max_length": max_len} if max_len else {}),
+    )
+
+
+def write_word_level_tokenizer(directory: Path, vocab_size: int, seq_len: int) -> None:
+    """A Hugging Face tokenizer dir with BERT's special tokens at 0..4 and words w5..w{V-1}."""
+    words = [f"w{index}" for index in range(len(SPECIAL_TOKENS), vocab_size)]
+    local_bert_tokenizer([*SPECIAL_TOKENS, *words], seq_len).save_pretrained(str(directory))
 
 
 def nsp_examples(

@@ -676,7 +676,7 @@ def train(cfg: PretrainConfig) -> dict[str, Any]:
     if run.init_report:  # a continued run: its banner, and the source's quality on this data at step 0
         log.print(run.init_report)
         evaluate(run)
-    batches = iter(_loader(run))
+    batches = iter(training_loader(run))
     samples_log = _open_samples_log(run)
     window, started, start_step, last_eval = Window(), time.perf_counter(), progress.step, None
     overflows_in_a_row = 0
@@ -715,7 +715,8 @@ def train(cfg: PretrainConfig) -> dict[str, Any]:
     return finish(run, last_eval, started, start_step)
 
 
-def _loader(run: Run):
+def training_loader(run: Run):
+    """The run's training batches from where its progress stands (also what the benchmarks time)."""
     cfg = run.cfg
     run.stream = TrainStream(
         shard_specs(cfg.data_dir, run.manifest, "train"),

@@ -16,6 +16,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np
 import pytest
 
+from benchmarks.synthetic_shards import local_bert_tokenizer
 from data_prep.typed_config import ConfigError, load_config
 from pretrain.distributed import STRICT_ENV, free_port
 from pretrain.finetune import InputError
@@ -49,26 +50,7 @@ def write_tsv(path: Path, rows: int, seed: int, text_column: str = "sentence") -
 
 
 def build_tokenizer(vocabulary: list[str]):
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
-    ids = {word: index for index, word in enumerate(vocabulary)}
-    tokenizer = Tokenizer(models.WordLevel(ids, unk_token="[UNK]"))
-    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    cls, sep = ids["[CLS]"], ids["[SEP]"]
-    tokenizer.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]",
-        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-        special_tokens=[("[CLS]", cls), ("[SEP]", sep)],
-    )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer,
-        pad_token="[PAD]",
-        unk_token="[UNK]",
-        cls_token="[CLS]",
-        sep_token="[SEP]",
-        mask_token="[MASK]",
-    )
+    return local_bert_tokenizer(vocabulary)
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from test_finetune import BAD, FILLER, GOOD, SHARED_DATA, SPECIAL, base, build_tokenizer, sentence, write  # noqa: F401
 
+from benchmarks.synthetic_shards import local_bert_tokenizer
 from data_prep.typed_config import ConfigError, load_config
 from pretrain.finetune import InputError
 from pretrain.finetune.config import FinetuneConfig
@@ -81,20 +82,8 @@ def test_seed_summary_is_mean_and_sample_std_of_every_number():
 
 def wordpiece_tokenizer():
     """Splits 'berlin' into 'ber ##lin' and 'washington' into 'wash ##ing ##ton'."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
     pieces = SPECIAL + ["the", "in", "ber", "##lin", "wash", "##ing", "##ton", "lives", "x"]
-    tokenizer = Tokenizer(models.WordPiece({p: i for i, p in enumerate(pieces)}, unk_token="[UNK]"))
-    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer,
-        pad_token="[PAD]",
-        unk_token="[UNK]",
-        cls_token="[CLS]",
-        sep_token="[SEP]",
-        mask_token="[MASK]",
-    )
+    return local_bert_tokenizer(pieces, wordpiece=True)
 
 
 def test_conll_reader_skips_docstart_and_picks_the_configured_columns(tmp_path):
