@@ -53,7 +53,7 @@ def build_tokenizer(vocabulary: list[str]):
     return local_bert_tokenizer(vocabulary)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # also test_finetune_tasks.py's base: built once
 def base(tmp_path_factory) -> Path:
     """A BertForPreTraining export (2 layers, hidden 64) after 40 MLM steps on the task's text."""
     import torch
