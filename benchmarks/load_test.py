@@ -192,7 +192,7 @@ def run_point(
         "concurrency": concurrency,
         "requests": len(latencies),
         "failures": failures,
-        "seconds": round(wall, 2),
+        "seconds": round(wall, 3),  # ms: a short point lasts well under a second
         "requests_per_s": round(len(latencies) / wall, 1),
         "p50_ms": round(percentile(0.5), 1),
         "p99_ms": round(percentile(0.99), 1),

@@ -88,17 +88,21 @@ def test_a_shard_only_rank_0_reads_stops_both_ranks_each_with_one_line(tmp_path,
     broken = _copy_data(data_dir, tmp_path)
     manifest = load_manifest(broken)
     specs = shard_specs(broken, manifest, "train")
+    # One lane per shard: global batch 0 (rank 0's first) comes from lane 0, that is the epoch's
+    # first shard, and batch 1 (rank 1's first) from lane 1, the next shard.
+    lanes = len(specs)
     stream = TrainStream(
         specs, TokenLayout.from_manifest(manifest), rank=0, world_size=2, seed=1234,
-        micro_batch_size=8, mlm_probability=0.15,
+        micro_batch_size=8, mlm_probability=0.15, lanes=lanes,
     )  # fmt: skip
-    # global batch 0 (rank 0's first) is lane 0's first samples; batch 1 (rank 1's) lane 1's
     first_shard = stream.order.locate(0, 0)[0]
-    assert stream.order.locate(0, stream.order.total // stream.lanes)[0] != first_shard
+    assert stream.order.locate(0, stream.order.total // lanes)[0] != first_shard
     victim = specs[first_shard].path
     victim.write_bytes(victim.read_bytes()[:5000])
     started = time.monotonic()
-    result = run_pretrain(broken, tmp_path / "run", "max_steps=4", "dist_timeout_s=600", ranks=2)
+    result = run_pretrain(
+        broken, tmp_path / "run", "max_steps=4", "dist_timeout_s=600", f"loader.lanes={lanes}", ranks=2
+    )
     assert result.returncode != 0
     lines = _error_lines(result)
     assert len(lines) == 2, explain(result)
