@@ -17,8 +17,8 @@ import numpy as np
 
 from pretrain.finetune import InputError
 
-_DELIMITED = {".tsv": "\t", ".csv": ","}
-_JSON_LINES = (".jsonl", ".ndjson")
+DELIMITED = {".tsv": "\t", ".csv": ","}
+JSON_LINES = (".jsonl", ".ndjson")
 _SHOWN_LINES = 5  # how many offending line numbers an error message lists
 
 
@@ -50,7 +50,7 @@ class Table:
         )
 
 
-def _json_rows(handle: TextIO, source: str) -> Iterator[tuple[int, dict[str, object]]]:
+def json_rows(handle: TextIO, source: str) -> Iterator[tuple[int, dict[str, object]]]:
     for number, line in enumerate(handle, start=1):
         if not line.strip():
             continue
@@ -65,7 +65,7 @@ def _json_rows(handle: TextIO, source: str) -> Iterator[tuple[int, dict[str, obj
         yield number, row
 
 
-def _delimited_rows(
+def delimited_rows(
     handle: TextIO, source: str, delimiter: str
 ) -> tuple[list[str], Iterator[tuple[int, dict]]]:
     # GLUE's TSV files are unquoted: a '"' is part of the text, so TSV is read without quoting;
@@ -140,7 +140,7 @@ def read_table(
         )
     if not path.is_file():
         raise InputError(f"{source} is not a file")
-    if suffix not in (*_DELIMITED, *_JSON_LINES):
+    if suffix not in (*DELIMITED, *JSON_LINES):
         raise InputError(
             f"{source}: unknown format {path.suffix!r}; use .tsv or .csv (with a header row) or .jsonl"
         )
@@ -153,13 +153,13 @@ def read_table(
     empty_label: list[int] = []
     try:
         with path.open(encoding="utf-8-sig", newline="") as handle:  # -sig: tolerate a byte-order mark
-            if suffix in _JSON_LINES:
-                rows = _json_rows(handle, source)
+            if suffix in JSON_LINES:
+                rows = json_rows(handle, source)
                 first = next(rows, None)
                 columns = list(first[1]) if first else []
                 rows = itertools.chain([first] if first else [], rows)
             else:
-                columns, rows = _delimited_rows(handle, source, _DELIMITED[suffix])
+                columns, rows = delimited_rows(handle, source, DELIMITED[suffix])
             if not columns:
                 raise InputError(f"{source} is empty")
             text_column = _choose_text_column(

@@ -27,7 +27,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from data_prep.manifest import open_atomic
 from pretrain.finetune import InputError  # noqa: E402
-from pretrain.finetune.data import _DELIMITED, _JSON_LINES, _delimited_rows, _json_rows  # noqa: E402
+from pretrain.finetune.data import DELIMITED, JSON_LINES, delimited_rows, json_rows  # noqa: E402
 from pretrain.finetune.serving.engine import Item, ModelInfo, Predictor  # noqa: E402
 
 FALLBACK_TEXT_COLUMNS = ["text", "sentence", "content"]
@@ -63,11 +63,11 @@ def read_inputs(path: Path, info: ModelInfo) -> tuple[list[int], list[Item]]:
                     else:
                         items.append(line.split() if ner else line)
                     lines.append(number)
-            elif suffix in _DELIMITED or suffix in _JSON_LINES:
-                if suffix in _JSON_LINES:
-                    rows = _json_rows(handle, source)
+            elif suffix in DELIMITED or suffix in JSON_LINES:
+                if suffix in JSON_LINES:
+                    rows = json_rows(handle, source)
                 else:
-                    rows = _delimited_rows(handle, source, _DELIMITED[suffix])[1]
+                    rows = delimited_rows(handle, source, DELIMITED[suffix])[1]
                 text_columns, pair_column = _columns(info)
                 for number, row in rows:
                     if ner and isinstance(row.get("tokens"), list):

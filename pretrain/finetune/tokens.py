@@ -9,7 +9,6 @@ every word is tagged exactly once (nothing is cut).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -17,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from pretrain.finetune import InputError
-from pretrain.finetune.data import Encoded
+from pretrain.finetune.data import Encoded, json_rows
 
 IGNORE = -100  # the label torch's cross-entropy skips
 _DOCSTART = "-DOCSTART-"
@@ -114,15 +113,9 @@ def _read_conll(handle, source: str, word_column: int, tag_column: int):
 
 def _read_jsonl(handle, source: str, tokens_field: str, tags_field: str):
     words, tags, lines = [], [], []
-    for number, line in enumerate(handle, start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise InputError(f"{source} line {number} is not valid JSON ({err.msg})") from None
+    for number, row in json_rows(handle, source):
         for field in (tokens_field, tags_field):
-            value = row.get(field) if isinstance(row, dict) else None
+            value = row.get(field)
             if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
                 raise InputError(
                     f"{source} line {number}: {field!r} is not a list of strings; each line needs "
