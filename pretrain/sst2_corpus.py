@@ -1,6 +1,6 @@
 """SST-2's training text, without labels, as a pretraining corpus (self-pretraining, Krishna et al. 2022).
 
-``python -m pretrain.sst2_corpus ../shared/data/sst2/train.tsv --out runs/sst2/corpus.txt [--keep all]``
+``python -m pretrain.sst2_corpus ../shared/data/sst2/train.tsv --out runs/sst2/corpus.txt [--keep all] [--per-document 8]``
 
 GLUE's SST-2 train split is 67k phrases cut from ~6.9k sentences: every node of each sentence's parse
 tree is a row, so most rows are fragments of others ("the greatest musicians" inside "the greatest
@@ -9,6 +9,12 @@ sixth, short fragments dominate, and every word is seen ~5 times in overlapping 
 (the default) keeps only the phrases that are no word-span of a longer one, i.e. the sentences
 themselves, one per line; ``all`` keeps every distinct phrase (what the first measurement used).
 Labels are never read. Dev and test text is never included (that would be transductive leakage).
+
+The sentences are written in groups of ``--per-document`` (a blank line between groups), so
+data_prep's paragraph mode reads each group as one document and packs whole sentences up to
+seq_len: ~96 tokens per sample instead of one ~28-token sentence padded to its batch's longest,
+3.6x fewer samples for the same text and ~1.5x the real tokens per second in pretraining. The
+groups are arbitrary (the rows are in GLUE's shuffled order), so the prep is MLM only.
 """
 
 from __future__ import annotations
@@ -53,6 +59,12 @@ def maximal_phrases(phrases: list[str]) -> list[str]:
     return ordered
 
 
+def as_documents(sentences: list[str], per_document: int) -> str:
+    """One sentence per line, a blank line after every ``per_document`` sentences."""
+    groups = [sentences[i : i + per_document] for i in range(0, len(sentences), per_document)]
+    return "\n".join("".join(s + "\n" for s in group) for group in groups)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m pretrain.sst2_corpus", description=__doc__.split("\n\n")[0]
@@ -60,18 +72,28 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("train_tsv", type=Path, help="SST-2's train.tsv (label and sentence columns)")
     parser.add_argument("--out", type=Path, required=True, help="text file to write, one line per sentence")
     parser.add_argument("--keep", choices=("maximal", "all"), default="maximal")
+    parser.add_argument(
+        "--per-document",
+        type=int,
+        default=8,
+        metavar="N",
+        help="sentences per document (blank line between documents); 1 = one sample per sentence",
+    )
     args = parser.parse_args(argv)
     try:
         phrases = read_phrases(args.train_tsv)
     except (OSError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(1) from None
+    if args.per_document < 1:
+        parser.error(f"--per-document must be at least 1, got {args.per_document}")
     lines = maximal_phrases(phrases) if args.keep == "maximal" else list(dict.fromkeys(phrases))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    args.out.write_text(as_documents(lines, args.per_document), encoding="utf-8")
     words = sum(len(line.split()) for line in lines)
     print(
-        f"{args.out}: {len(lines):,} lines, {words:,} words (from {len(phrases):,} phrases, --keep {args.keep})"
+        f"{args.out}: {len(lines):,} sentences in {-(-len(lines) // args.per_document):,} documents, "
+        f"{words:,} words (from {len(phrases):,} phrases, --keep {args.keep})"
     )
 
 

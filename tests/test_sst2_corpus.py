@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from pretrain.sst2_corpus import main, maximal_phrases
+from pretrain.sst2_corpus import as_documents, main, maximal_phrases
 
 SST2 = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "sst2"
 
@@ -29,6 +29,11 @@ def test_fragments_of_longer_phrases_are_dropped():
 @pytest.mark.skipif(not SST2.is_dir(), reason=f"{SST2} is absent (GLUE SST-2, shared data)")
 def test_sst2_train_holds_about_seven_thousand_sentences(tmp_path, capsys):
     main([str(SST2 / "train.tsv"), "--out", str(tmp_path / "corpus.txt")])
-    lines = (tmp_path / "corpus.txt").read_text().splitlines()
+    lines = [line for line in (tmp_path / "corpus.txt").read_text().splitlines() if line]
     assert 6000 < len(lines) < 9000 and len(set(lines)) == len(lines)
-    assert "6,886 lines" in capsys.readouterr().out
+    assert "6,886 sentences in 861 documents" in capsys.readouterr().out
+
+
+def test_sentences_are_grouped_into_documents_by_blank_lines():
+    assert as_documents(["a", "b", "c"], 2) == "a\nb\n\nc\n"
+    assert as_documents(["a", "b"], 1) == "a\n\nb\n"

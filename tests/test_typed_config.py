@@ -1,5 +1,6 @@
 """The shared config mechanism: YAML + dotted key=value overrides, typed, with one-line errors."""
 
+from pathlib import Path
 from typing import Literal
 
 import pytest
@@ -79,3 +80,21 @@ def test_malformed_model_and_deepspeed_json_name_the_file(tmp_path):
         bert_config_from_preset(broken, 100, {"pad": 0}, 128)
     with pytest.raises(ValueError, match=r"deepspeed_config .*broken.json.* is not a JSON object"):
         read_user_deepspeed_config(broken)
+
+
+SHIPPED = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*/*.yaml"))
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_every_shipped_config_parses(path):
+    """A config in configs/ with a stale or misspelt key fails here, not in a user's first run."""
+    from data_prep.config import load_prep_config
+    from pretrain.config import load_pretrain_config
+    from pretrain.finetune.config import FinetuneConfig
+
+    if path.parent.name == "prep":
+        load_prep_config(path)
+    elif path.parent.name == "pretrain":
+        load_pretrain_config(str(path), [])
+    else:
+        load_config(FinetuneConfig, path, [])
