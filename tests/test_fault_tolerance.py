@@ -426,7 +426,8 @@ def test_resume_on_another_world_size_continues_the_global_sample_order(tmp_path
 # learning rate after warm-up keeps each launch's max_steps out of the schedule. The losses then
 # agree to LOSS_RTOL (measured: bit for bit, 2 CPU ranks, DeepSpeed 0.19), while a ZeRO-3 resume
 # with DeepSpeed's universal load as it is (one Adam step counter shared by the param groups, every
-# group given the first one's weight decay: pretrain/checkpoint.py) missed step 4's loss by 1.1e-4.
+# group given the first one's weight decay: pretrain/checkpoint.py) missed step 4's loss by 1.2e-4
+# and step 6's by 4.2e-3 (relative).
 STILL = ["precision=fp32", "schedule.decay=constant", "log_samples=true", "save_every=2", "loader.lanes=4"]
 LOSS_RTOL = 1e-5
 
