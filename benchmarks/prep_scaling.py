@@ -86,6 +86,7 @@ def measured(command: list[str], env: dict | None = None) -> dict:
 
 def prep_point(corpus: Path, out: Path, workers: int) -> dict:
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    load = os.getloadavg()[0]  # what the wall time shared the machine with
     run = measured(
         [
             sys.executable,
@@ -106,6 +107,7 @@ def prep_point(corpus: Path, out: Path, workers: int) -> dict:
         "near_duplicates": report["duplicates"]["near"],
         "exact_duplicates": report["duplicates"]["exact"],
         "wall_s": run["wall_s"],
+        "load_1min": [round(load, 1), round(os.getloadavg()[0], 1)],  # at the start and the end
         "cpu_s": report["throughput"]["cpu_seconds"],
         "stage_cpu_s": {name: stage["cpu_seconds"] for name, stage in report["stages"].items()},
         "peak_tree_rss_mb": run["peak_tree_rss_mb"],
@@ -159,7 +161,8 @@ def plot(points: list[dict], dedup: list[dict], path: Path) -> None:
     for workers in sorted({p["workers"] for p in points}):
         mine = sorted((p for p in points if p["workers"] == workers), key=lambda p: p["mb"])
         sizes = [p["mb"] for p in mine]
-        axes[0].plot(sizes, [p["wall_s"] for p in mine], "o-", label=f"{workers} worker(s)")
+        # points only: each was measured under whatever else the shared machine ran then
+        axes[0].plot(sizes, [p["wall_s"] for p in mine], "o", label=f"{workers} worker(s)")
         axes[1].plot(sizes, [p["cpu_s"] for p in mine], "o-", label=f"all stages, {workers} worker(s)")
         rest = [p["cpu_s"] - p["stage_cpu_s"].get("tokenizer", 0.0) for p in mine]
         axes[1].plot(sizes, rest, "s--", label=f"without tokenizer training, {workers} w")
@@ -167,7 +170,12 @@ def plot(points: list[dict], dedup: list[dict], path: Path) -> None:
         axes[2].plot(
             sizes, [p["peak_process_rss_mb"] for p in mine], "s--", label=f"largest process, {workers} w"
         )
-    axes[0].set(xlabel="corpus MB", ylabel="seconds", title="prep wall time (shared machine)", ylim=(0, None))
+    axes[0].set(
+        xlabel="corpus MB",
+        ylabel="seconds",
+        title="prep wall time (shared machine: not comparable)",
+        ylim=(0, None),
+    )
     axes[1].set(xlabel="corpus MB", ylabel="CPU seconds", title="prep CPU time", ylim=(0, None))
     axes[2].set(xlabel="corpus MB", ylabel="peak RSS MB", title="prep peak memory", ylim=(0, None))
     for axis in axes[:3]:
@@ -190,14 +198,15 @@ def plot(points: list[dict], dedup: list[dict], path: Path) -> None:
 
 def table(points: list[dict], dedup: list[dict]) -> str:
     lines = [
-        "| corpus MB | workers | documents | near dups | wall s | CPU s | tokenizer CPU s | other CPU s per MB "
-        "| peak RSS all MB | peak RSS largest MB |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| corpus MB | workers | documents | near dups | wall s | load start, end | CPU s | tokenizer CPU s "
+        "| other CPU s per MB | peak RSS all MB | peak RSS largest MB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for p in sorted(points, key=lambda p: (p["workers"], p["mb"])):
         tokenizer = p["stage_cpu_s"].get("tokenizer", 0.0)
+        load = ", ".join(map(str, p["load_1min"])) if "load_1min" in p else "not recorded"
         lines.append(
-            f"| {p['mb']} | {p['workers']} | {p['documents']:,} | {p['near_duplicates']:,} | {p['wall_s']} | "
+            f"| {p['mb']} | {p['workers']} | {p['documents']:,} | {p['near_duplicates']:,} | {p['wall_s']} | {load} | "
             f"{p['cpu_s']} | {tokenizer} | {(p['cpu_s'] - tokenizer) / p['mb']:.3f} | {p['peak_tree_rss_mb']} | "
             f"{p['peak_process_rss_mb']} |"
         )

@@ -247,6 +247,34 @@ def universal_tag(ckpt_dir: str | Path, tag: str) -> str | None:
     return f"{tag}/{UNIVERSAL}"
 
 
+def _optimizer_groups(engine) -> list[dict]:
+    """The param groups of the torch optimizer inside DeepSpeed's (ZeRO) wrapper."""
+    return getattr(engine.optimizer, "optimizer", engine.optimizer).param_groups
+
+
+def _per_group_settings(groups: list[dict]) -> list[dict[str, Any]]:
+    """Per optimizer param group, the settings that differ between the groups (weight_decay: 0 for
+    biases and LayerNorm, pretrain/optim.py); the shared ones (lr, betas...) are left out."""
+    keys = {key for group in groups for key in group if key != "params"}
+    differing = [key for key in sorted(keys) if len({repr(group.get(key)) for group in groups}) > 1]
+    return [{key: group[key] for key in differing if key in group} for group in groups]
+
+
+def _repair_universal_load(engine, own_settings: list[dict[str, Any]]) -> None:
+    """Undo two slips of DeepSpeed 0.19's ZeRO-3 universal load (stage3.py,
+    ``load_hp_checkpoint_state_from_checkpoint_dir_stage3``): it gives every param group the first
+    group's settings (weight decay would reach the biases and LayerNorm), and one ``step`` tensor to
+    every group's state, which the optimizer increments in place once per group and step (Adam's
+    bias correction then runs ahead). Each group gets back its own settings and its own step."""
+    groups = _optimizer_groups(engine)
+    for group, settings in zip(groups, own_settings, strict=True):
+        group.update(settings)
+    state = getattr(engine.optimizer, "optimizer", engine.optimizer).state
+    for values in state.values():
+        if torch.is_tensor(values.get("step")):
+            values["step"] = values["step"].clone()
+
+
 def load(
     engine, ckpt_dir: str | Path, tag: str, load_tag: str | None = None, same_world: bool = True
 ) -> RankState | None:
@@ -256,12 +284,14 @@ def load(
     from deepspeed.accelerator import get_accelerator
 
     rank = dist.get_rank() if dist.is_initialized() else 0
+    own_settings = _per_group_settings(_optimizer_groups(engine))
     load_path, _ = engine.load_checkpoint(
         str(ckpt_dir), tag=load_tag or tag, load_optimizer_states=True, load_lr_scheduler_states=True
     )
     if load_path is None:
         raise CheckpointError(f"DeepSpeed could not load checkpoint {Path(ckpt_dir) / (load_tag or tag)}")
     if not same_world:
+        _repair_universal_load(engine, own_settings)
         return None
     # Only numbers and tensors are stored here, so the safe unpickler suffices.
     own = torch.load(rank_state_path(Path(ckpt_dir) / tag, rank), map_location="cpu", weights_only=True)
