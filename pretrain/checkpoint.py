@@ -35,7 +35,7 @@ import torch
 import torch.distributed as dist
 
 from data_prep.manifest import atomic_path, fsync_dir, write_text_atomic
-from pretrain.distributed import all_ranks, barrier
+from pretrain.distributed import all_ranks, barrier, wait_for_main
 from pretrain.fault_injection import crash_point, disk_error_point
 
 LATEST = "latest"
@@ -215,9 +215,12 @@ def universal_tag(ckpt_dir: str | Path, tag: str) -> str | None:
     if not partitioned:
         return None
     out = tag_dir / UNIVERSAL
-    rank = dist.get_rank() if dist.is_initialized() else 0
-    ok, problem = True, ""
-    if rank == 0 and not (out / "zero").is_dir():
+    problem = ""
+
+    def convert() -> bool:  # rank 0, while the others wait outside dist_timeout_s: minutes for a large model
+        nonlocal problem
+        if (out / "zero").is_dir():
+            return True
         import argparse
         import contextlib
         import io
@@ -238,8 +241,11 @@ def universal_tag(ckpt_dir: str | Path, tag: str) -> str | None:
                 ds_to_universal.main(options)
             (tag_dir / "latest_universal").unlink(missing_ok=True)  # the converter's pointer: unused here
         except Exception as err:  # DeepSpeed's converter raises anything from assertions to OSErrors
-            ok, problem = False, f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"
-    if not all_ranks(ok):
+            problem = f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"
+            return False
+        return True
+
+    if not wait_for_main(convert):
         raise CheckpointError(
             f"cannot convert checkpoint {tag_dir} for another world size ({problem or 'on rank 0'}); "
             "relaunch with the rank count it was saved with"
