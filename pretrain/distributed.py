@@ -10,8 +10,8 @@ type associated with device type cpu", at the first collective that gets one):
 
 * on an accelerator the group has a backend per device type (``cpu:gloo,cuda:nccl``), so even a
   stray CPU tensor has a backend;
-* every collective of this project goes through the helpers below (``any_rank``, ``all_ranks``,
-  ``all_reduce_sum``, ``reduce_sum``, ``all_gather``), which put their tensors on
+* every collective of this project goes through the helpers below (``any_rank``,
+  ``any_rank_on_device``, ``all_ranks``, ``all_reduce_sum``, ``reduce_sum``, ``all_gather``), which put their tensors on
   ``collective_device()``, the accelerator's current device;
 * ``PRETRAIN_STRICT_COLLECTIVES=1`` (set by the tests for every launch) wraps torch.distributed's
   collectives so that one called from outside torch/DeepSpeed with a tensor these helpers did not
@@ -269,6 +269,19 @@ def any_rank(flags):
         values = tensor.tolist()
     values = [bool(v) for v in values]
     return values if many else values[0]
+
+
+def any_rank_on_device(flag):
+    """``any_rank`` of one 0-d bool tensor, left on the collective device: no host sync (the result
+    steers device work, e.g. a ``torch.where``, or is read later). Every rank must call it at the
+    same point."""
+    import torch
+    import torch.distributed as dist
+
+    tensor = _place(flag.reshape(1).to(torch.uint8))
+    if _world() > 1:
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return tensor[0].bool()
 
 
 def all_ranks(ok: bool) -> bool:
