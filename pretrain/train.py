@@ -100,7 +100,7 @@ class Progress:
     """Where the run stands; saved with every checkpoint (``step``, ``nonfinite_skips`` and the
     global data position in the run state, ``mine`` per rank)."""
 
-    step: int = 0  # optimizer steps applied (an fp16 overflow step is not one: see ``micro_step``)
+    step: int = 0  # optimizer steps applied (an fp16 overflow step is not one: see ``train``)
     position: int = 0  # global batches consumed by all ranks together (pretrain/data.py)
     lane_positions: list[int] | None = None  # each reading lane's sample position (None: fresh start)
     nonfinite_skips: int = 0  # micro-steps skipped for a NaN/inf loss, all ranks agreeing
