@@ -109,20 +109,21 @@ _pruner: ThreadPoolExecutor | None = None
 _pruning: list[Future] = []
 
 
-def _prune(ckpt_dir: Path, keep: list[str]) -> None:
-    """Remove every tag directory not kept (older checkpoints, partial ones from crashed saves) and
-    the ones set aside as trash."""
+def _prune(ckpt_dir: Path, keep: list[str], saved: str) -> None:
+    """Remove every tag directory up to ``saved`` (the checkpoint just committed) not kept (older
+    checkpoints, partial ones from crashed saves) and the ones set aside as trash. Newer ones are
+    left alone: running in the background, this may overlap the next save's writing."""
     for child in ckpt_dir.iterdir():
-        old_tag = child.is_dir() and _TAG.match(child.name) and child.name not in keep
+        old_tag = child.is_dir() and _TAG.match(child.name) and child.name not in keep and child.name <= saved
         if old_tag or child.name.startswith(_TRASH):
             shutil.rmtree(child, ignore_errors=True)
 
 
-def _prune_in_background(ckpt_dir: Path, keep: list[str]) -> None:
+def _prune_in_background(ckpt_dir: Path, keep: list[str], saved: str) -> None:
     global _pruner
     if _pruner is None:
         _pruner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prune-checkpoints")
-    _pruning.append(_pruner.submit(_prune, ckpt_dir, keep))
+    _pruning.append(_pruner.submit(_prune, ckpt_dir, keep, saved))
 
 
 def wait_for_pruning() -> None:
@@ -198,7 +199,7 @@ def save(
             ),
             reverse=True,
         )[:keep_last]
-        _prune_in_background(ckpt_dir, kept)
+        _prune_in_background(ckpt_dir, kept, tag)
     return tag
 
 

@@ -210,3 +210,14 @@ def test_ranks_wait_for_rank_0s_long_work_beyond_the_collective_timeout(tmp_path
         assert r["save_s"] >= SLOW_S * (rank == 1) and r["after"] is False
         assert r["saved"] == ["config.json", "finetune.json"]
     assert (tmp_path / "checkpoints" / "step00000002" / "universal" / "zero").is_dir()
+
+
+def test_background_pruning_leaves_a_newer_checkpoint_being_written_alone(tmp_path):
+    """The pruning scheduled by one save can run late (it is in the background, and deleting a
+    large checkpoint takes long) while the next save writes: it must not delete that one."""
+    from pretrain.checkpoint import _prune
+
+    for name in ("step00000001", "step00000002", "step00000003", ".trash-step00000009-1"):
+        (tmp_path / name).mkdir()
+    _prune(tmp_path, keep=["step00000002"], saved="step00000002")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step00000002", "step00000003"]
