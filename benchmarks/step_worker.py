@@ -3,7 +3,7 @@
 ``python -m benchmarks.step_worker --out DIR [--warmup-steps N] [--steps N] [--save-initial-weights F] key=value ...``
 (under ``deepspeed --num_gpus R --module benchmarks.step_worker`` for R ranks). The ``key=value``
 overrides build a ``PretrainConfig`` exactly as ``python -m pretrain`` does; the run is set up by
-``pretrain.train.prepare_run`` and every step is ``pretrain.train.micro_step``: the same process
+``pretrain.train.prepare_run`` and every step is ``pretrain.train.optimizer_step``: the same process
 group, data checks, DeepSpeed engine, streaming loader, collate and masking as training. Each rank
 writes ``DIR/rank<r>.json`` with its step records, peak memory and the initial loss, or the status
 ``oom`` / ``error`` when it failed.
@@ -67,7 +67,7 @@ def measure(cfg, warmup: int, steps: int, initial_weights: Path | None) -> dict[
     from benchmarks.step_timing import synchronizer, time_steps
     from pretrain.data import DataError
     from pretrain.distributed import peak_memory_bytes
-    from pretrain.train import micro_step, prepare_run, training_loader
+    from pretrain.train import optimizer_step, prepare_run, training_loader
 
     run = prepare_run(cfg)
     device_type = get_accelerator().device_name()
@@ -82,7 +82,7 @@ def measure(cfg, warmup: int, steps: int, initial_weights: Path | None) -> dict[
         save_initial_weights(run, initial_weights)
     batches = itertools.chain([first], batches)
     records = time_steps(
-        lambda: micro_step(run, batches)[0],
+        lambda: optimizer_step(run, batches)[0][0],  # grad_accum=1 here: a step is one micro-step
         warmup=warmup,
         steps=steps,
         shape=run.shape,

@@ -35,7 +35,7 @@ import torch
 import torch.distributed as dist
 
 from data_prep.manifest import atomic_path, fsync_dir, write_text_atomic
-from pretrain.distributed import all_ranks, barrier
+from pretrain.distributed import all_ranks, barrier, wait_for_main
 from pretrain.fault_injection import crash_point, disk_error_point
 
 LATEST = "latest"
@@ -109,20 +109,21 @@ _pruner: ThreadPoolExecutor | None = None
 _pruning: list[Future] = []
 
 
-def _prune(ckpt_dir: Path, keep: list[str]) -> None:
-    """Remove every tag directory not kept (older checkpoints, partial ones from crashed saves) and
-    the ones set aside as trash."""
+def _prune(ckpt_dir: Path, keep: list[str], saved: str) -> None:
+    """Remove every tag directory up to ``saved`` (the checkpoint just committed) not kept (older
+    checkpoints, partial ones from crashed saves) and the ones set aside as trash. Newer ones are
+    left alone: running in the background, this may overlap the next save's writing."""
     for child in ckpt_dir.iterdir():
-        old_tag = child.is_dir() and _TAG.match(child.name) and child.name not in keep
+        old_tag = child.is_dir() and _TAG.match(child.name) and child.name not in keep and child.name <= saved
         if old_tag or child.name.startswith(_TRASH):
             shutil.rmtree(child, ignore_errors=True)
 
 
-def _prune_in_background(ckpt_dir: Path, keep: list[str]) -> None:
+def _prune_in_background(ckpt_dir: Path, keep: list[str], saved: str) -> None:
     global _pruner
     if _pruner is None:
         _pruner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prune-checkpoints")
-    _pruning.append(_pruner.submit(_prune, ckpt_dir, keep))
+    _pruning.append(_pruner.submit(_prune, ckpt_dir, keep, saved))
 
 
 def wait_for_pruning() -> None:
@@ -198,7 +199,7 @@ def save(
             ),
             reverse=True,
         )[:keep_last]
-        _prune_in_background(ckpt_dir, kept)
+        _prune_in_background(ckpt_dir, kept, tag)
     return tag
 
 
@@ -215,9 +216,12 @@ def universal_tag(ckpt_dir: str | Path, tag: str) -> str | None:
     if not partitioned:
         return None
     out = tag_dir / UNIVERSAL
-    rank = dist.get_rank() if dist.is_initialized() else 0
-    ok, problem = True, ""
-    if rank == 0 and not (out / "zero").is_dir():
+    problem = ""
+
+    def convert() -> bool:  # rank 0, while the others wait outside dist_timeout_s: minutes for a large model
+        nonlocal problem
+        if (out / "zero").is_dir():
+            return True
         import argparse
         import contextlib
         import io
@@ -238,8 +242,11 @@ def universal_tag(ckpt_dir: str | Path, tag: str) -> str | None:
                 ds_to_universal.main(options)
             (tag_dir / "latest_universal").unlink(missing_ok=True)  # the converter's pointer: unused here
         except Exception as err:  # DeepSpeed's converter raises anything from assertions to OSErrors
-            ok, problem = False, f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"
-    if not all_ranks(ok):
+            problem = f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"
+            return False
+        return True
+
+    if not wait_for_main(convert):
         raise CheckpointError(
             f"cannot convert checkpoint {tag_dir} for another world size ({problem or 'on rank 0'}); "
             "relaunch with the rank count it was saved with"

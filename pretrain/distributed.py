@@ -10,13 +10,18 @@ type associated with device type cpu", at the first collective that gets one):
 
 * on an accelerator the group has a backend per device type (``cpu:gloo,cuda:nccl``), so even a
   stray CPU tensor has a backend;
-* every collective of this project goes through the helpers below (``any_rank``, ``all_ranks``,
-  ``all_reduce_sum``, ``reduce_sum``, ``all_gather``), which put their tensors on
+* every collective of this project goes through the helpers below (``any_rank``,
+  ``any_rank_on_device``, ``all_ranks``, ``all_reduce_sum``, ``reduce_sum``, ``all_gather``), which put their tensors on
   ``collective_device()``, the accelerator's current device;
 * ``PRETRAIN_STRICT_COLLECTIVES=1`` (set by the tests for every launch) wraps torch.distributed's
   collectives so that one called from outside torch/DeepSpeed with a tensor these helpers did not
   place raises at once. On a CPU-only machine a misplaced tensor is on the right device by luck;
   the strict check still sees that it bypassed the helpers, which is the bug on a GPU.
+
+Long work on rank 0 alone (a checkpoint converted for another world size, a fine-tuned model
+written and synced) is never waited for in a collective bounded by ``dist_timeout_s``, which a
+slow shared filesystem could outlast: ``wait_for_main`` lets the other ranks wait in a gloo group
+made for that alone at start-up, whose timeout is ``MAIN_WORK_TIMEOUT_S``.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import os
 import socket
 import sys
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -34,6 +40,9 @@ DEFAULT_PORT = 29500  # torch's and DeepSpeed's default MASTER_PORT
 _LAUNCHER_RANK_VARS = ("RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK", "SLURM_PROCID")
 _LOCAL_SIZE_VARS = ("LOCAL_SIZE", "LOCAL_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_SIZE")
 STRICT_ENV = "PRETRAIN_STRICT_COLLECTIVES"
+# How long the other ranks wait for rank 0's long work (wait_for_main). A dead rank 0 ends the
+# wait at once all the same: gloo sees its connection close, and launchers stop the others.
+MAIN_WORK_TIMEOUT_S = 24 * 3600
 
 
 @dataclass(frozen=True)
@@ -122,6 +131,7 @@ def init_distributed(timeout_s: float = 600.0) -> DistInfo:
     if os.environ.get(STRICT_ENV):
         install_strict_collectives()
     _unlink_shm_allreduce_buffer()
+    _make_wait_group()
     return DistInfo(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank)
 
 
@@ -230,9 +240,10 @@ def _world() -> int:
 _placed: dict[int, weakref.ref] = {}
 
 
-def _place(tensor):
-    """``tensor`` on the collective device, remembered (in strict mode) as placed by this module."""
-    tensor = tensor.to(collective_device())
+def _place(tensor, device=None):
+    """``tensor`` on ``device`` (default: the collective device), remembered (in strict mode) as
+    placed by this module."""
+    tensor = tensor.to(device or collective_device())
     if _strict:
         key = id(tensor)
         _placed[key] = weakref.ref(tensor, lambda _ref: _placed.pop(key, None))
@@ -258,6 +269,19 @@ def any_rank(flags):
         values = tensor.tolist()
     values = [bool(v) for v in values]
     return values if many else values[0]
+
+
+def any_rank_on_device(flag):
+    """``any_rank`` of one 0-d bool tensor, left on the collective device: no host sync (the result
+    steers device work, e.g. a ``torch.where``, or is read later). Every rank must call it at the
+    same point."""
+    import torch
+    import torch.distributed as dist
+
+    tensor = _place(flag.reshape(1).to(torch.uint8))
+    if _world() > 1:
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return tensor[0].bool()
 
 
 def all_ranks(ok: bool) -> bool:
@@ -314,6 +338,46 @@ def all_gather(tensor) -> list:
     return gathered
 
 
+_wait_group = None  # gloo, timeout MAIN_WORK_TIMEOUT_S: used only by wait_for_main
+_wait_group_of = None  # the process group it was made in (a new one needs its own)
+
+
+def _make_wait_group() -> None:
+    """The group in which ranks wait for rank 0's long work (every rank calls this, at start-up)."""
+    global _wait_group, _wait_group_of
+    import torch.distributed as dist
+
+    if _world() > 1 and _wait_group_of is not dist.group.WORLD:
+        _wait_group = dist.new_group(backend="gloo", timeout=timedelta(seconds=MAIN_WORK_TIMEOUT_S))
+        _wait_group_of = dist.group.WORLD
+
+
+def wait_for_main(work: Callable[[], bool]) -> bool:
+    """Rank 0 runs ``work`` (long, on one rank: a conversion, files written and fsynced) while the
+    other ranks wait for it outside the ``dist_timeout_s`` bound; returns ``work``'s result on
+    every rank. Should ``work`` raise, it raises on rank 0 and the others get False. Every rank
+    must call it at the same point."""
+    import torch
+    import torch.distributed as dist
+
+    if _world() == 1:
+        return bool(work())
+    _make_wait_group()  # a no-op after init_distributed; here for groups made by others
+    ok = False  # rank 0's answer should work raise
+    try:
+        ok = dist.get_rank() != 0 or bool(work())
+    finally:
+        flag = _place(torch.tensor([int(not ok)], dtype=torch.int32), torch.device("cpu"))
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=_wait_group)
+    return not flag.item()
+
+
+def main_barrier() -> None:
+    """A barrier after work rank 0 did alone (files written, a model copied): the others wait for
+    it as long as it takes, outside the ``dist_timeout_s`` bound (``wait_for_main``)."""
+    wait_for_main(lambda: True)
+
+
 # ---------------------------------------------------------------------------------------------
 # Strict mode (tests)
 
@@ -338,7 +402,9 @@ class CollectiveDeviceError(RuntimeError):
 def _check_placed(name: str, caller: str, args, kwargs) -> None:
     import torch
 
-    expected = collective_device()
+    # the wait group is gloo: its tensors live on the host
+    on_host = _wait_group is not None and kwargs.get("group") is _wait_group
+    expected = torch.device("cpu") if on_host else collective_device()
     tensors = []
     for value in (*args, *kwargs.values()):
         if isinstance(value, torch.Tensor):

@@ -5,9 +5,10 @@ engine), ``restore`` loads the latest checkpoint into it (``prepare_run`` = both
 the loop: forward, backward, step, then log, evaluate and checkpoint at their intervals. All plain
 functions a test can call.
 
-Host syncs: one per micro-step (the agreement of all ranks on a non-finite loss and on the next
-batch's data error, in one collective), so with ``grad_accum`` 1 one per optimizer step; losses are
-summed on the device and read once per log line.
+Host syncs: one per optimizer step, whatever ``grad_accum`` is: the agreement of all ranks, in one
+collective read once, on the step's non-finite losses and on the data errors of the next step's
+batches (read ahead); losses are summed on the device and read once per log line. Only a
+non-finite loss (rare: the batch is replaced) costs a sync more.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from pretrain.distributed import (
     DistInfo,
     all_reduce_sum,
     any_rank,
+    any_rank_on_device,
     init_distributed,
     peak_memory_bytes,
     precision_problem,
@@ -98,7 +100,7 @@ class Progress:
     """Where the run stands; saved with every checkpoint (``step``, ``nonfinite_skips`` and the
     global data position in the run state, ``mine`` per rank)."""
 
-    step: int = 0  # optimizer steps applied (an fp16 overflow step is not one: see ``micro_step``)
+    step: int = 0  # optimizer steps applied (an fp16 overflow step is not one: see ``train``)
     position: int = 0  # global batches consumed by all ranks together (pretrain/data.py)
     lane_positions: list[int] | None = None  # each reading lane's sample position (None: fresh start)
     nonfinite_skips: int = 0  # micro-steps skipped for a NaN/inf loss, all ranks agreeing
@@ -147,8 +149,9 @@ class Run:
         default_factory=dict
     )  # lane -> its position after this rank's last batch
     eval_set: list[dict[str, Any]] | None = None
-    pending: dict[str, Any] | None = None  # the next batch, read ahead; all ranks agreed it is good
-    pending_error: bool = False  # some rank's next batch is a data error (all ranks agreed)
+    ahead: list[tuple[dict[str, Any], bool]] = field(default_factory=list)  # batches read ahead, each
+    # with the agreement of all ranks on it: True where some rank's batch there is a data error
+    grad_mask: GradientMask | None = None  # drops a non-finite micro-step's gradients (grad_accum > 1)
     peak_flops_per_s: float | None = None  # per rank, for MFU; None where no datasheet figure applies
     lanes: int | None = None  # reading lanes of the training stream (fixed by the run's first launch)
     stream: TrainStream | None = None
@@ -389,6 +392,7 @@ def build_run(cfg: PretrainConfig) -> Run:
         peak_flops_per_s=datasheet_peak_flops(cfg.precision, cfg.tf32),
         source=source,
         init_report=init_report,
+        grad_mask=GradientMask(engine.module) if cfg.grad_accum > 1 else None,
     )
 
 
@@ -445,70 +449,163 @@ def prepare_run(cfg: PretrainConfig) -> Run:
 # One step, evaluation, checkpoint
 
 
-def _next_checked(run: Run, batches: Iterator[dict[str, Any]]) -> dict[str, Any]:
-    """The batch to train on: the one read ahead, else (first call) the next, agreed by all ranks."""
-    batch, run.pending = run.pending, None
-    if batch is None:
+class GradientMask:
+    """Drops the gradients of a backward on the device, without a host sync: while ``keep`` (a 0-d
+    bool device tensor) is False, each parameter's incoming gradient becomes zeros before it is
+    accumulated. (Scaling the loss by 0 would not do: a NaN loss's gradients stay NaN.)"""
+
+    def __init__(self, module: torch.nn.Module):
+        self.keep: torch.Tensor | None = None
+        for param in module.parameters():
+            if param.requires_grad:
+                param.register_hook(self._apply)
+
+    def _apply(self, grad: torch.Tensor) -> torch.Tensor | None:
+        return None if self.keep is None else torch.where(self.keep, grad, 0.0)
+
+
+def _read_ahead(run: Run, batches: Iterator[dict[str, Any]], count: int) -> list[bool]:
+    """Read batches until ``count`` wait ahead; returns, per batch read, whether this rank's is a
+    data error (for all ranks to agree on: ``_agreed``)."""
+    errors = []
+    while len(run.ahead) < count:
         batch = next(batches)
-        run.pending_error = any_rank(_batch_error(run, batch) is not None)
-    if run.pending_error:
+        # its bad samples count against the budget after those of the batches before it
+        before = sum(queued["skipped"] for queued, _ in run.ahead)
+        run.ahead.append((batch, False))
+        errors.append(_batch_error(run, batch, before) is not None)
+    return errors
+
+
+def _agreed(run: Run, agreed_errors: list[bool]) -> None:
+    """Record the agreement on the batches ``_read_ahead`` just read (the last ones waiting)."""
+    start = len(run.ahead) - len(agreed_errors)
+    for index, error in enumerate(agreed_errors, start):
+        run.ahead[index] = (run.ahead[index][0], error)
+
+
+def _take(run: Run, batches: Iterator[dict[str, Any]]) -> dict[str, Any]:
+    """The next batch to train on, all ranks agreed it is good (reading one, and agreeing, if none waits)."""
+    if not run.ahead:
+        _agreed(run, any_rank(_read_ahead(run, batches, 1)))
+    batch, error = run.ahead.pop(0)
+    if error:
         raise DataError(
             _batch_error(run, batch) or "another rank stopped on a data error (its message names the shard)"
         )
     return batch
 
 
-def _batch_error(run: Run, batch: dict[str, Any]) -> str | None:
+def _batch_error(run: Run, batch: dict[str, Any], skipped_before: int = 0) -> str | None:
     """Why this rank cannot train on ``batch``: the stream's error, or its bad samples taking this
-    rank past the ``skip_bad_samples`` budget; None when it is good."""
+    rank past the ``skip_bad_samples`` budget (``skipped_before``: those of batches read ahead of
+    it, not trained on yet); None when it is good."""
     if "error" in batch:
         return batch["error"]
-    skipped = run.progress.mine.skipped + batch["skipped"]
+    skipped = run.progress.mine.skipped + skipped_before + batch["skipped"]
     if skipped > run.cfg.skip_bad_samples:
         return budget_error(batch["skip_reason"], skipped, run.cfg.skip_bad_samples)
     return None
 
 
-def micro_step(run: Run, batches: Iterator[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """Forward, backward and (at the accumulation boundary) optimizer step on the next good batch.
+def _forward(run: Run, batches: Iterator[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    batch = _take(run, batches)
+    _note_skipped(run, batch)
+    out = run.engine(**to_device(batch, run.engine.device, MODEL_INPUTS))
+    run.forward_passes += 1
+    if nonfinite_loss_injected(run.forward_passes):
+        out["loss"] = out["loss"] * float("nan")
+    return batch, out
 
-    All ranks agree, before diverging, on a data error (stop) and on a non-finite loss (skip this
-    batch on every rank; stop after ``max_nonfinite_steps`` in a row), so none is left waiting.
-    Both travel in one collective after the forward: this batch's loss is finite, and the next
-    batch (read ahead here) is good. Returns the batch and the model's outputs (0-d device
-    tensors, not read here: reading one is a host sync).
+
+def _backward(
+    run: Run, out: dict[str, torch.Tensor], boundary: bool, keep: torch.Tensor | None = None
+) -> None:
+    """Backward and ``engine.step()``; the step updates the weights at the accumulation ``boundary``
+    (set here, not counted by DeepSpeed: a skipped batch's replacement is a micro-step more).
+    ``keep``: a device flag; where False, this backward's gradients are dropped (``GradientMask``)."""
+    engine = run.engine
+    engine.set_gradient_accumulation_boundary(boundary)
+    if run.grad_mask is not None:
+        run.grad_mask.keep = keep
+    overflowing = grad_overflow_injected(run.forward_passes)
+    engine.backward(out["loss"] * OVERFLOW_FACTOR if overflowing else out["loss"])
+    engine.step()
+    if run.grad_mask is not None:
+        run.grad_mask.keep = None
+
+
+def _count_nonfinite(run: Run, nonfinite: bool) -> None:
+    """A micro-step's agreed verdict, in order: a non-finite loss is a batch skipped on every rank
+    (its gradients dropped); ``max_nonfinite_steps`` of them in a row stop the run."""
+    progress = run.progress
+    if not nonfinite:
+        progress.consecutive_nonfinite = 0
+        return
+    progress.nonfinite_skips += 1
+    progress.consecutive_nonfinite += 1
+    run.log.print(
+        f"warning: step {progress.step + 1}: non-finite loss on some rank, batch skipped on all "
+        f"({progress.consecutive_nonfinite} in a row)"
+    )
+    if progress.consecutive_nonfinite >= run.cfg.max_nonfinite_steps:
+        raise NonFiniteLossError(
+            f"loss was NaN/inf for {progress.consecutive_nonfinite} consecutive micro-steps at step {progress.step + 1}; "
+            f"stopped without saving, so the last checkpoint is the last good state. Lower optimizer.lr"
+            f"{', use precision=bf16' if run.cfg.precision == 'fp16' else ''} or raise schedule.warmup_steps, "
+            f"then relaunch to resume"
+        )
+
+
+def optimizer_step(
+    run: Run, batches: Iterator[dict[str, Any]]
+) -> list[tuple[dict[str, Any], dict[str, torch.Tensor]]]:
+    """Forward and backward on ``grad_accum`` good batches, then the optimizer step (which
+    DeepSpeed may skip: fp16 overflow). Returns the batches trained on and the model's outputs
+    (0-d device tensors, not read here: reading one is a host sync).
+
+    One host sync: all ranks agree, in one collective after the last forward, on the step's
+    non-finite losses and on the data errors of the next step's batches (read ahead), so that none
+    diverges: a data error stops every rank, a non-finite loss skips that batch on every rank.
+    The earlier micro-steps cannot wait for that verdict: their non-finite flags are agreed on the
+    device (a collective, no host read) and drop their gradients there (``GradientMask``). A
+    skipped batch is replaced by the next one (the rare case that syncs more), so every applied
+    step has ``grad_accum`` batches, as without skips.
     """
-    engine, progress = run.engine, run.progress
-    while True:
-        batch = _next_checked(run, batches)
-        _note_skipped(run, batch)
-        out = engine(**to_device(batch, engine.device, MODEL_INPUTS))
-        run.forward_passes += 1
-        if nonfinite_loss_injected(run.forward_passes):
-            out["loss"] = out["loss"] * float("nan")
-        run.pending = next(batches)
-        nonfinite, run.pending_error = any_rank(
-            [~torch.isfinite(out["loss"].detach()), _batch_error(run, run.pending) is not None]
-        )
-        if not nonfinite:
-            overflowing = grad_overflow_injected(run.forward_passes)
-            engine.backward(out["loss"] * OVERFLOW_FACTOR if overflowing else out["loss"])
-            engine.step()
-            progress.consecutive_nonfinite = 0
-            return batch, out
-        progress.nonfinite_skips += 1
-        progress.consecutive_nonfinite += 1
-        run.log.print(
-            f"warning: step {progress.step + 1}: non-finite loss on some rank, batch skipped on all "
-            f"({progress.consecutive_nonfinite} in a row)"
-        )
-        if progress.consecutive_nonfinite >= run.cfg.max_nonfinite_steps:
-            raise NonFiniteLossError(
-                f"loss was NaN/inf for {progress.consecutive_nonfinite} consecutive micro-steps at step {progress.step + 1}; "
-                f"stopped without saving, so the last checkpoint is the last good state. Lower optimizer.lr"
-                f"{', use precision=bf16' if run.cfg.precision == 'fp16' else ''} or raise schedule.warmup_steps, "
-                f"then relaunch to resume"
-            )
+    accum = run.cfg.grad_accum
+    if len(run.ahead) < accum:  # the first step, or after a replacement: read ahead and agree
+        _agreed(run, any_rank(_read_ahead(run, batches, accum)))
+    trained, verdicts = [], []
+    for _ in range(accum - 1):
+        batch, out = _forward(run, batches)
+        nonfinite = any_rank_on_device(~torch.isfinite(out["loss"].detach()))
+        _backward(run, out, boundary=False, keep=~nonfinite)
+        trained.append((batch, out))
+        verdicts.append(nonfinite)
+    batch, out = _forward(run, batches)
+    trained.append((batch, out))
+    verdicts.append(~torch.isfinite(out["loss"].detach()))
+    errors = _read_ahead(run, batches, accum)  # the next step's batches
+    agreed = any_rank(verdicts + errors)
+    _agreed(run, agreed[accum:])
+    nonfinite = agreed[:accum]
+    for verdict in nonfinite:
+        _count_nonfinite(run, verdict)
+    if not any(nonfinite):
+        _backward(run, out, boundary=True)
+        return trained
+    # Rare: replace the skipped batches, agreeing on each one's loss before its backward.
+    trained = [pair for pair, verdict in zip(trained, nonfinite) if not verdict]
+    if not nonfinite[-1]:
+        _backward(run, out, boundary=False)
+    while len(trained) < accum:
+        batch, out = _forward(run, batches)
+        verdict = any_rank(~torch.isfinite(out["loss"].detach()))
+        _count_nonfinite(run, verdict)
+        if not verdict:
+            trained.append((batch, out))
+            _backward(run, out, boundary=len(trained) == accum)
+    return trained
 
 
 def _note_skipped(run: Run, batch: dict[str, Any]) -> None:
@@ -681,8 +778,7 @@ def train(cfg: PretrainConfig) -> dict[str, Any]:
     window, started, start_step, last_eval = Window(), time.perf_counter(), progress.step, None
     overflows_in_a_row = 0
     while progress.step < cfg.max_steps:
-        for _ in range(cfg.grad_accum):
-            batch, out = micro_step(run, batches)
+        for batch, out in optimizer_step(run, batches):
             lengths = batch["attention_mask"].sum(dim=1).tolist()  # host tensors: no device sync
             flops = model_flops(run.shape, lengths, int(batch["mlm_positions"].numel()))
             window.add(out, batch["num_tokens"], flops)

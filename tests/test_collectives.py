@@ -141,3 +141,83 @@ def test_the_process_group_has_a_cpu_backend_beside_nccl():
     assert process_group_backend(Accelerator("cuda", "nccl")) == "cpu:gloo,cuda:nccl"
     assert process_group_backend(Accelerator("cpu", "gloo")) == "gloo"
     assert process_group_backend(Accelerator("cpu", "ccl")) == "ccl"
+
+
+SHORT_TIMEOUT_S, SLOW_S = 2.0, 5.0  # rank 0's work outlasts the process group's timeout
+
+
+class SlowModel:
+    """A model whose save takes longer than the process group's timeout (a slow shared filesystem)."""
+
+    def parameters(self):
+        return []
+
+    def save_pretrained(self, directory):
+        time.sleep(SLOW_S)
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        (Path(directory) / "config.json").write_text("{}")
+
+
+def _slow_main_rank(rank: int, port: int, out: str) -> None:
+    os.environ.update(
+        RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2",
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), **{STRICT_ENV: "1"},
+    )  # fmt: skip
+    from datetime import timedelta
+    from types import SimpleNamespace
+
+    import torch.distributed as dist
+    from deepspeed.checkpoint import ds_to_universal
+
+    from pretrain import checkpoint
+    from pretrain.distributed import any_rank, barrier, init_distributed
+    from pretrain.finetune.outputs import save_model
+
+    init_distributed(timeout_s=120)  # rendezvous of two processes that import at their own pace
+    dist.distributed_c10d._set_pg_timeout(timedelta(seconds=SHORT_TIMEOUT_S))  # then: dist_timeout_s=2
+
+    def slow_conversion(options):
+        time.sleep(SLOW_S)
+        (Path(options.output_folder) / "zero").mkdir(parents=True)
+
+    ds_to_universal.main = slow_conversion
+    tag_dir = Path(out) / "checkpoints" / "step00000002"
+    tag_dir.mkdir(parents=True, exist_ok=True)
+    torch.save({}, tag_dir / f"bf16_zero_pp_rank_{rank}_mp_rank_00_optim_states.pt")  # ZeRO partitions
+    barrier()
+    result = {}
+    started = time.monotonic()
+    result["universal"] = checkpoint.universal_tag(Path(out) / "checkpoints", "step00000002")
+    result["universal_s"] = time.monotonic() - started
+    tokenizer = SimpleNamespace(save_pretrained=lambda directory: None)
+    started = time.monotonic()
+    save_model(SimpleNamespace(module=SlowModel()), tokenizer, Path(out), 0, rank == 0, {"merged": False})
+    result["save_s"] = time.monotonic() - started
+    result["saved"] = sorted(p.name for p in (Path(out) / "model").iterdir())
+    result["after"] = any_rank(False)  # the process group is alive and the ranks in step
+    Path(out, f"rank{rank}.json").write_text(json.dumps(result))
+    dist.destroy_process_group()
+
+
+def test_ranks_wait_for_rank_0s_long_work_beyond_the_collective_timeout(tmp_path):
+    """A checkpoint converted for another world size and a fine-tuned model saved, each by rank 0
+    alone taking longer than the process group's timeout: rank 1 waits for it (outside that
+    timeout) instead of failing its collective."""
+    mp.spawn(_slow_main_rank, args=(free_port(), str(tmp_path)), nprocs=2, join=True)
+    for rank in (0, 1):
+        r = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        assert r["universal"] == "step00000002/universal" and r["universal_s"] >= SLOW_S * (rank == 1)
+        assert r["save_s"] >= SLOW_S * (rank == 1) and r["after"] is False
+        assert r["saved"] == ["config.json", "finetune.json"]
+    assert (tmp_path / "checkpoints" / "step00000002" / "universal" / "zero").is_dir()
+
+
+def test_background_pruning_leaves_a_newer_checkpoint_being_written_alone(tmp_path):
+    """The pruning scheduled by one save can run late (it is in the background, and deleting a
+    large checkpoint takes long) while the next save writes: it must not delete that one."""
+    from pretrain.checkpoint import _prune
+
+    for name in ("step00000001", "step00000002", "step00000003", ".trash-step00000009-1"):
+        (tmp_path / name).mkdir()
+    _prune(tmp_path, keep=["step00000002"], saved="step00000002")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step00000002", "step00000003"]

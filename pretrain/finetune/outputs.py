@@ -90,22 +90,28 @@ def save_model(engine, tokenizer, out: Path, zero_stage: int, is_main: bool, inf
 
     import deepspeed
 
-    from pretrain.distributed import barrier
+    from pretrain.distributed import wait_for_main
 
     module = engine.module
+
+    def write() -> (
+        bool
+    ):  # rank 0, while the others wait outside dist_timeout_s (a large model, a slow filesystem)
+        with atomic_path(out / "model") as staging:
+            if hasattr(module, "peft_config") and info["merged"]:
+                module.save_pretrained(staging / "adapter")
+                tokenizer.save_pretrained(staging / "adapter")
+                # merge a copy: the training model keeps its adapter layers
+                copy.deepcopy(module).merge_and_unload().save_pretrained(staging)
+            else:
+                module.save_pretrained(staging)
+            tokenizer.save_pretrained(staging)
+            write_finetune_json(staging, info)
+        return True
+
     with deepspeed.zero.GatheredParameters(list(module.parameters()), enabled=zero_stage == 3):
-        if is_main:
-            with atomic_path(out / "model") as staging:
-                if hasattr(module, "peft_config") and info["merged"]:
-                    module.save_pretrained(staging / "adapter")
-                    tokenizer.save_pretrained(staging / "adapter")
-                    # merge a copy: the training model keeps its adapter layers
-                    copy.deepcopy(module).merge_and_unload().save_pretrained(staging)
-                else:
-                    module.save_pretrained(staging)
-                tokenizer.save_pretrained(staging)
-                write_finetune_json(staging, info)
-    barrier()
+        if not wait_for_main(write) and not is_main:
+            raise RuntimeError("rank 0 failed to write the model (its message says why)")
 
 
 def write_finetune_json(model_dir: Path, info: dict) -> None:

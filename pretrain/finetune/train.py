@@ -585,7 +585,7 @@ def run_seeds(config: FinetuneConfig) -> dict:
     and predictions.tsv are the seed with the best validation metric."""
     import shutil
 
-    from pretrain.distributed import barrier
+    from pretrain.distributed import main_barrier
 
     out = Path(config.out_dir)
     started = time.time()
@@ -672,7 +672,7 @@ def run_seeds(config: FinetuneConfig) -> dict:
             flush=True,
         )
         write_eval_report(out, report)
-    barrier()
+    main_barrier()  # rank 0 copied the chosen seed's model: as long as that takes
     return report
 
 
@@ -696,7 +696,7 @@ def run_once(config: FinetuneConfig, job: Job | None = None) -> dict:
     from deepspeed.accelerator import get_accelerator
     from tqdm import tqdm
 
-    from pretrain.distributed import barrier, init_distributed, precision_problem, set_threads
+    from pretrain.distributed import barrier, init_distributed, main_barrier, precision_problem, set_threads
 
     info = init_distributed()
     accelerator = get_accelerator()
@@ -772,5 +772,5 @@ def run_once(config: FinetuneConfig, job: Job | None = None) -> dict:
             "eval.json",
         ]
         say(f"wrote {out}/: {', '.join(written)} ({result['wall_time_s']:.0f} s)")
-    barrier()
+    main_barrier()  # rank 0 wrote the reports (and a tracker may upload): as long as that takes
     return result
