@@ -353,6 +353,46 @@ def test_lora_merged_model_predicts_as_the_adapter(base, tmp_path):  # noqa: F81
     assert info["method"] == "lora" and info["merged"]
 
 
+@pytest.fixture(scope="module")
+def mlm_only_base(base, tmp_path_factory) -> Path:  # noqa: F811
+    """``base`` saved as BertForMaskedLM, as an MLM-only pretraining exports it: no pooler."""
+    from transformers import AutoTokenizer, BertForMaskedLM
+
+    path = tmp_path_factory.mktemp("mlm_only_base")
+    BertForMaskedLM.from_pretrained(base, local_files_only=True).save_pretrained(path)
+    AutoTokenizer.from_pretrained(base, local_files_only=True).save_pretrained(path)
+    return path
+
+
+def test_lora_trains_and_saves_the_pooler_an_mlm_only_base_lacks(mlm_only_base, tmp_path):
+    """The sequence head's pooler is random when the base has none: under LoRA it must train and be
+    saved with the adapter. Frozen (before), it was a fixed random layer, and at every reload of the
+    adapter a different one, so the reloaded model's valid accuracy was not the one selected."""
+    import torch
+    from safetensors.torch import load_file
+
+    from pretrain.finetune.model import load_finetuned
+
+    rng = random.Random(9)
+    rows = "label\ttext\n" + "".join(f"{label}\t{sentence(rng, label)}\n" for label in [0, 1] * 100)
+    out = tmp_path / "out"
+    job = setup(
+        config(model=mlm_only_base, train_file=write(tmp_path / "d.tsv", rows), out_dir=out, method="lora")
+    )
+    trainable = [name for name, p in job.model.named_parameters() if p.requires_grad]
+    assert any(".pooler.modules_to_save." in name for name in trainable)
+    result = run(job.config.model_copy(update={"precision": "fp32", "eval_every": 0}))
+    assert any(".pooler." in key for key in load_file(out / "model" / "adapter_model.safetensors"))
+    batch = job.tokenizer([sentence(rng, 0), sentence(rng, 1)], padding=True, return_tensors="pt")
+    logits = []
+    for seed in (1, 2):  # whatever the RNG draws for the base's missing pooler, the adapter's replaces it
+        torch.manual_seed(seed)
+        with torch.no_grad():
+            logits.append(load_finetuned(out / "model")[0](**batch).logits)
+    assert torch.equal(logits[0], logits[1])
+    assert result["splits"]["valid"]["accuracy"] == pytest.approx(result["selected"]["accuracy"], abs=1e-6)
+
+
 def test_regression_with_adalora_adapter(base, tmp_path):  # noqa: F811
     from pretrain.finetune.model import load_finetuned
 

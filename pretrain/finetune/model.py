@@ -115,8 +115,9 @@ def load_classifier(
     class_names: Sequence[str],
     dropout: float | None,
     task: str = "sequence_classification",
-) -> tuple[object, str]:
-    """The model with its new task head and a one-line summary of what was loaded and what is new.
+) -> tuple[object, str, list[str]]:
+    """The model with its new task head, a one-line summary of what was loaded and what is new, and
+    the names of the new (randomly initialised) tensors: every tensor with ``init=random``.
 
     Seed torch before calling: the new head (and with ``init=random`` everything) is drawn from it.
     """
@@ -137,6 +138,7 @@ def load_classifier(
             return (
                 model,
                 f"model: {model.num_parameters():,} parameters, randomly initialised from {path}/config.json",
+                [name for name, _ in model.named_parameters()],
             )
         # fp32 whatever the checkpoint's dtype: DeepSpeed casts to bf16/fp16 itself when asked to.
         model, info = model_class.from_pretrained(
@@ -154,21 +156,33 @@ def load_classifier(
             else f"{unused[0]}, ..."
         )
         summary += f"; unused: {len(unused)} checkpoint tensors ({what})"
-    encoder_missing = [key for key in new if not key.startswith("classifier.")]
+    # An MLM-only export (BertForMaskedLM) has no pooler: the sequence head's pooler is new as well.
+    encoder_missing = [key for key in new if not key.startswith(("classifier.", "bert.pooler."))]
     if encoder_missing:
         # More than the head is new: the checkpoint is not the encoder this config describes.
         summary += (
             f"; WARNING: {len(encoder_missing)} encoder tensors were not in the checkpoint and are random "
             f"(first: {encoder_missing[0]})"
         )
-    return model, summary
+    return model, summary, new
 
 
-def apply_method(model, config, total_steps: int) -> tuple[object, str]:
+def head_modules(task: str, new: Sequence[str]) -> list[str]:
+    """The modules that train in full beside the low-rank updates and are saved with the adapter:
+    the classifier, and the pooler ([CLS] dense + tanh, under the sequence heads) where the checkpoint
+    has none. An MLM-only pretraining exports no pooler; left frozen it would be a fixed random layer
+    between the encoder and the classifier, and one drawn afresh (differently) at every reload."""
+    pooler_new = task != "token_classification" and any(name.startswith("bert.pooler.") for name in new)
+    return ["classifier", *(["pooler"] if pooler_new else [])]
+
+
+def apply_method(model, config, total_steps: int, new: Sequence[str] = ()) -> tuple[object, str]:
     """Wrap ``model`` for LoRA / AdaLoRA (peft): the base weights are frozen, the low-rank updates
-    and the new task head train. Returns the model and a one-line parameter count."""
+    and the task head (``head_modules``; ``new``: the tensor names ``load_classifier`` found new)
+    train. Returns the model and a one-line parameter count."""
     from peft import AdaLoraConfig, LoraConfig, TaskType, get_peft_model
 
+    in_full = head_modules(config.task, new)
     task_type = TaskType.TOKEN_CLS if config.task == "token_classification" else TaskType.SEQ_CLS
     common = {
         "task_type": task_type,
@@ -176,7 +190,7 @@ def apply_method(model, config, total_steps: int) -> tuple[object, str]:
         "lora_dropout": config.lora.dropout,
         "target_modules": list(config.lora.target_modules),
         # the head is new: it trains in full and is saved with the adapter
-        "modules_to_save": ["classifier"],
+        "modules_to_save": list(in_full),  # a copy: peft appends its own defaults to the list
     }
     if config.method == "lora":
         peft_config = LoraConfig(r=config.lora.r, **common)
@@ -197,7 +211,10 @@ def apply_method(model, config, total_steps: int) -> tuple[object, str]:
     except ValueError as err:  # e.g. a target module that the model does not have
         raise InputError(f"method={config.method}: {_first_line(err)}; check lora.target_modules") from None
     trainable, total = model.get_nb_trainable_parameters()
-    return model, f"{config.method}: {trainable:,} of {total:,} parameters train ({trainable / total:.2%})"
+    return model, (
+        f"{config.method}: {trainable:,} of {total:,} parameters train ({trainable / total:.2%}; "
+        f"in full: {', '.join(in_full)})"
+    )
 
 
 def count_parameters(model) -> dict:

@@ -285,12 +285,12 @@ def setup(config: FinetuneConfig) -> Job:
         for name, table in tables.items()
     }
     torch.manual_seed(config.seed)  # the new head (and with init=random, every weight)
-    model, summary = load_classifier(base, config.init, class_names, config.dropout, config.task)
+    model, summary, new = load_classifier(base, config.init, class_names, config.dropout, config.task)
     check_compatible(base, tokenizer, model, config.max_len)
     notes.append(summary)
     _, total_steps = step_counts(len(splits["train"].data), config.batch_size, config.epochs)
     if config.method != "full":
-        model, summary = apply_method(model, config, total_steps)
+        model, summary = apply_method(model, config, total_steps, new)
         notes.append(summary)
     return Job(
         config=config,
