@@ -186,10 +186,9 @@ def main(argv: list[str] | None = None) -> None:
             flush=True,
         )
 
-    import torch.distributed as dist
+    from pretrain.distributed import shutdown
 
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    shutdown()
 
 
 if __name__ == "__main__":

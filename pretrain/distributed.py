@@ -74,10 +74,21 @@ def prepare_entry() -> None:
 
 def shutdown() -> None:
     """Leave the process group at a clean exit (every ``__main__`` ends with this)."""
+    global _wait_group, _wait_group_of
     import torch.distributed as dist
 
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    if not dist.is_initialized():
+        return
+    if _wait_group is not None:
+        # All ranks leave the waiting group together, before the world: a rank tearing its gloo pairs
+        # down while another still holds them open aborts that process at exit (std::terminate).
+        # The barrier is the world's, bounded by dist_timeout_s: a rank that died does not hold it.
+        try:
+            barrier()
+        finally:
+            dist.destroy_process_group(_wait_group)
+            _wait_group = _wait_group_of = None
+    dist.destroy_process_group()
 
 
 def free_port() -> int:

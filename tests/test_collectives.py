@@ -54,6 +54,7 @@ def _rank_main(rank: int, port: int, out: str) -> None:
         any_rank,
         init_distributed,
         reduce_sum,
+        shutdown,
     )
 
     init_distributed(timeout_s=120)
@@ -101,7 +102,7 @@ def _rank_main(rank: int, port: int, out: str) -> None:
     result["disk_error_s"] = time.monotonic() - started
     result["latest"] = checkpoint.latest_tag(ckpt_dir)
     Path(out, f"rank{rank}.json").write_text(json.dumps(result))
-    dist.destroy_process_group()
+    shutdown()
 
 
 def test_collectives_place_tensors_and_checkpoint_ranks_agree(tmp_path):
@@ -170,7 +171,7 @@ def _slow_main_rank(rank: int, port: int, out: str) -> None:
     from deepspeed.checkpoint import ds_to_universal
 
     from pretrain import checkpoint
-    from pretrain.distributed import any_rank, barrier, init_distributed
+    from pretrain.distributed import any_rank, barrier, init_distributed, shutdown
     from pretrain.finetune.outputs import save_model
 
     init_distributed(timeout_s=120)  # rendezvous of two processes that import at their own pace
@@ -196,7 +197,7 @@ def _slow_main_rank(rank: int, port: int, out: str) -> None:
     result["saved"] = sorted(p.name for p in (Path(out) / "model").iterdir())
     result["after"] = any_rank(False)  # the process group is alive and the ranks in step
     Path(out, f"rank{rank}.json").write_text(json.dumps(result))
-    dist.destroy_process_group()
+    shutdown()
 
 
 def test_ranks_wait_for_rank_0s_long_work_beyond_the_collective_timeout(tmp_path):

@@ -26,11 +26,11 @@ def fixed_batch(vocab_size: int) -> torch.Tensor:
 
 def main() -> None:
     import deepspeed
-    import torch.distributed as dist
     from deepspeed.utils import safe_get_full_fp32_param
     from safetensors.torch import save_file
 
     from pretrain.config import load_pretrain_config
+    from pretrain.distributed import shutdown
     from pretrain.train import prepare_run, train
 
     parser = argparse.ArgumentParser()
@@ -63,8 +63,7 @@ def main() -> None:
     if run.dist.is_main:
         save_file({k: v.cpu().contiguous() for k, v in tensors.items()}, str(Path(cfg.run_dir) / PROBE))
     run.log.close()
-    dist.barrier()
-    dist.destroy_process_group()
+    shutdown()  # a barrier, then the groups in order
     sys.stdout.flush()
 
 
