@@ -254,9 +254,9 @@ def universal_tag(ckpt_dir: str | Path, tag: str) -> str | None:
     return f"{tag}/{UNIVERSAL}"
 
 
-def _optimizer_groups(engine) -> list[dict]:
-    """The param groups of the torch optimizer inside DeepSpeed's (ZeRO) wrapper."""
-    return getattr(engine.optimizer, "optimizer", engine.optimizer).param_groups
+def _torch_optimizer(engine) -> torch.optim.Optimizer:
+    """The torch optimizer inside DeepSpeed's (ZeRO) wrapper, or the engine's own without one."""
+    return getattr(engine.optimizer, "optimizer", engine.optimizer)
 
 
 def _per_group_settings(groups: list[dict]) -> list[dict[str, Any]]:
@@ -273,11 +273,10 @@ def _repair_universal_load(engine, own_settings: list[dict[str, Any]]) -> None:
     group's settings (weight decay would reach the biases and LayerNorm), and one ``step`` tensor to
     every group's state, which the optimizer increments in place once per group and step (Adam's
     bias correction then runs ahead). Each group gets back its own settings and its own step."""
-    groups = _optimizer_groups(engine)
-    for group, settings in zip(groups, own_settings, strict=True):
+    optimizer = _torch_optimizer(engine)
+    for group, settings in zip(optimizer.param_groups, own_settings, strict=True):
         group.update(settings)
-    state = getattr(engine.optimizer, "optimizer", engine.optimizer).state
-    for values in state.values():
+    for values in optimizer.state.values():
         if torch.is_tensor(values.get("step")):
             values["step"] = values["step"].clone()
 
@@ -291,7 +290,8 @@ def load(
     from deepspeed.accelerator import get_accelerator
 
     rank = dist.get_rank() if dist.is_initialized() else 0
-    own_settings = _per_group_settings(_optimizer_groups(engine))
+    # read before DeepSpeed's universal load overwrites them (only that load needs them back)
+    own_settings = None if same_world else _per_group_settings(_torch_optimizer(engine).param_groups)
     load_path, _ = engine.load_checkpoint(
         str(ckpt_dir), tag=load_tag or tag, load_optimizer_states=True, load_lr_scheduler_states=True
     )
