@@ -22,7 +22,9 @@ from data_prep.manifest import (
     TOKENIZER_DIR,
     TOKENS_EXT,
     build_manifest,
+    load_manifest,
     sha256_file,
+    shard_specs,
     write_json_atomic,
 )
 
@@ -144,3 +146,22 @@ def make_data_dir(
     )
     write_json_atomic(root / MANIFEST_NAME, manifest)
     return root
+
+
+def train_stream(data_dir, *, seed, micro_batch_size, rank=0, world_size=1, source=None, **kwargs):
+    """The training stream of ``data_dir`` (a path or, with ``source``, a URL) as the trainer builds
+    it, for rank ``rank`` of ``world_size``; ``kwargs`` are TrainStream's other arguments."""
+    from pretrain.data import TokenLayout, TrainStream
+
+    manifest = load_manifest(data_dir, source)
+    return TrainStream(
+        shard_specs(data_dir, manifest, "train"),
+        TokenLayout.from_manifest(manifest),
+        rank=rank,
+        world_size=world_size,
+        seed=seed,
+        micro_batch_size=micro_batch_size,
+        mlm_probability=0.15,
+        source=source,
+        **kwargs,
+    )

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from exports import ZERO2_MLM
 from launching import BIN, LAUNCHER_VARS, REPO, explain, metrics, run_pretrain
-from synthetic_data import CLS, SEP, make_data_dir, npy_bytes, write_shard
+from synthetic_data import CLS, SEP, make_data_dir, npy_bytes, train_stream, write_shard
 
 from data_prep.manifest import load_manifest, shard_specs, write_json_atomic
 from pretrain.data import TokenLayout, TrainStream
@@ -384,16 +384,7 @@ def _keys_per_step(run_dir):
 def _uninterrupted_keys(data_dir, steps):
     """Step -> sample keys of an uninterrupted run with a global batch of 16 (micro batch 8, seed
     1234): step s takes global batches 2s-2 and 2s-1 of the one-rank stream."""
-    manifest = load_manifest(data_dir)
-    stream = TrainStream(
-        shard_specs(data_dir, manifest, "train"),
-        TokenLayout.from_manifest(manifest),
-        rank=0,
-        world_size=1,
-        seed=1234,
-        micro_batch_size=8,
-        mlm_probability=0.15,
-    )
+    stream = train_stream(data_dir, seed=1234, micro_batch_size=8)
     batches = [batch["keys"] for _, batch in zip(range(2 * steps), stream.batches())]
     expected = {step: set(batches[2 * step - 2] + batches[2 * step - 1]) for step in range(1, steps + 1)}
     assert all(len(keys) == 16 for keys in expected.values())

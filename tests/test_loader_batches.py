@@ -15,10 +15,10 @@ import tarfile
 import numpy as np
 import pytest
 import torch
-from synthetic_data import CLS, MASK, PAD, SEP, make_data_dir
+from synthetic_data import CLS, MASK, PAD, SEP, make_data_dir, train_stream
 
-from data_prep.manifest import load_manifest, shard_specs, write_json_atomic
-from pretrain.data import TokenLayout, TrainStream, train_loader
+from data_prep.manifest import write_json_atomic
+from pretrain.data import train_loader
 
 SEQ_LEN = 64
 LONGEST = 45  # every sample holds at most 45 tokens: a full-length batch pads to 48, not to seq_len
@@ -65,16 +65,7 @@ def _shard_contents(data_dir):
 
 def _loader_batches(data_dir, count, workers=1):
     """The first ``count`` batches of rank 0's training loader (one rank), as the trainer builds it."""
-    manifest = load_manifest(data_dir)
-    stream = TrainStream(
-        shard_specs(data_dir, manifest, "train"),
-        TokenLayout.from_manifest(manifest),
-        rank=0,
-        world_size=1,
-        seed=5,
-        micro_batch_size=MICRO,
-        mlm_probability=0.15,
-    )
+    stream = train_stream(data_dir, seed=5, micro_batch_size=MICRO)
     return list(itertools.islice(iter(train_loader(stream, workers, 2)), count))
 
 

@@ -10,12 +10,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from launching import explain, metrics, run_pretrain
-from synthetic_data import make_data_dir
+from synthetic_data import make_data_dir, train_stream
 
-from data_prep.manifest import load_manifest, shard_specs
+from data_prep.manifest import load_manifest
 from data_prep.storage import DataSource, FetchError
 from data_prep.verify import verify
-from pretrain.data import TokenLayout, TrainStream
 
 SLOW_S = 1.5  # a "slow" response waits this long, past the client's timeout below
 TIMEOUT_S = 0.5
@@ -102,18 +101,7 @@ def test_transient_failures_are_retried_and_permanent_ones_name_the_url(server, 
 
     # the training stream turns a permanent failure into one error line, with no skip budget
     server.faults[_shards(data_dir)[1]] = ["404"] * 10
-    manifest = load_manifest(server.url, source)
-    stream = TrainStream(
-        shard_specs(server.url, manifest, "train"),
-        TokenLayout.from_manifest(manifest),
-        rank=0,
-        world_size=1,
-        seed=1,
-        micro_batch_size=8,
-        mlm_probability=0.15,
-        skip_budget=1000,
-        source=source,
-    )
+    stream = train_stream(server.url, seed=1, micro_batch_size=8, skip_budget=1000, source=source)
     errors = [batch["error"] for _, batch in zip(range(8), stream.batches()) if "error" in batch]
     assert len(errors) == 1 and f"{server.url}/{_shards(data_dir)[1]}: not found" in errors[0]
 

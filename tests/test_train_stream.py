@@ -7,10 +7,10 @@ import shutil
 
 import pytest
 import torch
-from synthetic_data import make_data_dir
+from synthetic_data import make_data_dir, train_stream
 
-from data_prep.manifest import load_manifest, read_shard, shard_specs
-from pretrain.data import TokenLayout, TrainStream, train_loader
+from data_prep.manifest import read_shard
+from pretrain.data import train_loader
 
 SPS = 16  # samples per shard
 
@@ -27,19 +27,10 @@ def data_dir(tmp_path_factory):
 
 
 def _stream(data_dir, rank=0, world=1, start=0, micro=4, budget=0, **kwargs):
-    manifest = load_manifest(data_dir)
-    return TrainStream(
-        shard_specs(data_dir, manifest, "train"),
-        TokenLayout.from_manifest(manifest),
-        rank=rank,
-        world_size=world,
-        seed=7,
-        micro_batch_size=micro,
-        mlm_probability=0.15,
-        start=start,
-        skip_budget=budget,
-        **kwargs,
-    )
+    return train_stream(
+        data_dir, seed=7, micro_batch_size=micro, rank=rank, world_size=world, start=start,
+        skip_budget=budget, **kwargs,
+    )  # fmt: skip
 
 
 def _take(iterable, n):
