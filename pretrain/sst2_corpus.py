@@ -80,13 +80,13 @@ def main(argv: list[str] | None = None) -> None:
         help="sentences per document (blank line between documents); 1 = one sample per sentence",
     )
     args = parser.parse_args(argv)
+    if args.per_document < 1:
+        parser.error(f"--per-document must be at least 1, got {args.per_document}")
     try:
         phrases = read_phrases(args.train_tsv)
     except (OSError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(1) from None
-    if args.per_document < 1:
-        parser.error(f"--per-document must be at least 1, got {args.per_document}")
     lines = maximal_phrases(phrases) if args.keep == "maximal" else list(dict.fromkeys(phrases))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(as_documents(lines, args.per_document), encoding="utf-8")

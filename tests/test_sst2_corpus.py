@@ -37,3 +37,13 @@ def test_sst2_train_holds_about_seven_thousand_sentences(tmp_path, capsys):
 def test_sentences_are_grouped_into_documents_by_blank_lines():
     assert as_documents(["a", "b", "c"], 2) == "a\nb\n\nc\n"
     assert as_documents(["a", "b"], 1) == "a\n\nb\n"
+
+
+def test_a_bad_per_document_is_refused_before_the_file_is_read(tmp_path, capsys):
+    # The flag is checked first: its usage error (exit 2) comes even when the file is also bad,
+    # instead of a file error that hides it until the file is fixed.
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(tmp_path / "missing.tsv"), "--out", str(tmp_path / "corpus.txt"), "--per-document", "0"])
+    assert exit_info.value.code == 2
+    assert "--per-document must be at least 1, got 0" in capsys.readouterr().err
+    assert not (tmp_path / "corpus.txt").exists()
