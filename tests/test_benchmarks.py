@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from synthetic_data import train_stream
 from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks.baseline import stock_labels
@@ -14,9 +15,8 @@ from benchmarks.step_timing import count_step
 from benchmarks.sweep import add_utilisation, summarise
 from benchmarks.synthetic_shards import CLS, SEP, nsp_examples, write_synthetic_data_dir
 from benchmarks.throughput import main
-from data_prep.manifest import load_manifest, shard_specs
+from data_prep.manifest import load_manifest
 from pretrain.config import resolve_model_config_path
-from pretrain.data import TokenLayout, TrainStream
 from pretrain.flops import BertShape
 from pretrain.model import PretrainingObjective, bert_config_from_preset, build_hf_model
 
@@ -37,20 +37,13 @@ def test_generated_examples_follow_bert_length_distribution():
 
 def _padded_batch(data_dir: Path):
     """A real collated, masked batch of the generated data that contains padding."""
-    manifest = load_manifest(data_dir)
-    layout = TokenLayout.from_manifest(manifest)
-    stream = TrainStream(
-        shard_specs(data_dir, manifest, "train"),
-        layout,
-        rank=0,
-        world_size=1,
-        seed=0,
-        micro_batch_size=8,
-        mlm_probability=0.15,
-    )
+    stream = train_stream(data_dir, seed=0, micro_batch_size=8)
     batch = next(b for b in stream if b["num_tokens"] < b["input_ids"].numel())
     config = bert_config_from_preset(
-        resolve_model_config_path("tiny"), layout.vocab_size, manifest["tokenizer"]["special_ids"], SEQ_LEN
+        resolve_model_config_path("tiny"),
+        stream.layout.vocab_size,
+        load_manifest(data_dir)["tokenizer"]["special_ids"],
+        SEQ_LEN,
     )
     return batch, config
 

@@ -18,8 +18,7 @@ from exports import ZERO2_MLM
 from launching import BIN, LAUNCHER_VARS, REPO, explain, metrics, run_pretrain
 from synthetic_data import CLS, SEP, make_data_dir, npy_bytes, train_stream, write_shard
 
-from data_prep.manifest import load_manifest, shard_specs, write_json_atomic
-from pretrain.data import TokenLayout, TrainStream
+from data_prep.manifest import load_manifest, write_json_atomic
 
 pytestmark = pytest.mark.slow
 
@@ -86,15 +85,11 @@ def test_a_shard_only_rank_0_reads_stops_both_ranks_each_with_one_line(tmp_path,
     (rank 1 says why), before any step: without the agreement rank 1 would wait in the step's
     collective until the launcher or dist_timeout_s ended it."""
     broken = _copy_data(data_dir, tmp_path)
-    manifest = load_manifest(broken)
-    specs = shard_specs(broken, manifest, "train")
     # One lane per shard: global batch 0 (rank 0's first) comes from lane 0, that is the epoch's
     # first shard, and batch 1 (rank 1's first) from lane 1, the next shard.
-    lanes = len(specs)
-    stream = TrainStream(
-        specs, TokenLayout.from_manifest(manifest), rank=0, world_size=2, seed=1234,
-        micro_batch_size=8, mlm_probability=0.15, lanes=lanes,
-    )  # fmt: skip
+    lanes = len(load_manifest(broken)["splits"]["train"]["shards"])
+    stream = train_stream(broken, seed=1234, micro_batch_size=8, world_size=2, lanes=lanes)
+    specs = stream.specs
     first_shard = stream.order.locate(0, 0)[0]
     assert stream.order.locate(0, stream.order.total // lanes)[0] != first_shard
     victim = specs[first_shard].path

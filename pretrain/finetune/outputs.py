@@ -94,9 +94,8 @@ def save_model(engine, tokenizer, out: Path, zero_stage: int, is_main: bool, inf
 
     module = engine.module
 
-    def write() -> (
-        bool
-    ):  # rank 0, while the others wait outside dist_timeout_s (a large model, a slow filesystem)
+    # rank 0, while the others wait outside dist_timeout_s (a large model, a slow filesystem)
+    def write() -> bool:
         with atomic_path(out / "model") as staging:
             if hasattr(module, "peft_config") and info["merged"]:
                 module.save_pretrained(staging / "adapter")
