@@ -64,9 +64,11 @@ def _letter_count(text: str) -> int:
     return sum(map(len, _LETTER_RUNS.findall(text)))
 
 
-def _line_joiner(before: str, after: str) -> str:
-    """What goes between two hard-wrapped lines: nothing between CJK characters (a space there
-    would be a word break the text never had), a space everywhere else (Latin, Cyrillic, Hangul...)."""
+def joiner(before: str, after: str) -> str:
+    """What goes between two pieces of running text (hard-wrapped lines here, the words of a tagged
+    sentence in fine-tuning) ending and starting with these characters: nothing between CJK characters
+    (a space there would be a word break the text never had), a space everywhere else (Latin,
+    Cyrillic, Hangul...)."""
     if before < "\u2010" or after < "\u2010":  # ASCII, Latin, Greek, Cyrillic...: the common case, fast
         return " "
     if _CJK.match(before):
@@ -77,13 +79,13 @@ def _line_joiner(before: str, after: str) -> str:
 def _join_lines(lines: list[str]) -> str:
     joined = [lines[0]]
     for before, after in itertools.pairwise(lines):
-        joined += (_line_joiner(before[-1], after[0]), after)
+        joined += (joiner(before[-1], after[0]), after)
     return "".join(joined)
 
 
 def _paragraphs(text: str, unwrap_lines: bool) -> list[str]:
     """Blank-line-separated paragraphs with all whitespace runs collapsed to one space; with
-    ``unwrap_lines`` the lines of a paragraph are joined (see ``_line_joiner``), otherwise each line
+    ``unwrap_lines`` the lines of a paragraph are joined (see ``joiner``), otherwise each line
     stays a line."""
     paragraphs, block = [], []
     for line in text.split("\n"):

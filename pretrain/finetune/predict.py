@@ -3,11 +3,12 @@
 The server's predictions (``pretrain.finetune.serving.engine``, the same code) for every row of a
 file, in batches of similar lengths, with a progress bar on stderr.
 
-INPUT: ``.txt`` (one input per non-empty line; ``a<TAB>b`` for a pair model; words split on
-whitespace for token classification), or ``.tsv``/``.csv`` with a header row, or ``.jsonl``. In the
-last three the text is the first column of the model's ``text_columns`` (finetune.json or the
-fine-tune config) present, else ``text``/``sentence``/``content``; a pair model's second text is
-its second text column, else ``text_pair``; for token classification a JSONL ``tokens`` list wins.
+INPUT: ``.txt`` (one input per non-empty line; ``a<TAB>b`` for a pair model; for token
+classification words split at spaces and Han/kana a character each, ``tokens.split_words``), or
+``.tsv``/``.csv`` with a header row, or ``.jsonl``. In the last three the text is the first column
+of the model's ``text_columns`` (finetune.json or the fine-tune config) present, else
+``text``/``sentence``/``content``; a pair model's second text is its second text column, else
+``text_pair``; for token classification a JSONL ``tokens`` list wins.
 
 Output (``--out``, else stdout): JSONL, one object per input row in file order,
 ``{"line": N, "input": ..., <prediction>}``; with ``--out X.tsv`` a table: line, text, [text_pair],
@@ -29,6 +30,7 @@ from data_prep.manifest import open_atomic
 from pretrain.finetune import InputError  # noqa: E402
 from pretrain.finetune.data import DELIMITED, JSON_LINES, delimited_rows, json_rows  # noqa: E402
 from pretrain.finetune.serving.engine import Item, ModelInfo, Predictor  # noqa: E402
+from pretrain.finetune.tokens import split_words  # noqa: E402
 
 FALLBACK_TEXT_COLUMNS = ["text", "sentence", "content"]
 
@@ -61,7 +63,7 @@ def read_inputs(path: Path, info: ModelInfo) -> tuple[list[int], list[Item]]:
                         first, second = line.split("\t", 1)
                         items.append((first, second))
                     else:
-                        items.append(line.split() if ner else line)
+                        items.append(split_words(line) if ner else line)
                     lines.append(number)
             elif suffix in DELIMITED or suffix in JSON_LINES:
                 if suffix in JSON_LINES:
@@ -81,7 +83,7 @@ def read_inputs(path: Path, info: ModelInfo) -> tuple[list[int], list[Item]]:
                             )
                         text = str(row[column])
                         if ner:
-                            items.append(text.split())
+                            items.append(split_words(text))
                         elif pair_column and pair_column in row:
                             items.append((text, str(row[pair_column])))
                         else:

@@ -5,16 +5,24 @@ Alignment: the first subword of a word carries the word's tag; the other subword
 tokens carry -100, which the loss and the metrics ignore. A sentence whose subwords do not fit
 ``max_len`` is split at word boundaries into consecutive windows, each with its own [CLS]/[SEP], so
 every word is tagged exactly once (nothing is cut).
+
+Scripts written without spaces (Chinese, Japanese) are tagged a character at a time, as their NER
+corpora are; ``split_words`` cuts a raw text that way for prediction. A SentencePiece tokenizer
+then puts its word-start piece before every character (``▁ 张 ▁ 伟``) and the tag sits on that
+piece: encoding the characters unmarked, with the tag on each character, was measured and loses
+(README, "Token classification").
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
+from data_prep.cleaning import CJK_CHARS, joiner
 from pretrain.finetune import InputError
 from pretrain.finetune.data import Encoded, json_rows
 
@@ -163,6 +171,24 @@ class WindowStats:
     sentences_split: int
     windows: int
     words_without_tokens: int  # words the tokenizer maps to nothing: predicted "O" (never scored)
+
+
+# A word: a run of characters up to a space, or one character of a script written without spaces.
+_WORD = re.compile(f"(?!\\s)[{CJK_CHARS}]|[^\\s{CJK_CHARS}]+")  # the ideographic space is a space
+
+
+def split_words(text: str) -> list[str]:
+    """The words of a raw text to tag: runs between spaces, and each Han/kana character on its own
+    ("张伟在Apple工作" -> 张 伟 在 Apple 工 作), the unit Chinese and Japanese NER corpora label."""
+    return _WORD.findall(text)
+
+
+def join_words(words: Sequence[str]) -> str:
+    """The words as running text: a space between two, except inside a Han/kana run (data_prep's rule)."""
+    return "".join(
+        (joiner(words[i - 1][-1], word[0]) if i and words[i - 1] and word else "") + word
+        for i, word in enumerate(words)
+    )
 
 
 def encode_tokens(

@@ -6,7 +6,8 @@ config.json); for dirs without it, it is inferred: the task from the architectur
 summary from the fine-tune dir around it (``../config.yaml``, ``../eval.json``) when present.
 
 An input is a text (``str``), a sentence pair (``(str, str)``) or a pre-split word list
-(``list[str]``, token classification). Results are plain JSON-ready dicts.
+(``list[str]``, token classification: a text there is split by ``tokens.split_words``). Results
+are plain JSON-ready dicts.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 
 from pretrain.finetune import InputError
 from pretrain.finetune.model import _first_line, check_base_dir, load_tokenizer
+from pretrain.finetune.tokens import join_words, split_words
 
 TASKS = ("sequence_classification", "regression", "token_classification")
 Item = str | tuple[str, str] | list[str]
@@ -258,7 +260,7 @@ class Predictor:
         if not items:
             return []
         if self.info.task == "token_classification":
-            items = [item.split() if isinstance(item, str) else item for item in items]
+            items = [split_words(item) if isinstance(item, str) else item for item in items]
         batch, word_ids = self._encode(items)
         with torch.inference_mode():
             logits = self.model(**{key: value.to(self.device) for key, value in batch.items()}).logits
@@ -291,7 +293,7 @@ class Predictor:
             best = int(rows[position].argmax())
             labels[word], scores[word] = self.info.labels[best], float(rows[position][best])
         spans = [
-            {"label": kind, "start": start, "end": end + 1, "text": " ".join(words[start : end + 1])}
+            {"label": kind, "start": start, "end": end + 1, "text": join_words(words[start : end + 1])}
             for kind, start, end in get_entities(labels)
         ]
         return {
