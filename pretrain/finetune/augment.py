@@ -5,7 +5,8 @@ before training, seeded, never applied to valid or test.
   sampled from the base checkpoint's own masked-LM head (the project's pretrained MLM), label kept.
 - ``swap``: swap that share of random word pairs; ``delete``: drop that share of the words (never all).
 
-Words are whitespace-separated. No synonym replacement: it needs a synonym source (WordNet, a
+Words are ``tokens.split_words``'s: whitespace-separated runs, and each Han/kana character on its
+own (a Chinese row is not one "word"), written back with ``tokens.join_words``. No synonym replacement: it needs a synonym source (WordNet, a
 thesaurus), and none is available offline here.
 """
 
@@ -18,6 +19,7 @@ import numpy as np
 
 from pretrain.finetune import InputError
 from pretrain.finetune.data import Table
+from pretrain.finetune.tokens import is_unspaced, join_words, split_words
 
 _MLM_BATCH = 64
 
@@ -27,26 +29,27 @@ def _count(words: int, share: float) -> int:
 
 
 def swap_words(text: str, share: float, rng: np.random.Generator) -> str:
-    words = text.split()
+    words = split_words(text)
     if len(words) < 2:
         return text
     for _ in range(_count(len(words), share)):
         i, j = rng.choice(len(words), 2, replace=False)
         words[i], words[j] = words[j], words[i]
-    return " ".join(words)
+    return join_words(words)
 
 
 def delete_words(text: str, share: float, rng: np.random.Generator) -> str:
-    words = text.split()
+    words = split_words(text)
     if len(words) < 2:
         return text
     drop = set(rng.choice(len(words), min(_count(len(words), share), len(words) - 1), replace=False).tolist())
-    return " ".join(word for index, word in enumerate(words) if index not in drop)
+    return join_words([word for index, word in enumerate(words) if index not in drop])
 
 
 class MlmFiller:
     """Refill masked words by sampling the base MLM; one [MASK] per chosen word, filled by a token
-    that starts a word (so the filled text stays a sequence of whole words)."""
+    that starts a word (so the filled text stays a sequence of whole words), a Han/kana character by
+    one Han/kana character."""
 
     def __init__(self, base: Path, tokenizer, temperature: float):
         import torch
@@ -78,11 +81,21 @@ class MlmFiller:
             ]
         )
         self.blocked = torch.from_numpy(~allowed)
+        unspaced = np.array(
+            [
+                index not in special
+                and len(token.lstrip("\u2581")) == 1
+                and is_unspaced(token.lstrip("\u2581"))
+                for index, token in enumerate(vocabulary)
+            ]
+        )
+        # a vocabulary without Han/kana tokens fills those words like any other
+        self.blocked_unspaced = torch.from_numpy(~unspaced) if unspaced.any() else self.blocked
 
     def fill(self, texts: list[str], share: float, rng: np.random.Generator) -> list[str]:
         import torch
 
-        originals = [text.split() for text in texts]
+        originals = [split_words(text) for text in texts]
         masked_words = []
         for words in originals:
             chosen = (
@@ -98,7 +111,7 @@ class MlmFiller:
         for start in range(0, len(texts), _MLM_BATCH):
             chunk = masked_words[start : start + _MLM_BATCH]
             batch = self.tokenizer(
-                [" ".join(words) for words in chunk],
+                [join_words(originals[start + row], words) for row, words in enumerate(chunk)],
                 padding=True,
                 truncation=True,
                 max_length=512,
@@ -107,8 +120,20 @@ class MlmFiller:
             with torch.no_grad():
                 logits = self.model(**batch).logits
             positions = batch["input_ids"] == self.tokenizer.mask_token_id
+            # which masks stand for a Han/kana word, in the order of `positions` (row by row; masks
+            # past the truncation point have none)
+            unspaced = [
+                is_unspaced(original)
+                for row, words in enumerate(chunk)
+                for original in [
+                    o for w, o in zip(words, originals[start + row]) if w == self.tokenizer.mask_token
+                ][: int(positions[row].sum())]
+            ]
             scores = logits[positions].float() / self.temperature
-            scores[:, self.blocked] = -torch.inf
+            blocked = torch.where(
+                torch.tensor(unspaced, dtype=torch.bool)[:, None], self.blocked_unspaced, self.blocked
+            )
+            scores[blocked] = -torch.inf
             sampled = torch.multinomial(torch.softmax(scores, -1), 1, generator=generator)[:, 0].tolist()
             new_words = [
                 self.tokenizer.convert_tokens_to_string([token]).strip()
@@ -125,7 +150,7 @@ class MlmFiller:
                         taken, budget = taken + 1, budget - 1
                     else:
                         out.append(original)
-                filled.append(" ".join(out))
+                filled.append(join_words(out))
         return [" ".join(text.split()) for text in filled]
 
 

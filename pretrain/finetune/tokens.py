@@ -174,21 +174,29 @@ class WindowStats:
 
 
 # A word: a run of characters up to a space, or one character of a script written without spaces.
-_WORD = re.compile(f"(?!\\s)[{CJK_CHARS}]|[^\\s{CJK_CHARS}]+")  # the ideographic space is a space
+_UNSPACED = re.compile(f"(?!\\s)[{CJK_CHARS}]")  # the ideographic space is a space
+_WORD = re.compile(f"{_UNSPACED.pattern}|[^\\s{CJK_CHARS}]+")
 
 
 def split_words(text: str) -> list[str]:
-    """The words of a raw text to tag: runs between spaces, and each Han/kana character on its own
-    ("张伟在Apple工作" -> 张 伟 在 Apple 工 作), the unit Chinese and Japanese NER corpora label."""
+    """The words of a raw text (to tag, or to augment): runs between spaces, and each Han/kana
+    character on its own ("张伟在Apple工作" -> 张 伟 在 Apple 工 作), the unit Chinese and Japanese
+    NER corpora label."""
     return _WORD.findall(text)
 
 
-def join_words(words: Sequence[str]) -> str:
-    """The words as running text: a space between two, except inside a Han/kana run (data_prep's rule)."""
+def join_words(words: Sequence[str], shown: Sequence[str] | None = None) -> str:
+    """The words as running text: a space between two, except inside a Han/kana run (data_prep's
+    rule). ``shown``: what to write in each word's place (a mask token, say); spacing follows ``words``."""
     return "".join(
-        (joiner(words[i - 1][-1], word[0]) if i and words[i - 1] and word else "") + word
-        for i, word in enumerate(words)
+        (joiner(words[i - 1][-1], word[0]) if i and words[i - 1] and word else "") + text
+        for i, (word, text) in enumerate(zip(words, words if shown is None else shown))
     )
+
+
+def is_unspaced(word: str) -> bool:
+    """A word of a script written without spaces (Han or kana only; ``split_words`` makes one a character)."""
+    return bool(word) and all(_UNSPACED.match(char) for char in word)
 
 
 def encode_tokens(

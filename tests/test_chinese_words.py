@@ -1,7 +1,9 @@
-"""Chinese named entities are tagged a character per word, as Chinese NER corpora label them: a raw
-text sent to the server or to predict is split that way (it was split at spaces only, so a Chinese
-sentence was one word with one label), encoded as fine-tuning encodes its training words, and entity
-spans are joined back without spaces.
+"""Chinese words in fine-tuning: a Han character is a word, as Chinese NER corpora label them. A raw
+text sent to the server or to predict for token classification is split that way (it was split at
+spaces only, so a Chinese sentence was one word with one label), encoded as fine-tuning encodes its
+training words, and entity spans are joined back without spaces. Augmentation swaps, deletes and
+refills characters (a Chinese row was one "word": swap and delete left it as it was, and mlm_fill
+replaced the whole sentence by one sampled token, label kept).
 
 The tokenizer is this project's own export (data_prep's SentencePiece training and HF conversion)
 over generated Chinese text (jieba's dictionary, no network)."""
@@ -15,6 +17,7 @@ import pytest
 from benchmarks.corpus import chinese_words, document
 from data_prep.config import TokenizerConfig
 from data_prep.tokenizer import save_trained_tokenizer, train_sentencepiece
+from pretrain.finetune.augment import MlmFiller, delete_words, swap_words
 from pretrain.finetune.serving.engine import Predictor
 from pretrain.finetune.tokens import (
     IGNORE,
@@ -100,3 +103,30 @@ def test_serving_encodes_and_splits_chinese_as_fine_tuning_does(zh_tokenizer, tm
         ("LOC", "北京"),
         ("ORG", "华为公司"),
     ]
+
+
+def test_augmentation_swaps_deletes_and_refills_characters(zh_tokenizer, tmp_path):
+    import torch
+    from transformers import BertConfig, BertForMaskedLM
+
+    directory, hf = zh_tokenizer
+    rng = np.random.default_rng(0)
+    swapped = swap_words(SENTENCE, 0.3, rng)
+    assert swapped != SENTENCE and sorted(swapped) == sorted(SENTENCE)
+    shorter = delete_words(SENTENCE, 0.3, rng)
+    remaining = iter(SENTENCE)
+    assert len(shorter) == len(SENTENCE) - 4 and all(
+        char in remaining for char in shorter
+    )  # 4 dropped, order kept
+
+    preset = json.loads(open("configs/model/tiny.json").read())
+    preset = {key: value for key, value in preset.items() if not key.startswith("_")}
+    torch.manual_seed(0)
+    BertForMaskedLM(BertConfig(**{**preset, "vocab_size": len(hf)})).save_pretrained(tmp_path / "base")
+    texts = [SENTENCE, "今天天气很好，我们去公园散步。", "这部电影非常精彩。"]
+    filled = MlmFiller(tmp_path / "base", hf, temperature=1.0).fill(texts, 0.3, rng)
+    for text, out in zip(texts, filled):
+        # round(0.3 x length) characters refilled, each by one Han character; the rest in place
+        changed = [(a, b) for a, b in zip(text, out) if a != b]
+        assert len(out) == len(text) and 0 < len(changed) <= round(0.3 * len(text)), (text, out)
+        assert all(b.isalpha() for _, b in changed) and " " not in out
