@@ -17,6 +17,7 @@ import pytest
 from benchmarks.corpus import chinese_words, document
 from data_prep.config import TokenizerConfig
 from data_prep.tokenizer import save_trained_tokenizer, train_sentencepiece
+from pretrain.config import resolve_model_config_path
 from pretrain.finetune.augment import MlmFiller, delete_words, swap_words
 from pretrain.finetune.serving.engine import Predictor
 from pretrain.finetune.tokens import (
@@ -27,6 +28,7 @@ from pretrain.finetune.tokens import (
     split_words,
     tag_vocabulary,
 )
+from pretrain.model import bert_config_from_preset
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 SENTENCE = "张伟在北京的华为公司工作。"
@@ -66,19 +68,18 @@ def test_text_is_split_a_han_character_at_a_time_and_joined_back_without_spaces(
 
 def test_serving_encodes_and_splits_chinese_as_fine_tuning_does(zh_tokenizer, tmp_path):
     import torch
-    from transformers import BertConfig, BertForTokenClassification
+    from transformers import BertForTokenClassification
 
     directory, hf = zh_tokenizer
     table = TokenTable(source="test", words=[split_words(SENTENCE)], tags=[TAGS], lines=[1])
     labels = tag_vocabulary(table)
     data, _ = encode_tokens(table, hf, labels, max_len=64)
 
-    preset = json.loads(open("configs/model/tiny.json").read())
-    preset = {key: value for key, value in preset.items() if not key.startswith("_")}
-    preset.update(vocab_size=len(hf), num_labels=len(labels), id2label=dict(enumerate(labels)))
+    config = bert_config_from_preset(resolve_model_config_path("tiny"), len(hf), {"pad": hf.pad_token_id}, 64)
+    config.update({"num_labels": len(labels), "id2label": dict(enumerate(labels))})
     torch.manual_seed(0)
     model_dir = tmp_path / "model"
-    BertForTokenClassification(BertConfig(**preset)).save_pretrained(model_dir)
+    BertForTokenClassification(config).save_pretrained(model_dir)
     hf.save_pretrained(model_dir)
     (model_dir / "finetune.json").write_text(
         json.dumps(
@@ -107,7 +108,7 @@ def test_serving_encodes_and_splits_chinese_as_fine_tuning_does(zh_tokenizer, tm
 
 def test_augmentation_swaps_deletes_and_refills_characters(zh_tokenizer, tmp_path):
     import torch
-    from transformers import BertConfig, BertForMaskedLM
+    from transformers import BertForMaskedLM
 
     directory, hf = zh_tokenizer
     rng = np.random.default_rng(0)
@@ -119,10 +120,9 @@ def test_augmentation_swaps_deletes_and_refills_characters(zh_tokenizer, tmp_pat
         char in remaining for char in shorter
     )  # 4 dropped, order kept
 
-    preset = json.loads(open("configs/model/tiny.json").read())
-    preset = {key: value for key, value in preset.items() if not key.startswith("_")}
+    config = bert_config_from_preset(resolve_model_config_path("tiny"), len(hf), {"pad": hf.pad_token_id}, 64)
     torch.manual_seed(0)
-    BertForMaskedLM(BertConfig(**{**preset, "vocab_size": len(hf)})).save_pretrained(tmp_path / "base")
+    BertForMaskedLM(config).save_pretrained(tmp_path / "base")
     texts = [SENTENCE, "今天天气很好，我们去公园散步。", "这部电影非常精彩。"]
     filled = MlmFiller(tmp_path / "base", hf, temperature=1.0).fill(texts, 0.3, rng)
     for text, out in zip(texts, filled):

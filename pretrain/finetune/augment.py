@@ -6,8 +6,8 @@ before training, seeded, never applied to valid or test.
 - ``swap``: swap that share of random word pairs; ``delete``: drop that share of the words (never all).
 
 Words are ``tokens.split_words``'s: whitespace-separated runs, and each Han/kana character on its
-own (a Chinese row is not one "word"), written back with ``tokens.join_words``. No synonym replacement: it needs a synonym source (WordNet, a
-thesaurus), and none is available offline here.
+own (a Chinese row is not one "word"), written back with ``tokens.join_words``. No synonym
+replacement: it needs a synonym source (WordNet, a thesaurus), and none is available offline here.
 """
 
 from __future__ import annotations
@@ -120,19 +120,19 @@ class MlmFiller:
             with torch.no_grad():
                 logits = self.model(**batch).logits
             positions = batch["input_ids"] == self.tokenizer.mask_token_id
-            # which masks stand for a Han/kana word, in the order of `positions` (row by row; masks
-            # past the truncation point have none)
-            unspaced = [
-                is_unspaced(original)
+            # masks past the truncation point got no prediction: those words stay as they were
+            budgets = positions.sum(dim=1).tolist()
+            # the masked words that got a prediction, in the order of `positions` (row by row)
+            predicted = [
+                original
                 for row, words in enumerate(chunk)
                 for original in [
                     o for w, o in zip(words, originals[start + row]) if w == self.tokenizer.mask_token
-                ][: int(positions[row].sum())]
+                ][: budgets[row]]
             ]
+            unspaced = torch.tensor([is_unspaced(word) for word in predicted], dtype=torch.bool)
             scores = logits[positions].float() / self.temperature
-            blocked = torch.where(
-                torch.tensor(unspaced, dtype=torch.bool)[:, None], self.blocked_unspaced, self.blocked
-            )
+            blocked = torch.where(unspaced[:, None], self.blocked_unspaced, self.blocked)
             scores[blocked] = -torch.inf
             sampled = torch.multinomial(torch.softmax(scores, -1), 1, generator=generator)[:, 0].tolist()
             new_words = [
@@ -141,8 +141,7 @@ class MlmFiller:
             ]
             taken = 0
             for row, words in enumerate(chunk):
-                # masks past the truncation point got no prediction: those words stay as they were
-                budget = int(positions[row].sum())
+                budget = budgets[row]
                 out = []
                 for word, original in zip(words, originals[start + row]):
                     if word == self.tokenizer.mask_token and budget:

@@ -3,9 +3,10 @@
 Serves a fine-tuned model dir (``<out_dir>/model``) over HTTP with FastAPI + uvicorn:
 
 - ``POST /predict`` with ``{"texts": [...]}``, ``{"pairs": [[a, b], ...]}`` or, for token
-  classification, ``{"tokens": [[word, ...], ...]}`` (``texts`` are split there at spaces, and Han/kana a character each):
-  ``{"predictions": [...]}``, one per input: label, score and probabilities; ``value`` for
-  regression; per-word labels and entity spans for token classification.
+  classification, ``{"tokens": [[word, ...], ...]}`` (``texts`` are split there at spaces, and
+  Han/kana a character each): ``{"predictions": [...]}``, one per input: label, score and
+  probabilities; ``value`` for regression; per-word labels and entity spans for token
+  classification.
 - ``GET /health``, ``GET /metadata`` (task, labels, max_len, base model, training summary, batching),
   ``GET /docs`` and ``/openapi.json`` from FastAPI.
 

@@ -7,7 +7,7 @@ tokens carry -100, which the loss and the metrics ignore. A sentence whose subwo
 every word is tagged exactly once (nothing is cut).
 
 Scripts written without spaces (Chinese, Japanese) are tagged a character at a time, as their NER
-corpora are; ``split_words`` cuts a raw text that way for prediction. A SentencePiece tokenizer
+corpora are; ``split_words`` cuts a raw text that way for prediction and augmentation. A SentencePiece tokenizer
 then puts its word-start piece before every character (``▁ 张 ▁ 伟``) and the tag sits on that
 piece: encoding the characters unmarked, with the tag on each character, was measured and loses
 (README, "Token classification").
