@@ -1,5 +1,6 @@
-# One command each: `make demo`, `make test`, `make bench`. Each creates .venv and installs the
-# project into it when missing (or when pyproject.toml changed), so a fresh clone needs nothing else.
+# One command each: `make demo`, `make test` (`make test-fast` while editing), `make bench`. Each
+# creates .venv and installs the project into it when missing (or when pyproject.toml changed), so a
+# fresh clone needs nothing else.
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -12,7 +13,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(TORCH_VERSION)
 PYTEST_ARGS ?=
 
-.PHONY: venv test lint format demo bench gpu-check gpu-wheels clean
+.PHONY: venv test test-fast lint format demo bench gpu-check gpu-wheels clean
 
 venv: $(STAMP)
 
@@ -34,6 +35,11 @@ format: $(STAMP)
 
 test: lint
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The editing loop: the unit tests, without the multi-rank, end-to-end and benchmark ones (marked
+# slow). `make test` (CI's command) runs everything.
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 demo: $(STAMP)
 	$(PY) -m pretrain.demo

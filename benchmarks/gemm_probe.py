@@ -8,6 +8,11 @@ such agreed figure (it depends on the ISA the library picks: AVX512-BF16, AMX, p
 clocks under load), so it is measured: square matmuls of a few sizes in the run's dtype, on the
 thread count one rank uses, best of several repeats. The best rate any size reaches is the peak:
 it is what the machine's matmul library can do in this dtype, in this run, on these threads.
+
+A dtype the CPU has no native instructions for (bf16 without AVX512-BF16 or AMX: emulated, ten
+times slower than fp32) would make the largest size take minutes, so the probe stops growing the
+size once the next one is predicted (8x the FLOPs) to take over ``MAX_SECONDS_PER_SIZE``: at that
+speed the rate has long stopped depending on the size.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 PROBE_SIZES = (512, 1024, 2048)
 MIN_REPEATS = 5
 MIN_SECONDS_PER_SIZE = 0.5  # more repeats for small sizes, so a short stall by another process rarely wins
+MAX_SECONDS_PER_SIZE = 4.0  # a size whose repeats would take longer is not probed (emulated dtypes)
 
 
 @dataclass(frozen=True)
@@ -42,6 +48,8 @@ def matmul_flops_per_s(precision: str, threads: int, device: str = "cpu") -> dic
     try:
         rates = {}
         for n in PROBE_SIZES:
+            if rates and MIN_REPEATS * 2 * n**3 / rates[max(rates)] > MAX_SECONDS_PER_SIZE:
+                break  # this dtype is too slow here for a bigger size to change the answer
             a = torch.randn(n, n, device=device).to(dtype)
             b = torch.randn(n, n, device=device).to(dtype)
             out = torch.mm(a, b)  # the first call selects the kernel and warms the caches

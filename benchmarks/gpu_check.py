@@ -124,7 +124,7 @@ DRY_RUN_PLAN = Plan(
     notes=[
         "dry run on a CPU: tiny sizes, one sweep variant (the CPU's blockwise loss kernel, no compile: "
         "seconds of C++ compilation per launch); "
-        "fp16 skipped where DeepSpeed supports no fp16 (this CPU)"
+        "fp16 runs where DeepSpeed supports fp16 on this CPU (AVX512-FP16/AMX), else is skipped saying why"
     ],
 )
 

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from bounded import run_bounded
+
 from pretrain.distributed import STRICT_ENV, free_port
 
 REPO = Path(__file__).resolve().parents[1]
@@ -72,15 +74,8 @@ def run_pretrain(
     command += args
     inherited = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARS}
     full_env = {**inherited, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", **STRICT, **(env or {})}
-    return subprocess.run(
-        command,
-        cwd=REPO,
-        env=full_env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        preexec_fn=preexec_fn,
-    )
+    # bounded: a hung rank ends the whole launch with every rank's stack, and nothing survives it
+    return run_bounded(command, cwd=REPO, env=full_env, timeout=timeout, preexec_fn=preexec_fn)
 
 
 def metrics(run_dir: Path, kind: str = "train") -> list[dict]:

@@ -2,11 +2,11 @@
 
 import json
 import os
-import subprocess
 import sys
 
 import pytest
 import yaml
+from bounded import run_bounded
 from launching import LAUNCHER_VARS, REPO
 
 from pretrain.docstring_task import split_of
@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow
 def test_demo_runs_every_stage_and_reports(tmp_path):
     out = tmp_path / "demo"
     env = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARS}
-    result = subprocess.run(
+    result = run_bounded(
         [
             sys.executable,
             "-m",
@@ -39,9 +39,7 @@ def test_demo_runs_every_stage_and_reports(tmp_path):
         ],
         cwd=REPO,
         env={**env, "HF_HUB_OFFLINE": "1"},
-        capture_output=True,
-        text=True,
-        timeout=900,
+        timeout=540,  # under pytest-timeout's 600 s, so that a hang ends with the ranks' stacks
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())

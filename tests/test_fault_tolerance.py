@@ -14,6 +14,7 @@ import time
 
 import numpy as np
 import pytest
+from bounded import end_unfinished, finish_bounded, start_bounded
 from exports import ZERO2_MLM
 from launching import BIN, LAUNCHER_VARS, REPO, explain, metrics, run_pretrain
 from synthetic_data import CLS, SEP, make_data_dir, npy_bytes, train_stream, write_shard
@@ -230,15 +231,19 @@ def test_persistent_nan_stops_cleanly_with_the_last_good_checkpoint(tmp_path, da
     assert json.loads((tmp_path / "x" / "training_summary.json").read_text())["step"] == 4
 
 
-def test_fp16_where_deepspeed_has_none_is_refused_in_one_line(tmp_path, data_dir):
-    from pretrain.distributed import precision_problem
+FP16_CAPABILITY = str(REPO / "tests" / "fp16_capability.py")
 
-    if precision_problem("fp16") is None:
-        pytest.skip("this device has fp16: nothing to refuse (the overflow test below runs it natively)")
-    result = run_pretrain(data_dir, tmp_path / "run", "max_steps=2", "precision=fp16", ranks=1)
+
+def test_fp16_where_deepspeed_has_none_is_refused_in_one_line(tmp_path, data_dir):
+    # DeepSpeed's fp16 check forced to answer no: the refusal is tested on CPUs with native fp16 too.
+    run_dir = tmp_path / "run"
+    result = run_pretrain(
+        data_dir, run_dir, "max_steps=2", "precision=fp16", ranks=1, entry=(FP16_CAPABILITY, "no", "pretrain")
+    )
     assert result.returncode == 1
     (line,) = _error_lines(result)
     assert "precision=fp16" in line and "bf16" in line
+    assert not (run_dir / "checkpoints").exists()  # refused before anything was written
 
 
 def test_fp16_overflow_storm_is_skipped_with_the_scale_lowered_and_counted(tmp_path, data_dir):
@@ -253,7 +258,7 @@ def test_fp16_overflow_storm_is_skipped_with_the_scale_lowered_and_counted(tmp_p
         "max_steps=8",
         "precision=fp16",
         ranks=1,
-        entry=(str(REPO / "tests" / "fp16_on_cpu.py"),),
+        entry=(FP16_CAPABILITY, "yes", "pretrain"),  # native where the CPU has fp16, emulated elsewhere
         env={"PRETRAIN_GRAD_OVERFLOW_AT": "3-5"},
     )
     assert result.returncode == 0, explain(result)
@@ -326,9 +331,16 @@ def _node(rank, hostfile, data_dir, run_dir, port, *overrides, env=None):
         "PYTHONUNBUFFERED": "1",
         **(env or {}),
     }
-    return subprocess.Popen(
-        command, cwd=REPO, env=node_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
+    return start_bounded(command, cwd=REPO, env=node_env)
+
+
+def _finish_nodes(nodes, timeout):
+    """Each node's result; whatever a failure or a hang of one leaves of the others is ended too."""
+    try:
+        return [finish_bounded(node, timeout=timeout) for node in nodes]
+    finally:
+        for node in nodes:
+            end_unfinished(node)
 
 
 def test_two_node_rehearsal_matches_single_node_and_survives_a_lost_node(
@@ -341,8 +353,8 @@ def test_two_node_rehearsal_matches_single_node_and_survives_a_lost_node(
     port = free_port()
     # the single-node reference is the session's 2-rank run under the deepspeed launcher (conftest.py)
     nodes = [_node(r, hostfile, mlm_data, tmp_path / "multi", port, *ZERO2_MLM) for r in range(2)]
-    outputs = [node.communicate(timeout=240) for node in nodes]
-    assert [node.returncode for node in nodes] == [0, 0], outputs
+    done = _finish_nodes(nodes, timeout=240)
+    assert [node.returncode for node in done] == [0, 0], [explain(node) for node in done]
     losses = [r["loss"] for r in metrics(tmp_path / "multi")]
     assert len(losses) == 12 and losses == [r["loss"] for r in metrics(zero2_mlm)]
 
@@ -361,10 +373,9 @@ def test_two_node_rehearsal_matches_single_node_and_survives_a_lost_node(
         for r in range(2)
     ]
     started = time.monotonic()
-    _, err0 = nodes[0].communicate(timeout=180)
-    nodes[1].communicate(timeout=60)
-    assert nodes[0].returncode != 0 and time.monotonic() - started < 120
-    assert "lost contact with another rank" in err0
+    node0, _ = _finish_nodes(nodes, timeout=180)
+    assert node0.returncode != 0 and time.monotonic() - started < 120
+    assert "lost contact with another rank" in node0.stderr
 
 
 def _keys_per_step(run_dir):

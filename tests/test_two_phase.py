@@ -2,10 +2,10 @@
 
 import json
 import os
-import subprocess
 import sys
 
 import pytest
+from bounded import run_bounded
 from launching import LAUNCHER_VARS, REPO, explain, metrics
 from test_prep_pipeline import write_corpus
 
@@ -45,13 +45,11 @@ def test_phase_two_continues_phase_one_at_seq_512(tmp_path):
         PHASE2_ARGS="max_steps=3 schedule.warmup_steps=1 optimizer.lr=1e-3 eval_every=3 save_every=3",
         HF_HUB_OFFLINE="1",
     )
-    result = subprocess.run(
+    result = run_bounded(
         ["bash", "launch/two_phase.sh", "configs/prep/text.yaml", str(out), *TINY],
         cwd=REPO,
         env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
+        timeout=540,  # under pytest-timeout's 600 s, so that a hang ends with the ranks' stacks
     )
     assert result.returncode == 0, explain(result)
     for seq_len in (128, 512):
