@@ -17,6 +17,8 @@ def mlm_data(tmp_path_factory):
 def zero2_mlm(mlm_data, tmp_path_factory):
     """A 2-rank ZeRO-2 run of the mlm objective under the deepspeed launcher, engine probed."""
     run_dir = tmp_path_factory.mktemp("zero2-mlm") / "run"
-    result = run_pretrain(mlm_data, run_dir, *ZERO2_MLM, entry=PROBE_ENTRY, timeout=LAUNCH_TIMEOUT_S)
+    result = run_pretrain(
+        mlm_data, run_dir, *ZERO2_MLM, entry=PROBE_ENTRY, timeout=LAUNCH_TIMEOUT_S, launcher="deepspeed"
+    )
     assert result.returncode == 0, explain(result)
     return run_dir

@@ -53,10 +53,15 @@ def run_pretrain(
     timeout: float = 240,
     preexec_fn=None,
     entry: tuple[str, ...] = ("-m", "pretrain"),
-    launcher: str = "deepspeed",
+    launcher: str = "torchrun",
 ) -> subprocess.CompletedProcess:
     """``entry``: what follows ``python``, e.g. a script that wraps ``pretrain``. ``launcher`` (for
-    more than one rank): deepspeed, torchrun or mpirun, each as README shows it."""
+    more than one rank): deepspeed, torchrun or mpirun, each as README shows it.
+
+    torchrun by default: it starts ranks about 5 s sooner than the deepspeed launcher (whose runner
+    and launch.py each import torch and deepspeed first), over ~30 launches a suite. The trainer
+    does not depend on its launcher: the session's reference run is launched by deepspeed
+    (conftest.py) and test_launchers.py checks torchrun and mpirun against it, bit for bit."""
     args = [f"data_dir={data_dir}", f"run_dir={run_dir}", *FAST, *overrides]
     port = str(free_port())
     if ranks == 1:
