@@ -1,4 +1,4 @@
-"""Load test of the model server (``pretrain.finetune.serve``): requests/s and p50/p99 latency at
+"""Load test of the model server (``serve``): requests/s and p50/p99 latency at
 several client concurrencies, with dynamic batching on and off.
 
     python -m benchmarks.load_test [--model-dir DIR] [--concurrency 1,8,32] [--requests 400]
@@ -90,7 +90,7 @@ def make_model_dir(
 def start_server(model_dir: Path, port: int, *args: str, env: dict | None = None) -> subprocess.Popen:
     """The real server in a subprocess; returns once /health answers (or raises with its output)."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "pretrain.finetune.serve", str(model_dir), "--port", str(port), *args],
+        [sys.executable, "-m", "serve", str(model_dir), "--port", str(port), *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from data_prep.manifest import MANIFEST_NAME, SPECIAL_TOKENS, TOKENIZER_DIR, build_manifest, write_json_atomic
+from data_prep.atomic import write_json_atomic
+from data_prep.manifest import MANIFEST_NAME, SPECIAL_TOKENS, TOKENIZER_DIR, build_manifest
 from data_prep.shards import ShardEntry, shard_name, write_shard
 
 BERT_VOCAB_SIZE = 30522  # bert-base-uncased's WordPiece vocabulary

@@ -27,16 +27,10 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
+from data_prep.atomic import open_atomic, write_json_atomic
 from data_prep.config import PrepConfig
 from data_prep.dedup import DuplicateFilter
-from data_prep.manifest import (
-    MANIFEST_NAME,
-    SPLITS,
-    TOKENIZER_DIR,
-    build_manifest,
-    open_atomic,
-    write_json_atomic,
-)
+from data_prep.manifest import MANIFEST_NAME, SPLITS, TOKENIZER_DIR, build_manifest
 from data_prep.mpi import Cluster, connect, on_root
 from data_prep.planning import check_missing, input_fingerprint, plan_chunks
 from data_prep.progress import Progress, bars_wanted

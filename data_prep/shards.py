@@ -19,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from data_prep.manifest import NSP_EXT, TOKENS_EXT, open_atomic, sample_key, sha256_file
+from data_prep.atomic import open_atomic
+from data_prep.manifest import NSP_EXT, TOKENS_EXT, sample_key, sha256_file
 
 TAR_MTIME = 0
 TAR_MODE = 0o444

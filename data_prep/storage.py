@@ -26,6 +26,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from data_prep.atomic import write_bytes_atomic
+
 URL_SCHEMES = ("http://", "https://", "s3://", "gs://", "gcs://")
 TRANSIENT_STATUS = {408, 429}
 
@@ -167,8 +169,6 @@ class DataSource:
                 pass  # not cached, or evicted by another process a moment ago
         data = self.read_at(str(location), sha256)
         if cached is not None:
-            from data_prep.manifest import write_bytes_atomic  # the contract module imports this one
-
             self.cache_dir.mkdir(parents=True, exist_ok=True)
             write_bytes_atomic(cached, data, durable=False)
             self._evict()

@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from data_prep.atomic import open_atomic, write_json_atomic
 from data_prep.config import PrepConfig
-from data_prep.manifest import open_atomic, write_json_atomic
 
 WORK_DIR = ".work"
 WORK_FORMAT = 1  # bump when the intermediate files change meaning

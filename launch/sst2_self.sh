@@ -2,7 +2,7 @@
 # README's SST-2 table in one command: random init, self-pretrained on SST-2's own text, pretrained
 # on pydocs, and pydocs continued on SST-2's text, each fine-tuned with seeds 1-3.
 #     launch/sst2_self.sh [SST2_DIR (default ../shared/data/sst2)] [OUT (default runs/sst2)]
-# 1. the ~6.9k sentences of SST-2 train (not its 67k fragments), 8 to a document, no labels (pretrain/sst2_corpus.py)
+# 1. the ~6.9k sentences of SST-2 train (not its 67k fragments), 8 to a document, no labels (benchmarks/studies/sst2_corpus.py)
 # 2. data_prep: configs/prep/sst2.yaml (MLM only, an 8k-piece tokenizer of its own), and the same text
 #    in the pydocs model's tokenizer for the continued run
 # 3. pretraining: configs/pretrain/sst2_self.yaml (~19 min alone), pydocs_tiny.yaml (~15 min),
@@ -10,7 +10,7 @@
 # 4. fine-tuning (configs/finetune/sst2_small_budget.yaml: 5,000 labelled rows) from each export and
 #    from random weights of the self-pretrained shape, seeds 1-3, at the LR and epochs selected on dev
 #    with seed 1 (README lists the grid): override with <ROW>_LR / <ROW>_EPOCHS
-# 5. the table: mean ± std over the seeds, dev and test (pretrain/seed_table.py)
+# 5. the table: mean ± std over the seeds, dev and test (benchmarks/studies/seed_table.py)
 # Every step is skipped when its output exists; set PYTHON to the venv's python if it is not on PATH.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,7 +20,7 @@ PYDOCS=${PYDOCS:-runs/pydocs}
 PYTHON=${PYTHON:-python}
 export HF_HUB_OFFLINE=1
 
-[[ -f "$OUT/corpus.txt" ]] || "$PYTHON" -m pretrain.sst2_corpus "$SST2/train.tsv" --out "$OUT/corpus.txt"
+[[ -f "$OUT/corpus.txt" ]] || "$PYTHON" -m benchmarks.studies.sst2_corpus "$SST2/train.tsv" --out "$OUT/corpus.txt"
 [[ -f "$OUT/data/manifest.json" ]] || "$PYTHON" -m data_prep --config configs/prep/sst2.yaml \
     inputs="[$OUT/corpus.txt]" out_dir="$OUT/data"
 [[ -f "$OUT/self/summary.json" ]] || "$PYTHON" -m pretrain --config configs/pretrain/sst2_self.yaml \
@@ -47,11 +47,11 @@ for row in "${ROWS[@]}"; do
     dirs=""
     for seed in 1 2 3; do
         out="$OUT/finetune/$(basename "$(dirname "$base")")-$init-lr$lr-ep$epochs-s$seed"
-        [[ -f "$out/eval.json" ]] || "$PYTHON" -m pretrain.finetune --config configs/finetune/sst2_small_budget.yaml \
+        [[ -f "$out/eval.json" ]] || "$PYTHON" -m finetune --config configs/finetune/sst2_small_budget.yaml \
             model="$base" init="$init" lr="$lr" epochs="$epochs" seed="$seed" out_dir="$out" \
             train_file="$SST2/train.tsv" valid_file="$SST2/dev.tsv" test_file="$SST2/test.tsv"
         dirs+="$out,"
     done
     table+=("$name=$dirs")
 done
-"$PYTHON" -m pretrain.seed_table "${table[@]}"
+"$PYTHON" -m benchmarks.studies.seed_table "${table[@]}"

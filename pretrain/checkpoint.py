@@ -11,7 +11,7 @@ Layout under ``<run_dir>/checkpoints/``::
 
 Saving goes: check every rank can write -> DeepSpeed save (ends in a barrier) -> each rank's own
 state -> each rank fsyncs the files it wrote -> every rank confirms (all-reduce) -> rank 0
-replaces ``latest`` atomically (``data_prep.manifest.write_text_atomic``) -> barrier -> old checkpoints are
+replaces ``latest`` atomically (``data_prep.atomic.write_text_atomic``) -> barrier -> old checkpoints are
 pruned by rank 0 in a background thread. Nothing long runs on one rank while the others wait in a
 collective (whose timeout, ``dist_timeout_s``, a slow shared filesystem could outlast): the
 fsyncs are shared out to the ranks that wrote, and the pruning overlaps the next steps.
@@ -34,7 +34,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from data_prep.manifest import atomic_path, fsync_dir, write_text_atomic
+from data_prep.atomic import atomic_path, fsync_dir, write_text_atomic
 from pretrain.distributed import all_ranks, barrier, wait_for_main
 from pretrain.fault_injection import crash_point, disk_error_point
 

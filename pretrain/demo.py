@@ -4,7 +4,7 @@
 2. ``python -m data_prep`` on the pydocs corpus, minus the task's valid and test modules,
 3. ``deepspeed --num_gpus N --module pretrain`` on the tiny model (2 CPU ranks here, the GPUs where present),
    which exports a Hugging Face model at the end,
-4. ``python -m pretrain.finetune`` from that export and, for contrast, from random weights,
+4. ``python -m finetune`` from that export and, for contrast, from random weights,
 5. a summary on the console and ``<out>/report.md`` with the loss curve.
 
 Each stage runs through its real command line, as a user would type it.
@@ -71,7 +71,7 @@ def _finetune(out: Path, init: str, epochs: float | None) -> tuple[dict, float]:
     command = [
         sys.executable,
         "-m",
-        "pretrain.finetune",
+        "finetune",
         "--config",
         "configs/finetune/demo.yaml",
         f"model={out / 'pretrain' / 'export'}",

@@ -29,7 +29,7 @@ prepare_entry()  # also a command: python -m pretrain.export
 
 import torch  # noqa: E402
 
-from data_prep.manifest import atomic_path  # noqa: E402
+from data_prep.atomic import atomic_path  # noqa: E402
 from pretrain.checkpoint import CheckpointError, latest_tag, read_run_state  # noqa: E402
 from pretrain.model_card import write_model_card  # noqa: E402
 

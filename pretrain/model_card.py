@@ -180,7 +180,7 @@ def build_model_card(out: Path, run_dir: Path, record: dict[str, Any], parameter
         f'model = {auto}.from_pretrained("path/to/this/dir")   # with the pretraining heads',
         "```",
         "",
-        "Fine-tune: `python -m pretrain.finetune --config configs/finetune/sst2.yaml model=path/to/this/dir`.",
+        "Fine-tune: `python -m finetune --config configs/finetune/sst2.yaml model=path/to/this/dir`.",
         "",
     ]
     return "\n".join(lines)

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from data_prep.manifest import write_text_atomic
+from data_prep.atomic import write_text_atomic
 from pretrain.tracking import Tracker
 
 METRICS = "metrics.jsonl"

@@ -28,7 +28,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from data_prep.manifest import open_atomic
+from data_prep.atomic import open_atomic
 
 REPORTERS = ("tensorboard", "wandb", "csv")
 

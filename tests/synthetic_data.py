@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.synthetic_shards import write_word_level_tokenizer
+from data_prep.atomic import write_json_atomic
 from data_prep.manifest import (
     MANIFEST_NAME,
     NSP_EXT,
@@ -25,7 +26,6 @@ from data_prep.manifest import (
     load_manifest,
     sha256_file,
     shard_specs,
-    write_json_atomic,
 )
 
 N_SPECIAL = len(SPECIAL_TOKENS)  # [PAD] [UNK] [CLS] [SEP] [MASK] = 0..4

@@ -17,10 +17,8 @@ import pytest
 from benchmarks.corpus import chinese_words, document
 from data_prep.config import TokenizerConfig
 from data_prep.tokenizer import save_trained_tokenizer, train_sentencepiece
-from pretrain.config import resolve_model_config_path
-from pretrain.finetune.augment import MlmFiller, delete_words, swap_words
-from pretrain.finetune.serving.engine import Predictor
-from pretrain.finetune.tokens import (
+from finetune.augment import MlmFiller, delete_words, swap_words
+from finetune.tokens import (
     IGNORE,
     TokenTable,
     encode_tokens,
@@ -28,7 +26,9 @@ from pretrain.finetune.tokens import (
     split_words,
     tag_vocabulary,
 )
+from pretrain.config import resolve_model_config_path
 from pretrain.model import bert_config_from_preset
+from serve.engine import Predictor
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 SENTENCE = "张伟在北京的华为公司工作。"

@@ -170,9 +170,9 @@ def _slow_main_rank(rank: int, port: int, out: str) -> None:
     import torch.distributed as dist
     from deepspeed.checkpoint import ds_to_universal
 
+    from finetune.outputs import save_model
     from pretrain import checkpoint
     from pretrain.distributed import any_rank, barrier, init_distributed, shutdown
-    from pretrain.finetune.outputs import save_model
 
     init_distributed(timeout_s=120)  # rendezvous of two processes that import at their own pace
     dist.distributed_c10d._set_pg_timeout(timedelta(seconds=SHORT_TIMEOUT_S))  # then: dist_timeout_s=2

@@ -2,7 +2,7 @@
 
 import pytest
 
-from data_prep.manifest import atomic_path, open_atomic, write_json_atomic, write_text_atomic
+from data_prep.atomic import atomic_path, open_atomic, write_json_atomic, write_text_atomic
 
 
 def test_atomic_write_replaces_whole_or_not_at_all(tmp_path):

@@ -29,13 +29,13 @@ def _config_loader(module: str):
     """The config each ``--config`` entry point loads, by module."""
     from data_prep.config import load_prep_config
     from data_prep.typed_config import load_config
+    from finetune.config import FinetuneConfig
     from pretrain.config import load_pretrain_config
-    from pretrain.finetune.config import FinetuneConfig
 
     return {
         "data_prep": load_prep_config,
         "pretrain": load_pretrain_config,
-        "pretrain.finetune": lambda path, overrides: load_config(FinetuneConfig, path, overrides),
+        "finetune": lambda path, overrides: load_config(FinetuneConfig, path, overrides),
     }.get(module)
 
 

@@ -19,7 +19,8 @@ from exports import ZERO2_MLM
 from launching import BIN, LAUNCHER_VARS, REPO, explain, metrics, run_pretrain
 from synthetic_data import CLS, SEP, make_data_dir, npy_bytes, train_stream, write_shard
 
-from data_prep.manifest import load_manifest, write_json_atomic
+from data_prep.atomic import write_json_atomic
+from data_prep.manifest import load_manifest
 
 pytestmark = pytest.mark.slow
 

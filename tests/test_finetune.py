@@ -18,11 +18,11 @@ import pytest
 
 from benchmarks.synthetic_shards import local_bert_tokenizer
 from data_prep.typed_config import ConfigError, load_config
+from finetune import InputError
+from finetune.config import FinetuneConfig
+from finetune.data import read_table, seeded_split
+from finetune.train import read_splits, run, setup
 from pretrain.distributed import STRICT_ENV, free_port
-from pretrain.finetune import InputError
-from pretrain.finetune.config import FinetuneConfig
-from pretrain.finetune.data import read_table, seeded_split
-from pretrain.finetune.train import read_splits, run, setup
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -383,7 +383,7 @@ def test_fp16_where_deepspeed_has_none_is_refused_with_one_line(base, task, tmp_
 
 def test_a_run_that_fails_midway_leaves_no_eval_json(base, task, tmp_path, monkeypatch):
     """A previous run's eval.json is removed first; a crash before the end leaves none."""
-    import pretrain.finetune.train as train
+    import finetune.train as train
 
     out = tmp_path / "out"
     out.mkdir()
@@ -402,7 +402,7 @@ def test_a_run_that_fails_midway_leaves_no_eval_json(base, task, tmp_path, monke
 def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
     return subprocess.run(
-        [sys.executable, "-m", "pretrain.finetune", *args],
+        [sys.executable, "-m", "finetune", *args],
         cwd=cwd,
         env=env,
         capture_output=True,
@@ -450,7 +450,7 @@ def test_two_ranks_under_deepspeed_match_one_rank(base, task, tmp_path):
             "--master_port",
             str(free_port()),
             "--module",
-            "pretrain.finetune",
+            "finetune",
             *[o for o in overrides if not o.endswith("=None")],
         ],
         cwd=tmp_path,

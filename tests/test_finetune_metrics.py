@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from pretrain.finetune.metrics import classification_report, confusion_matrix, format_reports
+from finetune.metrics import classification_report, confusion_matrix, format_reports
 
 
 def test_confusion_matrix_rows_are_gold_columns_predicted():

@@ -11,12 +11,12 @@ from test_finetune import BAD, FILLER, GOOD, SHARED_DATA, SPECIAL, base, build_t
 
 from benchmarks.synthetic_shards import local_bert_tokenizer
 from data_prep.typed_config import ConfigError, load_config
-from pretrain.finetune import InputError
-from pretrain.finetune.config import FinetuneConfig
-from pretrain.finetune.data import encode, read_table
-from pretrain.finetune.metrics import entity_report, regression_report, summarize_seeds
-from pretrain.finetune.tokens import IGNORE, encode_tokens, read_token_file, word_predictions
-from pretrain.finetune.train import read_splits, run, setup
+from finetune import InputError
+from finetune.config import FinetuneConfig
+from finetune.data import encode, read_table
+from finetune.metrics import entity_report, regression_report, summarize_seeds
+from finetune.tokens import IGNORE, encode_tokens, read_token_file, word_predictions
+from finetune.train import read_splits, run, setup
 
 
 def config(**values) -> FinetuneConfig:
@@ -134,7 +134,7 @@ def test_first_subword_labels_and_windows_cover_every_word_once(tmp_path):
 
 def test_pairs_truncate_the_longer_side_first():
     tokenizer = build_tokenizer(SPECIAL + GOOD + BAD + FILLER)
-    from pretrain.finetune.data import Table
+    from finetune.data import Table
 
     table = Table("t", "a", [" ".join(GOOD[:10])], [" ".join(BAD[:3])], ["0"], [2])
     data = encode(table, tokenizer, np.array([0]), max_len=10)
@@ -371,7 +371,7 @@ def test_lora_trains_and_saves_the_pooler_an_mlm_only_base_lacks(mlm_only_base, 
     import torch
     from safetensors.torch import load_file
 
-    from pretrain.finetune.model import load_finetuned
+    from finetune.model import load_finetuned
 
     rng = random.Random(9)
     rows = "label\ttext\n" + "".join(f"{label}\t{sentence(rng, label)}\n" for label in [0, 1] * 100)
@@ -394,7 +394,7 @@ def test_lora_trains_and_saves_the_pooler_an_mlm_only_base_lacks(mlm_only_base, 
 
 
 def test_regression_with_adalora_adapter(base, tmp_path):  # noqa: F811
-    from pretrain.finetune.model import load_finetuned
+    from finetune.model import load_finetuned
 
     rng = random.Random(6)
     rows = ["score\ttext"]
@@ -433,7 +433,7 @@ def test_regression_with_adalora_adapter(base, tmp_path):  # noqa: F811
 
 
 def test_token_ops_are_seeded_and_keep_the_words():
-    from pretrain.finetune.augment import delete_words, swap_words
+    from finetune.augment import delete_words, swap_words
 
     text = " ".join(FILLER[:10])
     swapped = swap_words(text, 0.3, np.random.default_rng(1))

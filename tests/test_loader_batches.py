@@ -17,7 +17,7 @@ import pytest
 import torch
 from synthetic_data import CLS, MASK, PAD, SEP, make_data_dir, train_stream
 
-from data_prep.manifest import write_json_atomic
+from data_prep.atomic import write_json_atomic
 from pretrain.data import train_loader
 
 SEQ_LEN = 64

@@ -183,7 +183,7 @@ def test_normalization_none_keeps_full_width_punctuation(tmp_path):
 def test_finetuning_reads_and_truncates_chinese_like_any_text(zh_prepared, tmp_path):
     from transformers import AutoTokenizer
 
-    from pretrain.finetune.data import class_ids, encode, read_table
+    from finetune.data import class_ids, encode, read_table
 
     out, texts = zh_prepared
     rows = [

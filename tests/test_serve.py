@@ -1,4 +1,4 @@
-"""Serving a fine-tuned model dir: the shared inference code (pretrain.finetune.serving.engine) against
+"""Serving a fine-tuned model dir: the shared inference code (serve.engine) against
 a plain transformers forward, and the real HTTP server (a subprocess on a free loopback port) for
 predictions, bad input, overload (503), dynamic batching and SIGTERM with a request in flight."""
 
@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from benchmarks.load_test import free_port, make_model_dir, request, start_server
-from pretrain.finetune import InputError
-from pretrain.finetune.serving.engine import Predictor
+from finetune import InputError
+from serve.engine import Predictor
 
 NER_LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
 NER_WORDS = ["john", "smith", "lives", "in", "paris", "dog", "##s", "the", "walks"]
@@ -270,7 +270,7 @@ def test_ner_server_batches_refuses_overload_and_drains_on_sigterm(models):
 
 
 def test_predict_file_gives_the_engines_predictions_in_file_order(models, tmp_path, capsys):
-    from pretrain.finetune.predict import main as predict_main
+    from serve.predict import main as predict_main
 
     texts = [f"w{i} " * (1 + (i * 7) % 13) for i in range(150)]  # lengths out of order: batches get sorted
     source = tmp_path / "in.tsv"
@@ -342,8 +342,8 @@ def test_an_unmerged_lora_adapter_dir_is_merged_at_load(tmp_path):
 
 
 def test_pair_models_take_pairs_and_single_text_models_texts():
-    from pretrain.finetune.serve import Limits, PredictRequest, check_request
-    from pretrain.finetune.serving.engine import ModelInfo
+    from serve.engine import ModelInfo
+    from serve.server import Limits, PredictRequest, check_request
 
     pair_model = ModelInfo(task="sequence_classification", labels=["a", "b"], max_len=16, pair=True)
     assert check_request(PredictRequest(pairs=[["x", "y"]]), pair_model, Limits()) == [("x", "y")]

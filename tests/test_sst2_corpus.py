@@ -1,10 +1,10 @@
-"""SST-2's phrases reduced to its sentences for self-pretraining (pretrain/sst2_corpus.py)."""
+"""SST-2's phrases reduced to its sentences for self-pretraining (benchmarks/studies/sst2_corpus.py)."""
 
 from pathlib import Path
 
 import pytest
 
-from pretrain.sst2_corpus import as_documents, main, maximal_phrases
+from benchmarks.studies.sst2_corpus import as_documents, main, maximal_phrases
 
 SST2 = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "sst2"
 

@@ -177,9 +177,9 @@ def test_finetuning_reports_and_its_model_dir_serves(tmp_path, no_wandb_account)
     from test_finetune import BAD, FILLER, GOOD, write_tsv
 
     from benchmarks.load_test import make_model_dir
-    from pretrain.finetune.config import FinetuneConfig
-    from pretrain.finetune.serving.engine import Predictor
-    from pretrain.finetune.train import run
+    from finetune.config import FinetuneConfig
+    from finetune.train import run
+    from serve.engine import Predictor
 
     base = make_model_dir(tmp_path / "base", vocabulary=GOOD + BAD + FILLER, max_len=64)
     train = write_tsv(tmp_path / "train.tsv", 160, seed=1)

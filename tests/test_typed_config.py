@@ -89,8 +89,8 @@ SHIPPED = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*/*.yam
 def test_every_shipped_config_parses(path):
     """A config in configs/ with a stale or misspelt key fails here, not in a user's first run."""
     from data_prep.config import load_prep_config
+    from finetune.config import FinetuneConfig
     from pretrain.config import load_pretrain_config
-    from pretrain.finetune.config import FinetuneConfig
 
     if path.parent.name == "prep":
         load_prep_config(path)

@@ -12,7 +12,8 @@ import pytest
 from synthetic_data import CLS, SEP, make_data_dir, make_examples, write_shard
 
 from data_prep.__main__ import main as data_prep_main
-from data_prep.manifest import load_manifest, write_json_atomic
+from data_prep.atomic import write_json_atomic
+from data_prep.manifest import load_manifest
 
 VOCAB, SEQ_LEN, SPS = 200, 32, 8
 

@@ -1,6 +1,6 @@
-"""Mean ± std over fine-tuning seeds, one table row per base: ``python -m pretrain.seed_table ROW=DIR,DIR,... ...``.
+"""Mean ± std over fine-tuning seeds, one table row per base: ``python -m benchmarks.studies.seed_table ROW=DIR,DIR,... ...``.
 
-Each DIR is a ``pretrain.finetune`` out_dir; its ``eval.json`` holds the dev ("valid") and test
+Each DIR is a ``finetune`` out_dir; its ``eval.json`` holds the dev ("valid") and test
 accuracy of the checkpoint selected on dev. Rows print as a Markdown table (sample std, n-1).
 """
 
@@ -28,7 +28,10 @@ def seed_stats(dirs: list[Path]) -> dict[str, tuple[float, float, int]]:
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     if not args or any("=" not in a for a in args):
-        print("usage: python -m pretrain.seed_table NAME=OUT_DIR,OUT_DIR,... [NAME=...]", file=sys.stderr)
+        print(
+            "usage: python -m benchmarks.studies.seed_table NAME=OUT_DIR,OUT_DIR,... [NAME=...]",
+            file=sys.stderr,
+        )
         raise SystemExit(2)
     print("| base | SST-2 dev | SST-2 test | seeds |")
     print("| --- | ---: | ---: | ---: |")

@@ -1,6 +1,6 @@
-"""``python -m pretrain.finetune.predict MODEL_DIR INPUT [--out FILE] [--batch-size 64]``
+"""``python -m serve.predict MODEL_DIR INPUT [--out FILE] [--batch-size 64]``
 
-The server's predictions (``pretrain.finetune.serving.engine``, the same code) for every row of a
+The server's predictions (``serve.engine``, the same code) for every row of a
 file, in batches of similar lengths, with a progress bar on stderr.
 
 INPUT: ``.txt`` (one input per non-empty line; ``a<TAB>b`` for a pair model; for token
@@ -26,11 +26,11 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from data_prep.manifest import open_atomic
-from pretrain.finetune import InputError  # noqa: E402
-from pretrain.finetune.data import DELIMITED, JSON_LINES, delimited_rows, json_rows  # noqa: E402
-from pretrain.finetune.serving.engine import Item, ModelInfo, Predictor  # noqa: E402
-from pretrain.finetune.tokens import split_words  # noqa: E402
+from data_prep.atomic import open_atomic
+from finetune import InputError  # noqa: E402
+from finetune.data import DELIMITED, JSON_LINES, delimited_rows, json_rows  # noqa: E402
+from finetune.tokens import split_words  # noqa: E402
+from serve.engine import Item, ModelInfo, Predictor  # noqa: E402
 
 FALLBACK_TEXT_COLUMNS = ["text", "sentence", "content"]
 
@@ -153,7 +153,7 @@ def write_results(
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m pretrain.finetune.predict",
+        prog="python -m serve.predict",
         description="The server's predictions for every row of a .txt, .tsv, .csv or .jsonl file.",
     )
     parser.add_argument("model_dir", help="a fine-tuned model dir (<out_dir>/model)")

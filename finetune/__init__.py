@@ -1,7 +1,7 @@
 """Fine-tuning stage: a pretrained BERT + a labelled text set -> a sequence classifier + eval report.
 
-``python -m pretrain.finetune --config configs/finetune/NAME.yaml [key=value ...]``; from Python,
-``pretrain.finetune.train.run(config)``. Kept free of imports so that importing the package is cheap.
+``python -m finetune --config configs/finetune/NAME.yaml [key=value ...]``; from Python,
+``finetune.train.run(config)``. Kept free of imports so that importing the package is cheap.
 """
 
 

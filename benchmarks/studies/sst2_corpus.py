@@ -1,6 +1,6 @@
 """SST-2's training text, without labels, as a pretraining corpus (self-pretraining, Krishna et al. 2022).
 
-``python -m pretrain.sst2_corpus ../shared/data/sst2/train.tsv --out runs/sst2/corpus.txt [--keep all] [--per-document 8]``
+``python -m benchmarks.studies.sst2_corpus ../shared/data/sst2/train.tsv --out runs/sst2/corpus.txt [--keep all] [--per-document 8]``
 
 GLUE's SST-2 train split is 67k phrases cut from ~6.9k sentences: every node of each sentence's parse
 tree is a row, so most rows are fragments of others ("the greatest musicians" inside "the greatest
@@ -67,7 +67,7 @@ def as_documents(sentences: list[str], per_document: int) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m pretrain.sst2_corpus", description=__doc__.split("\n\n")[0]
+        prog="python -m benchmarks.studies.sst2_corpus", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument("train_tsv", type=Path, help="SST-2's train.tsv (label and sentence columns)")
     parser.add_argument("--out", type=Path, required=True, help="text file to write, one line per sentence")

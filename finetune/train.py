@@ -18,11 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
-from data_prep.manifest import atomic_path
+from data_prep.atomic import atomic_path
 from data_prep.typed_config import ConfigError
-from pretrain.finetune import InputError
-from pretrain.finetune.config import TASK_METRICS, FinetuneConfig
-from pretrain.finetune.data import (
+from finetune import InputError
+from finetune.config import TASK_METRICS, FinetuneConfig
+from finetune.data import (
     Encoded,
     Table,
     check_known_labels,
@@ -34,14 +34,14 @@ from pretrain.finetune.data import (
     read_table,
     seeded_split,
 )
-from pretrain.finetune.metrics import (
+from finetune.metrics import (
     classification_report,
     entity_report,
     format_reports,
     regression_report,
     summarize_seeds,
 )
-from pretrain.finetune.model import (
+from finetune.model import (
     apply_method,
     check_base_dir,
     check_compatible,
@@ -50,7 +50,7 @@ from pretrain.finetune.model import (
     load_finetuned,
     load_tokenizer,
 )
-from pretrain.finetune.outputs import (
+from finetune.outputs import (
     MetricsLog,
     report_run,
     save_model,
@@ -61,7 +61,7 @@ from pretrain.finetune.outputs import (
     write_predictions,
     write_regression_predictions,
 )
-from pretrain.finetune.tokens import (
+from finetune.tokens import (
     IGNORE,
     TokenTable,
     check_known_tags,
@@ -272,7 +272,7 @@ def setup(config: FinetuneConfig) -> Job:
     tokenizer = load_tokenizer(base)
     augmented = None
     if config.augment.methods:
-        from pretrain.finetune.augment import augment_table
+        from finetune.augment import augment_table
 
         tables["train"], augmented = augment_table(tables["train"], config, base, tokenizer)
         notes.append(

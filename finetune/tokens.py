@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from data_prep.cleaning import CJK_CHARS, joiner
-from pretrain.finetune import InputError
-from pretrain.finetune.data import Encoded, json_rows
+from finetune import InputError
+from finetune.data import Encoded, json_rows
 
 IGNORE = -100  # the label torch's cross-entropy skips
 _DOCSTART = "-DOCSTART-"

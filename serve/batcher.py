@@ -14,7 +14,7 @@ import asyncio
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from pretrain.finetune.serving.engine import Item, Predictor
+from serve.engine import Item, Predictor
 
 
 class Overloaded(RuntimeError):

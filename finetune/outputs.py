@@ -20,10 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-from data_prep.manifest import atomic_path, open_atomic, write_json_atomic, write_text_atomic
+from data_prep.atomic import atomic_path, open_atomic, write_json_atomic, write_text_atomic
 from data_prep.typed_config import Section, to_yaml
-from pretrain.finetune import InputError
-from pretrain.finetune.data import Table
+from finetune import InputError
+from finetune.data import Table
 
 
 class MetricsLog:
@@ -115,7 +115,7 @@ def save_model(engine, tokenizer, out: Path, zero_stage: int, is_main: bool, inf
 
 def write_finetune_json(model_dir: Path, info: dict) -> None:
     """model/finetune.json: what a server needs to use model/ (task, columns, labels, how it loads)."""
-    from pretrain.finetune.model import FINETUNE_JSON
+    from finetune.model import FINETUNE_JSON
 
     write_text_atomic(model_dir / FINETUNE_JSON, json.dumps(info, indent=2) + "\n")
 

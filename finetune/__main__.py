@@ -1,6 +1,6 @@
-"""``python -m pretrain.finetune --config configs/finetune/NAME.yaml [key=value ...]``
+"""``python -m finetune --config configs/finetune/NAME.yaml [key=value ...]``
 
-Also under ``deepspeed [--num_gpus N] --module pretrain.finetune ...`` and ``torchrun -m``.
+Also under ``deepspeed [--num_gpus N] --module finetune ...`` and ``torchrun -m``.
 A config problem exits 2, a problem with an input file or the base checkpoint exits 1; both print
 one line ``error: ...``.
 """
@@ -16,8 +16,8 @@ from pretrain.distributed import prepare_entry, shutdown
 prepare_entry()  # before transformers is imported
 
 from data_prep.typed_config import ConfigError, exit_on_config_error, load_config  # noqa: E402
-from pretrain.finetune import InputError  # noqa: E402
-from pretrain.finetune.config import (  # noqa: E402
+from finetune import InputError  # noqa: E402
+from finetune.config import (  # noqa: E402
     AugmentConfig,
     FinetuneConfig,
     LoraConfig,
@@ -50,7 +50,7 @@ def _config_keys() -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m pretrain.finetune",
+        prog="python -m finetune",
         epilog=_config_keys(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Fine-tune a pretrained BERT: text (pair) classification, regression or token tagging.",
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         config = load_config(FinetuneConfig, args.config, args.overrides)
-        from pretrain.finetune.train import run
+        from finetune.train import run
 
         run(config)
     except ConfigError as err:

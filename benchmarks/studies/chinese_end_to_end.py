@@ -1,6 +1,6 @@
 """Chinese through the whole project on one process: prep, a short pretraining, fine-tuning.
 
-    python -m benchmarks.chinese_end_to_end runs/zh [--mb 3] [--steps 300]
+    python -m benchmarks.studies.chinese_end_to_end runs/zh [--mb 3] [--steps 300]
 
 1. A generated Chinese corpus (``benchmarks.corpus``: jieba-dictionary text with ANSI colour codes,
    hard wraps and near duplicates) plus unlabelled reviews of the fine-tuning task's kind (the
@@ -126,7 +126,7 @@ def main() -> None:
     for init in ("pretrained", "random"):
         run(
             [
-                python, "-m", "pretrain.finetune", "--config", "configs/finetune/example.yaml",
+                python, "-m", "finetune", "--config", "configs/finetune/example.yaml",
                 f"model={out / 'pretrain' / 'export'}", f"init={init}", f"train_file={task / 'train.jsonl'}",
                 f"valid_file={task / 'valid.jsonl'}", f"test_file={task / 'test.jsonl'}", "max_len=64",
                 f"out_dir={out / ('finetune-' + init)}", "epochs=3", "lr=5.0e-4", "metric=accuracy",

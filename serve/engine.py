@@ -17,9 +17,9 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from pretrain.finetune import InputError
-from pretrain.finetune.model import _first_line, check_base_dir, load_tokenizer
-from pretrain.finetune.tokens import join_words, split_words
+from finetune import InputError
+from finetune.model import _first_line, check_base_dir, load_tokenizer
+from finetune.tokens import join_words, split_words
 
 TASKS = ("sequence_classification", "regression", "token_classification")
 Item = str | tuple[str, str] | list[str]

@@ -1,6 +1,6 @@
 """The MLM head's loss alone: torch's cross-entropy on an fp32 copy of the logits vs the blockwise one.
 
-    python -m benchmarks.mlm_loss_bench [--masked 570] [--vocab 30522] [--hidden 256] [--threads 2]
+    python -m benchmarks.studies.mlm_loss_bench [--masked 570] [--vocab 30522] [--hidden 256] [--threads 2]
 
 Times forward + backward of the tied vocabulary projection and the loss, on the [M, H] hidden
 states of the masked positions in bf16 (M = 15% of a 32 x 128 batch by default), as in a mini
@@ -35,7 +35,7 @@ def _time(step: Callable[[], torch.Tensor], params: list[torch.Tensor], repeats:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.mlm_loss_bench", description=__doc__.split("\n\n")[0]
+        prog="python -m benchmarks.studies.mlm_loss_bench", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument("--masked", type=int, default=570, help="masked positions M (default %(default)s)")
     parser.add_argument("--vocab", type=int, default=30522, help="vocabulary V (default %(default)s)")

@@ -12,7 +12,7 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from pretrain.finetune import InputError
+from finetune import InputError
 
 # A fast tokenizer needs tokenizer.json; a BERT WordPiece tokenizer can also be rebuilt from vocab.txt.
 _TOKENIZER_FILES = ("tokenizer.json", "vocab.txt")

@@ -15,7 +15,7 @@ from typing import TextIO
 
 import numpy as np
 
-from pretrain.finetune import InputError
+from finetune import InputError
 
 DELIMITED = {".tsv": "\t", ".csv": ","}
 JSON_LINES = (".jsonl", ".ndjson")

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pretrain.finetune import InputError
-from pretrain.finetune.data import Table
-from pretrain.finetune.tokens import is_unspaced, join_words, split_words
+from finetune import InputError
+from finetune.data import Table
+from finetune.tokens import is_unspaced, join_words, split_words
 
 _MLM_BATCH = 64
 

@@ -1,4 +1,4 @@
-"""``python -m pretrain.finetune.serve MODEL_DIR [--host 127.0.0.1] [--port 8000] [options]``
+"""``python -m serve MODEL_DIR [--host 127.0.0.1] [--port 8000] [options]``
 
 Serves a fine-tuned model dir (``<out_dir>/model``) over HTTP with FastAPI + uvicorn:
 
@@ -29,9 +29,9 @@ from fastapi.exceptions import RequestValidationError  # noqa: E402
 from fastapi.responses import JSONResponse  # noqa: E402
 from pydantic import BaseModel, ConfigDict, StrictStr  # noqa: E402
 
-from pretrain.finetune import InputError  # noqa: E402
-from pretrain.finetune.serving.batcher import Batcher, Overloaded  # noqa: E402
-from pretrain.finetune.serving.engine import ModelInfo, Predictor  # noqa: E402
+from finetune import InputError  # noqa: E402
+from serve.batcher import Batcher, Overloaded  # noqa: E402
+from serve.engine import ModelInfo, Predictor  # noqa: E402
 
 
 class PredictRequest(BaseModel):
@@ -162,7 +162,7 @@ def create_app(predictor: Predictor, batcher: Batcher, limits: Limits) -> FastAP
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m pretrain.finetune.serve",
+        prog="python -m serve",
         description="Serve a fine-tuned model dir over HTTP (FastAPI + uvicorn): POST /predict, GET /health, "
         "/metadata, /docs.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
