@@ -66,66 +66,55 @@ def build_model_card(out: Path, run_dir: Path, record: dict[str, Any], parameter
     except (OSError, yaml.YAMLError):
         run_cfg = {}
     data_dir = Path(run_cfg["data_dir"]) if run_cfg.get("data_dir") else None
-    manifest = _read_json(data_dir / "manifest.json") if data_dir else None
-    report = _read_json(data_dir / "report.json") if data_dir else None
+    manifest = (_read_json(data_dir / "manifest.json") if data_dir else None) or {}
+    report = (_read_json(data_dir / "report.json") if data_dir else None) or {}
     run = record.get("run") or _read_json(run_dir / "summary.json") or {}
-    evaluation = _last_eval(run_dir, record["step"])
-    objective = record["objective"]
-    nsp = objective == "mlm+nsp"
-    architecture = config.get("architectures", ["BertForPreTraining"])[0]
-
-    tokenizer = (manifest or {}).get("tokenizer", {})
-    prep = (manifest or {}).get("prep_config", {})
-    tok_prep = prep.get("tokenizer", {}) if isinstance(prep.get("tokenizer"), dict) else {}
-    if tok_prep.get("path"):
-        tokenizer_kind = f"reused from `{tok_prep['path']}`"
-    elif tok_prep:
-        tokenizer_kind = f"SentencePiece {tok_prep.get('model_type', 'unigram')}, trained on the corpus"
-    else:
-        tokenizer_kind = NOT_RECORDED
-    inputs = prep.get("inputs") or []
-    sources = ", ".join(f"`{i}`" for i in ([inputs] if isinstance(inputs, str) else inputs)) or NOT_RECORDED
-    train_split = (manifest or {}).get("splits", {}).get("train", {})
-    documents = (
-        (report or {}).get("documents", {}) if isinstance((report or {}).get("documents"), dict) else {}
-    )
-    wall = run.get("wall_time_s")
-    if evaluation:
-        eval_lines = [
-            f"- MLM accuracy {evaluation['mlm_acc']:.4f}, loss {evaluation['mlm_loss']:.4f}, "
-            f"perplexity {evaluation['ppl']:.1f}"
-        ]
-        if "nsp_acc" in evaluation:
-            eval_lines.append(
-                f"- NSP accuracy {evaluation['nsp_acc']:.4f}, loss {evaluation['nsp_loss']:.4f}"
-            )
-        eval_lines.append(
-            f"- on the first {run_cfg.get('eval_samples', '?')} samples of the valid split, step {evaluation['step']}"
-        )
-    else:
-        eval_lines = [f"- {NOT_RECORDED}"]
+    nsp = record["objective"] == "mlm+nsp"
     auto = "AutoModelForPreTraining" if nsp else "AutoModelForMaskedLM"
+    lines = [
+        *_front_matter(nsp),
+        *_introduction(config, record["objective"], run_cfg),
+        *_architecture(config, parameters),
+        *_tokenizer(manifest),
+        *_data(manifest, report, run_cfg),
+        *_training(record, run, run_cfg),
+        "## Evaluation (held-out split of the pretraining data)",
+        "",
+        *_evaluation(_last_eval(run_dir, record["step"]), run_cfg),
+        "",
+        *_usage(auto),
+    ]
+    return "\n".join(lines)
+
+
+def _front_matter(nsp: bool) -> list[str]:
     front = {
         "library_name": "transformers",
         "pipeline_tag": "fill-mask",
         "tags": ["bert", "pretraining", "masked-language-modeling"]
         + (["next-sentence-prediction"] if nsp else []),
     }
-    lines = [
-        "---",
-        yaml.safe_dump(front, sort_keys=False).strip(),
-        "---",
-        "",
+    return ["---", yaml.safe_dump(front, sort_keys=False).strip(), "---", ""]
+
+
+def _introduction(config: dict[str, Any], objective: str, run_cfg: dict[str, Any]) -> list[str]:
+    architecture = config.get("architectures", ["BertForPreTraining"])[0]
+    start = (
+        f"continuing from `{run_cfg['init_from']}`"
+        if run_cfg.get("init_from")
+        else "from random initialisation"
+    )
+    return [
         f"# BERT encoder ({config['num_hidden_layers']} layers, hidden {config['hidden_size']})",
         "",
-        f"A `{architecture}` pretrained ({objective}) with this project's trainer, "
-        + (
-            f"continuing from `{run_cfg['init_from']}`"
-            if run_cfg.get("init_from")
-            else "from random initialisation"
-        )
-        + ". It is a base checkpoint to fine-tune, not a task model.",
+        f"A `{architecture}` pretrained ({objective}) with this project's trainer, {start}. "
+        "It is a base checkpoint to fine-tune, not a task model.",
         "",
+    ]
+
+
+def _architecture(config: dict[str, Any], parameters: int) -> list[str]:
+    return [
         "## Architecture",
         "",
         f"- {config['num_hidden_layers']} layers, hidden size {config['hidden_size']}, "
@@ -134,35 +123,84 @@ def build_model_card(out: Path, run_dir: Path, record: dict[str, Any], parameter
         f"- vocabulary {config['vocab_size']:,}, {config['max_position_embeddings']} positions, "
         f"{config.get('hidden_act', 'gelu')}, dropout {config.get('hidden_dropout_prob')}",
         "",
+    ]
+
+
+def _tokenizer(manifest: dict[str, Any]) -> list[str]:
+    tokenizer = manifest.get("tokenizer", {})
+    prep = manifest.get("prep_config", {})
+    tok_prep = prep.get("tokenizer", {}) if isinstance(prep.get("tokenizer"), dict) else {}
+    if tok_prep.get("path"):
+        kind = f"reused from `{tok_prep['path']}`"
+    elif tok_prep:
+        kind = f"SentencePiece {tok_prep.get('model_type', 'unigram')}, trained on the corpus"
+    else:
+        kind = NOT_RECORDED
+    special = ", ".join(f"{k} {v}" for k, v in tokenizer.get("special_ids", {}).items()) or NOT_RECORDED
+    return [
         "## Tokenizer",
         "",
-        f"- {tokenizer_kind}; {_fmt(tokenizer.get('vocab_size'))} tokens; special ids "
-        + (", ".join(f"{k} {v}" for k, v in tokenizer.get("special_ids", {}).items()) or NOT_RECORDED),
+        f"- {kind}; {_fmt(tokenizer.get('vocab_size'))} tokens; special ids {special}",
         "- saved beside the weights: `AutoTokenizer.from_pretrained(this_dir)` loads it offline",
         "",
+    ]
+
+
+def _data(manifest: dict[str, Any], report: dict[str, Any], run_cfg: dict[str, Any]) -> list[str]:
+    inputs = manifest.get("prep_config", {}).get("inputs") or []
+    sources = ", ".join(f"`{i}`" for i in ([inputs] if isinstance(inputs, str) else inputs)) or NOT_RECORDED
+    train_split = manifest.get("splits", {}).get("train", {})
+    documents = report.get("documents", {}) if isinstance(report.get("documents"), dict) else {}
+    return [
         "## Data",
         "",
         f"- sources: {sources}",
         f"- documents: {_fmt(documents.get('in'))} read, {_fmt(documents.get('kept'))} kept after cleaning and deduplication",
         f"- training examples: {_fmt(train_split.get('samples'))}, {_fmt(train_split.get('tokens'))} tokens, "
-        f"sequences of up to {_fmt((manifest or {}).get('seq_len'), '')} tokens",
+        f"sequences of up to {_fmt(manifest.get('seq_len'), '')} tokens",
         f"- masking: {run_cfg.get('masking', 'token')} ({run_cfg.get('mlm_probability', 0.15):.0%} of tokens, 80/10/10)",
         "",
+    ]
+
+
+def _training(record: dict[str, Any], run: dict[str, Any], run_cfg: dict[str, Any]) -> list[str]:
+    optimizer, schedule, wall = (
+        run_cfg.get("optimizer", {}),
+        run_cfg.get("schedule", {}),
+        run.get("wall_time_s"),
+    )
+    return [
         "## Training",
         "",
         f"- {record['step']:,} optimizer steps, {_fmt(record.get('tokens'))} tokens seen",
         f"- global batch {run_cfg.get('micro_batch_size', '?')} x {run_cfg.get('grad_accum', '?')} x "
-        f"{run.get('world_size', '?')} ranks; {run_cfg.get('optimizer', {}).get('name', '?')} at peak LR "
-        f"{run_cfg.get('optimizer', {}).get('lr', '?')}, {run_cfg.get('schedule', {}).get('warmup_steps', '?')} warm-up steps, "
-        f"{run_cfg.get('schedule', {}).get('decay', '?')} decay",
+        f"{run.get('world_size', '?')} ranks; {optimizer.get('name', '?')} at peak LR "
+        f"{optimizer.get('lr', '?')}, {schedule.get('warmup_steps', '?')} warm-up steps, "
+        f"{schedule.get('decay', '?')} decay",
         f"- precision {run.get('precision', run_cfg.get('precision', '?'))}, ZeRO stage {run.get('zero_stage', run_cfg.get('zero_stage', '?'))}",
         f"- hardware: {run.get('world_size', '?')} x {run.get('hardware', NOT_RECORDED)}",
         f"- time: {f'{wall / 60:.1f} minutes' if wall is not None else NOT_RECORDED} (the last launch)",
         "",
-        "## Evaluation (held-out split of the pretraining data)",
-        "",
-        *eval_lines,
-        "",
+    ]
+
+
+def _evaluation(evaluation: dict[str, Any] | None, run_cfg: dict[str, Any]) -> list[str]:
+    if not evaluation:
+        return [f"- {NOT_RECORDED}"]
+    lines = [
+        f"- MLM accuracy {evaluation['mlm_acc']:.4f}, loss {evaluation['mlm_loss']:.4f}, "
+        f"perplexity {evaluation['ppl']:.1f}"
+    ]
+    if "nsp_acc" in evaluation:
+        lines.append(f"- NSP accuracy {evaluation['nsp_acc']:.4f}, loss {evaluation['nsp_loss']:.4f}")
+    lines.append(
+        f"- on the first {run_cfg.get('eval_samples', '?')} samples of the valid split, step {evaluation['step']}"
+    )
+    return lines
+
+
+def _usage(auto: str) -> list[str]:
+    return [
         "## Intended use",
         "",
         "A starting point for fine-tuning (classification, token classification, pairs) or for continued",
@@ -183,7 +221,6 @@ def build_model_card(out: Path, run_dir: Path, record: dict[str, Any], parameter
         "Fine-tune: `python -m finetune --config configs/finetune/sst2.yaml model=path/to/this/dir`.",
         "",
     ]
-    return "\n".join(lines)
 
 
 def write_model_card(out: Path, run_dir: Path, record: dict[str, Any], parameters: int) -> Path:

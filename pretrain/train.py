@@ -265,7 +265,6 @@ def _write_tokenizer(files: dict[str, bytes], directory: Path) -> None:
 
 def build_run(cfg: PretrainConfig) -> Run:
     """Process group, data checks, model and DeepSpeed engine: a fresh run, nothing restored yet."""
-    import deepspeed
     from deepspeed.accelerator import get_accelerator
 
     info = init_distributed(cfg.dist_timeout_s)
@@ -273,6 +272,44 @@ def build_run(cfg: PretrainConfig) -> Run:
     problem = precision_problem(cfg.precision)
     if problem:
         raise SetupError(problem)
+    source, manifest, tokenizer = _open_data(cfg)
+    hf_config, layout = _model_config(cfg, manifest, tokenizer)
+    ds_config = _deepspeed_config(cfg)
+    run_dir = Path(cfg.run_dir)
+    fingerprint = _fingerprint(cfg, layout, hf_config, manifest)
+    tag, load_tag = _checkpoint_to_resume(run_dir, fingerprint, info.world_size, ds_config)  # before building
+    if info.is_main:
+        try:
+            _write_run_files(cfg, hf_config, run_dir, tokenizer)
+        except OSError as err:
+            raise SetupError(
+                f"run_dir {run_dir}: cannot write there ({err.strerror}); choose a writable run_dir"
+            ) from None
+
+    device_type = get_accelerator().device_name()
+    model, init_report = _build_model(cfg, hf_config, layout, device_type, resuming=tag is not None)
+    engine = _build_engine(cfg, model, ds_config, device_type)
+    return Run(
+        cfg=cfg,
+        dist=info,
+        manifest=manifest,
+        layout=layout,
+        shape=BertShape.from_config(hf_config, layout.nsp),
+        engine=engine,
+        run_dir=run_dir,
+        ckpt_dir=run_dir / "checkpoints",
+        fingerprint=fingerprint,
+        load_tag=load_tag,
+        peak_flops_per_s=datasheet_peak_flops(cfg.precision, cfg.tf32),
+        source=source,
+        init_report=init_report,
+        grad_mask=GradientMask(engine.module) if cfg.grad_accum > 1 else None,
+    )
+
+
+def _open_data(cfg: PretrainConfig) -> tuple[DataSource, dict[str, Any], dict[str, bytes]]:
+    """The data dir (local or a URL) through its manifest, checked against the run config: returns
+    the source, the manifest and the data's tokenizer."""
     loader = cfg.loader
     source = DataSource(
         cfg.data_dir,
@@ -284,6 +321,14 @@ def build_run(cfg: PretrainConfig) -> Run:
     )
     manifest = load_manifest(cfg.data_dir, source)
     tokenizer = _check_data(cfg, manifest, source)
+    return source, manifest, tokenizer
+
+
+def _model_config(
+    cfg: PretrainConfig, manifest: dict[str, Any], tokenizer: dict[str, bytes]
+) -> tuple[Any, TokenLayout]:
+    """The model's BertConfig (from ``init_from`` or a preset, fitted to the data) and the data's
+    token layout (with the word-start table for whole-word masking)."""
     layout = TokenLayout.from_manifest(manifest)
     special = manifest["tokenizer"]["special_ids"]
     # The data's tokenizer as local files (the data dir may be a URL), for the checks that load it.
@@ -291,7 +336,7 @@ def build_run(cfg: PretrainConfig) -> Run:
         _write_tokenizer(tokenizer, Path(tokenizer_dir))
         if cfg.masking == "whole_word":  # a per-id table, computed once from the data's tokenizer
             layout = replace(layout, word_starts=word_start_table(tokenizer_dir, layout.vocab_size)[0])
-        try:  # a malformed model or deepspeed JSON, or an init_from that does not fit the data: one line
+        try:  # a malformed model config, or an init_from that does not fit the data: one line
             if cfg.init_from:
                 hf_config = source_config(cfg.init_from, layout.seq_len, cfg.attn_implementation)
                 check_tokenizer(cfg.init_from, cfg.data_dir, tokenizer_dir, manifest, hf_config.vocab_size)
@@ -305,8 +350,13 @@ def build_run(cfg: PretrainConfig) -> Run:
                 )
         except ValueError as err:
             raise SetupError(str(err)) from None
+    return hf_config, layout
+
+
+def _deepspeed_config(cfg: PretrainConfig) -> dict:
+    """DeepSpeed's config from the run config and the user's JSON; a malformed JSON is one line."""
     try:
-        ds_config = build_deepspeed_config(
+        return build_deepspeed_config(
             micro_batch_size=cfg.micro_batch_size,
             grad_accum=cfg.grad_accum,
             precision=cfg.precision,
@@ -317,37 +367,42 @@ def build_run(cfg: PretrainConfig) -> Run:
         )
     except ValueError as err:
         raise SetupError(str(err)) from None
-    run_dir = Path(cfg.run_dir)
-    fingerprint = _fingerprint(cfg, layout, hf_config, manifest)
-    tag, load_tag = checkpoint.latest_tag(run_dir / "checkpoints"), None
-    if tag is not None:  # refuse before building anything
-        saved = checkpoint.read_run_state(run_dir / "checkpoints", tag)
-        _check_resumable(saved, fingerprint, run_dir)
-        load_tag = tag
-        if saved["world_size"] != info.world_size:  # ZeRO partitions regrouped for the new world size
-            load_tag = checkpoint.universal_tag(run_dir / "checkpoints", tag)
-            if load_tag is not None:
-                ds_config["checkpoint"] = {**ds_config.get("checkpoint", {}), "load_universal": True}
-            else:
-                load_tag = tag
-    if info.is_main:
-        try:
-            _write_run_files(cfg, hf_config, run_dir, tokenizer)
-        except OSError as err:
-            raise SetupError(
-                f"run_dir {run_dir}: cannot write there ({err.strerror}); choose a writable run_dir"
-            ) from None
 
-    device_type = get_accelerator().device_name()
+
+def _checkpoint_to_resume(
+    run_dir: Path, fingerprint: dict[str, Any], world_size: int, ds_config: dict[str, Any]
+) -> tuple[str | None, str | None]:
+    """(latest tag, tag to load) of ``run_dir``, (None, None) for a fresh run. A checkpoint of
+    another run is refused; one saved on another world size loads through its universal form
+    (ZeRO partitions regrouped), which ``ds_config`` is switched to."""
+    tag = checkpoint.latest_tag(run_dir / "checkpoints")
+    if tag is None:
+        return None, None
+    saved = checkpoint.read_run_state(run_dir / "checkpoints", tag)
+    _check_resumable(saved, fingerprint, run_dir)
+    if saved["world_size"] == world_size:
+        return tag, tag
+    universal = checkpoint.universal_tag(run_dir / "checkpoints", tag)
+    if universal is None:
+        return tag, tag
+    ds_config["checkpoint"] = {**ds_config.get("checkpoint", {}), "load_universal": True}
+    return tag, universal
+
+
+def _build_model(cfg: PretrainConfig, hf_config, layout: TokenLayout, device_type: str, *, resuming: bool):
+    """The pretraining objective around a fresh BERT (the same initial weights on every rank), or
+    the ``init_from`` weights for a new run; returns it and what was loaded from the source."""
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     hf_model = build_hf_model(hf_config, nsp=layout.nsp)
     if cfg.activation_checkpointing:  # the recomputation replays the RNG state: same dropout masks
         hf_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if cfg.cpu_dropout and device_type == "cpu":
         use_cpu_dropout(hf_model)
-    try:  # a checkpoint resumes its own weights below; a new run starts from the source's
+    try:  # a checkpoint resumes its own weights later; a new run starts from the source's
         init_report = (
-            load_source_weights(hf_model, cfg.init_from).describe() if cfg.init_from and tag is None else None
+            load_source_weights(hf_model, cfg.init_from).describe()
+            if cfg.init_from and not resuming
+            else None
         )
     except InitFromError as err:
         raise SetupError(str(err)) from None
@@ -357,6 +412,13 @@ def build_run(cfg: PretrainConfig) -> Run:
         _check_compiler(device_type)
         compile_encoder_layers(hf_model)
     model = PretrainingObjective(hf_model, sparse_head=cfg.sparse_mlm_head, loss_kernel=cfg.mlm_loss_kernel)
+    return model, init_report
+
+
+def _build_engine(cfg: PretrainConfig, model, ds_config: dict, device_type: str):
+    """The DeepSpeed engine: the optimizer (per device and offload), the warm-up/decay schedule."""
+    import deepspeed
+
     set_tf32(cfg.tf32)
     optimizer = build_optimizer(
         cfg.optimizer.name,
@@ -378,22 +440,7 @@ def build_run(cfg: PretrainConfig) -> Run:
     engine, _, _, _ = deepspeed.initialize(
         model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config
     )
-    return Run(
-        cfg=cfg,
-        dist=info,
-        manifest=manifest,
-        layout=layout,
-        shape=BertShape.from_config(hf_config, layout.nsp),
-        engine=engine,
-        run_dir=run_dir,
-        ckpt_dir=run_dir / "checkpoints",
-        fingerprint=fingerprint,
-        load_tag=load_tag,
-        peak_flops_per_s=datasheet_peak_flops(cfg.precision, cfg.tf32),
-        source=source,
-        init_report=init_report,
-        grad_mask=GradientMask(engine.module) if cfg.grad_accum > 1 else None,
-    )
+    return engine
 
 
 def restore(run: Run) -> None:
