@@ -233,61 +233,21 @@ def run_sweep(args: argparse.Namespace) -> tuple[dict[str, Any], Path]:
     )
     with tempfile.TemporaryDirectory(prefix="bench-") as work:
         work_dir = Path(work)
-        if args.data_dir is None:
-            data_dir = write_synthetic_data_dir(
-                work_dir / "data", seq_len=args.seq_len, vocab_size=args.vocab_size
-            )
-            data = (
-                f"generated shards (benchmarks.synthetic_shards): Zipf token ids over {args.vocab_size} ids, "
-                f"90% of examples at seq_len, 10% short, NSP labels 50/50"
-            )
-        else:
-            data_dir, data = args.data_dir.resolve(), str(args.data_dir)
+        data_dir, data = _sweep_data(args, work_dir)
         sweep = Sweep(args, data_dir, work_dir)
-        points = []
-        for micro_batch_size in args.batch_sizes:
-            point_meter = OtherProcessesMeter()  # which points other processes disturbed
-            points.append({**sweep.point(micro_batch_size), "other_processes_cores": point_meter.cores()})
-            add_utilisation(points[-1], probes[0]["flops_per_s"], args.ranks, on_gpu)
-            print(progress_line(points[-1]), flush=True)
-            if points[-1]["status"] != "ok":
-                break
+        points = _measure_points(args, sweep, probes[0]["flops_per_s"], on_gpu)
         ok = [point for point in points if point["status"] == "ok"]
         best = max(ok, key=lambda point: point["tokens_per_s"]) if ok else None
-        loader_rate = None
-        if best is not None:
-            cfg = load_pretrain_config(
-                None, sweep.overrides(best["micro_batch_size"], work_dir / "loader", args.threads)
-            )
-            torch.set_num_threads(args.threads)
-            loader_rate = loader_samples_per_s(cfg, args.ranks)
+        loader_rate = _loader_rate(args, sweep, best, work_dir) if best is not None else None
     if probes[0]["per_size_flops_per_s"]:  # measured, not a datasheet figure
         probes.append(probe_peak(args))
     peak = max(probes, key=lambda probe: probe["flops_per_s"])
     for point in points:
         add_utilisation(point, peak["flops_per_s"], args.ranks, on_gpu)
-    cpu_model, cpu_isa = cpu_info()
     trainer_rate = best["samples_per_s"] / args.ranks if best else None
     result = {
-        "device": device,
-        "device_description": device_description(),
-        "device_type": "cuda" if on_gpu else "cpu",
-        "cpu_model": cpu_model,
-        "cpu_isa": cpu_isa,
-        "cores": args.cores,
-        "date": datetime.date.today().isoformat(),
-        "model": args.model,
+        **_setup_fields(args, device, on_gpu, data),
         "model_parameters": ok[0]["model_parameters"] if ok else None,
-        "seq_len": args.seq_len,
-        "precision": args.precision,
-        "zero_stage": args.zero_stage,
-        "ranks": args.ranks,
-        "threads_per_rank": args.threads,
-        "baseline_devices": baseline_devices(args.ranks, on_gpu) if args.baseline else None,
-        "baseline_threads": args.threads * baseline_devices(args.ranks, on_gpu) if args.baseline else None,
-        "warmup_steps": args.warmup_steps,
-        "timed_steps": args.steps,
-        "data": data,
         "peak_flops_per_device": peak["flops_per_s"],
         "peak_flops": peak["flops_per_s"] * args.ranks,
         "peak_source": peak["source"]
@@ -307,15 +267,80 @@ def run_sweep(args: argparse.Namespace) -> tuple[dict[str, Any], Path]:
         "points": points,
     }
     json_path = write_reports(result, args.out)
-    if peak is not probes[0]:
+    _print_summary(result, peak, probes[0], best, json_path)
+    return result, json_path
+
+
+def _sweep_data(args: argparse.Namespace, work_dir: Path) -> tuple[Path, str]:
+    """The data dir to measure on (--data-dir, or generated shards) and its description."""
+    if args.data_dir is not None:
+        return args.data_dir.resolve(), str(args.data_dir)
+    data_dir = write_synthetic_data_dir(work_dir / "data", seq_len=args.seq_len, vocab_size=args.vocab_size)
+    return data_dir, (
+        f"generated shards (benchmarks.synthetic_shards): Zipf token ids over {args.vocab_size} ids, "
+        f"90% of examples at seq_len, 10% short, NSP labels 50/50"
+    )
+
+
+def _measure_points(
+    args: argparse.Namespace, sweep: Sweep, peak: float, on_gpu: bool
+) -> list[dict[str, Any]]:
+    """Each micro-batch size in a fresh launch, in order; the first that fails ends the sweep."""
+    points = []
+    for micro_batch_size in args.batch_sizes:
+        point_meter = OtherProcessesMeter()  # which points other processes disturbed
+        points.append({**sweep.point(micro_batch_size), "other_processes_cores": point_meter.cores()})
+        add_utilisation(points[-1], peak, args.ranks, on_gpu)
+        print(progress_line(points[-1]), flush=True)
+        if points[-1]["status"] != "ok":
+            break
+    return points
+
+
+def _loader_rate(args: argparse.Namespace, sweep: Sweep, best: dict[str, Any], work_dir: Path) -> float:
+    """Samples/s per rank of the loader alone, at the best point's micro batch."""
+    cfg = load_pretrain_config(
+        None, sweep.overrides(best["micro_batch_size"], work_dir / "loader", args.threads)
+    )
+    torch.set_num_threads(args.threads)
+    return loader_samples_per_s(cfg, args.ranks)
+
+
+def _setup_fields(args: argparse.Namespace, device: str, on_gpu: bool, data: str) -> dict[str, Any]:
+    """What was measured, where and how: the report's fields that do not depend on the outcome."""
+    cpu_model, cpu_isa = cpu_info()
+    return {
+        "device": device,
+        "device_description": device_description(),
+        "device_type": "cuda" if on_gpu else "cpu",
+        "cpu_model": cpu_model,
+        "cpu_isa": cpu_isa,
+        "cores": args.cores,
+        "date": datetime.date.today().isoformat(),
+        "model": args.model,
+        "seq_len": args.seq_len,
+        "precision": args.precision,
+        "zero_stage": args.zero_stage,
+        "ranks": args.ranks,
+        "threads_per_rank": args.threads,
+        "baseline_devices": baseline_devices(args.ranks, on_gpu) if args.baseline else None,
+        "baseline_threads": args.threads * baseline_devices(args.ranks, on_gpu) if args.baseline else None,
+        "warmup_steps": args.warmup_steps,
+        "timed_steps": args.steps,
+        "data": data,
+    }
+
+
+def _print_summary(result: dict[str, Any], peak: dict, first_probe: dict, best, json_path: Path) -> None:
+    if peak is not first_probe:
         print(
             f"peak re-probed after the sweep: {peak['flops_per_s'] / 1e12:.3f} TFLOP/s per device; the reports' "
             f"MFU and HFU are against it (the lines above, against the first probe)"
         )
     if best is not None:
         print(
-            f"loader alone: {loader_rate:,.0f} samples/s per rank at micro batch {best['micro_batch_size']}, "
-            f"trainer consumes {trainer_rate:,.1f} per rank ({result['loader_headroom']:.0f}x headroom)"
+            f"loader alone: {result['loader_samples_per_s']:,.0f} samples/s per rank at micro batch "
+            f"{best['micro_batch_size']}, trainer consumes {result['trainer_samples_per_s_per_rank']:,.1f} per rank "
+            f"({result['loader_headroom']:.0f}x headroom)"
         )
     print(f"wrote {json_path} (+ .md, .png)")
-    return result, json_path
