@@ -15,6 +15,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -440,8 +441,6 @@ def train_loop(engine, job: Job, place: Place, log: MetricsLog, out: Path, say) 
     import torch
     from tqdm import tqdm
 
-    from pretrain.distributed import all_reduce_sum, to_device
-
     config, train = job.config, job.splits["train"].data
     micro_batch = config.batch_size // place.world
     steps_per_epoch, total_steps = step_counts(len(train), config.batch_size, config.epochs)
@@ -452,7 +451,7 @@ def train_loop(engine, job: Job, place: Place, log: MetricsLog, out: Path, say) 
         f"rank(s), {place.device}, {config.precision}, ZeRO {config.zero_stage}"
     )
 
-    loss_sum, loss_count, last_log = torch.zeros((), device=place.device), 0, time.time()
+    window = _LossWindow(torch.zeros((), device=place.device))
     bar = tqdm(total=total_steps, unit="step", desc="fine-tune", disable=None if place.is_main else True)
     for step in range(1, total_steps + 1):
         epoch, position = divmod(step - 1, steps_per_epoch)
@@ -461,61 +460,105 @@ def train_loop(engine, job: Job, place: Place, log: MetricsLog, out: Path, say) 
         start = (
             position * config.batch_size + place.rank * micro_batch
         )  # this rank's slice of the global batch
-        batch = collate(train, order[start : start + micro_batch], job.tokenizer.pad_token_id)
-        loss = engine(**to_device(batch, place.device)).loss
-        engine.backward(loss)
-        if config.method == "adalora":
-            # AdaLoRA scores each rank's importance from this step's gradients and prunes on its
-            # schedule; before engine.step(), which clears the gradients.
-            engine.module.base_model.update_and_allocate(step)
-        engine.step()
-        loss_sum += loss.detach().float()
-        loss_count += 1
+        window.add(_train_step(engine, job, place, order[start : start + micro_batch], step))
         bar.update()
         epochs_done = round(step / steps_per_epoch, 4)
-
         if step % config.log_every == 0 or step == total_steps:
-            mean_loss = all_reduce_sum(loss_sum).item() / (loss_count * place.world)
-            now = time.time()
-            log.write(
-                {
-                    "kind": "train",
-                    "step": step,
-                    "epoch": epochs_done,
-                    "loss": mean_loss,
-                    "lr": engine.get_lr()[0],
-                    "samples_per_s": loss_count * config.batch_size / (now - last_log),
-                }
-            )
+            mean_loss = window.log(log, engine, step, epochs_done, config.batch_size, place.world)
             bar.set_postfix(loss=f"{mean_loss:.4f}")
-            loss_sum.zero_()
-            loss_count, last_log = 0, now
-
         if step in eval_points:
-            report, _ = evaluate(engine, job.splits["valid"], job, place)
-            improved = selection.improves(report[config.selection_metric], step)
-            if improved:
-                save_model(engine, job.tokenizer, out, config.zero_stage, place.is_main, job.finetune_info())
-            main = _main_metrics(report, config.task)
-            log.write({"kind": "eval", "step": step, "epoch": epochs_done, "split": "valid", **main})
-            say(
-                f"step {step}/{total_steps} (epoch {epochs_done:.2f})  valid "
-                + "  ".join(f"{key} {value:.4f}" for key, value in main.items())
-                + "  "
-                + (
-                    "[best, saved]"
-                    if improved
-                    else f"(best {selection.best_value:.4f} at step {selection.best_step})"
-                )
-            )
-            if selection.exhausted:
-                say(
-                    f"early stop: valid {config.selection_metric} did not improve in {config.patience} evaluations"
-                )
+            if _evaluate_and_select(
+                engine, job, place, log, out, selection, step, total_steps, epochs_done, say
+            ):
                 break
-            last_log = time.time()  # evaluation time is not training throughput
+            window.since = time.time()  # evaluation time is not training throughput
     bar.close()
     return selection, step
+
+
+def _train_step(engine, job: Job, place: Place, rows, step: int):
+    """One optimizer step on this rank's rows of the global batch; returns the loss."""
+    from pretrain.distributed import to_device
+
+    batch = collate(job.splits["train"].data, rows, job.tokenizer.pad_token_id)
+    loss = engine(**to_device(batch, place.device)).loss
+    engine.backward(loss)
+    if job.config.method == "adalora":
+        # AdaLoRA scores each rank's importance from this step's gradients and prunes on its
+        # schedule; before engine.step(), which clears the gradients.
+        engine.module.base_model.update_and_allocate(step)
+    engine.step()
+    return loss
+
+
+@dataclass
+class _LossWindow:
+    """The training loss summed since the last log line (on the device: no host sync per step)."""
+
+    total: Any
+    count: int = 0
+    since: float = 0.0
+
+    def __post_init__(self):
+        self.since = time.time()
+
+    def add(self, loss) -> None:
+        self.total += loss.detach().float()
+        self.count += 1
+
+    def log(self, log: MetricsLog, engine, step: int, epoch: float, batch_size: int, world: int) -> float:
+        """Writes the window's train row (mean loss over all ranks, rows/s) and starts a new window."""
+        from pretrain.distributed import all_reduce_sum
+
+        mean_loss = all_reduce_sum(self.total).item() / (self.count * world)
+        now = time.time()
+        log.write(
+            {
+                "kind": "train",
+                "step": step,
+                "epoch": epoch,
+                "loss": mean_loss,
+                "lr": engine.get_lr()[0],
+                "samples_per_s": self.count * batch_size / (now - self.since),
+            }
+        )
+        self.total.zero_()
+        self.count, self.since = 0, now
+        return mean_loss
+
+
+def _evaluate_and_select(
+    engine,
+    job: Job,
+    place: Place,
+    log: MetricsLog,
+    out: Path,
+    selection: Selection,
+    step: int,
+    total_steps: int,
+    epochs_done: float,
+    say,
+) -> bool:
+    """Evaluates on valid, saves the model when it is the best so far; True when patience ran out."""
+    config = job.config
+    report, _ = evaluate(engine, job.splits["valid"], job, place)
+    improved = selection.improves(report[config.selection_metric], step)
+    if improved:
+        save_model(engine, job.tokenizer, out, config.zero_stage, place.is_main, job.finetune_info())
+    main = _main_metrics(report, config.task)
+    log.write({"kind": "eval", "step": step, "epoch": epochs_done, "split": "valid", **main})
+    standing = (
+        "[best, saved]" if improved else f"(best {selection.best_value:.4f} at step {selection.best_step})"
+    )
+    say(
+        f"step {step}/{total_steps} (epoch {epochs_done:.2f})  valid "
+        + "  ".join(f"{key} {value:.4f}" for key, value in main.items())
+        + "  "
+        + standing
+    )
+    if selection.exhausted:
+        say(f"early stop: valid {config.selection_metric} did not improve in {config.patience} evaluations")
+    return selection.exhausted
 
 
 def final_evaluation(
@@ -583,8 +626,6 @@ def run(config: FinetuneConfig) -> dict:
 def run_seeds(config: FinetuneConfig) -> dict:
     """One run per seed, then eval.json with every metric's mean and std over the seeds; model/
     and predictions.tsv are the seed with the best validation metric."""
-    import shutil
-
     from pretrain.distributed import main_barrier
 
     out = Path(config.out_dir)
@@ -604,24 +645,35 @@ def run_seeds(config: FinetuneConfig) -> dict:
     summary = {
         name: summarize_seeds([result["splits"][name] for result in results]) for name in results[0]["splits"]
     }
-    first = results[0]
-    report = {
-        **{
-            key: first[key]
-            for key in (
-                "format",
-                "task",
-                "method",
-                "model",
-                "init",
-                "metric",
-                "parameters",
-                "train_rows",
-                "class_names",
-                "precision",
-                "ranks",
-            )
-        },
+    report = _seeds_report(config, results, best, summary)
+    report["wall_time_s"] = round(time.time() - started, 2)
+    if is_main:
+        _publish_selected_seed(config, config.seeds[best], summary)
+        write_eval_report(out, report)
+    main_barrier()  # rank 0 copied the chosen seed's model: as long as that takes
+    return report
+
+
+RUN_FIELDS_KEPT_OVER_SEEDS = (
+    "format",
+    "task",
+    "method",
+    "model",
+    "init",
+    "metric",
+    "parameters",
+    "train_rows",
+    "class_names",
+    "precision",
+    "ranks",
+)
+
+
+def _seeds_report(config: FinetuneConfig, results: list[dict], best: int, summary: dict) -> dict:
+    """eval.json of a run over seeds: the runs' common fields, each split's metrics as mean and std
+    over the seeds, and each seed's own selection and main metrics."""
+    return {
+        **{key: results[0][key] for key in RUN_FIELDS_KEPT_OVER_SEEDS},
         "seeds": list(config.seeds),
         "selected_seed": config.seeds[best],
         "splits": summary,  # {split: {metric: {mean, std}}}; std is the sample std (ddof=1)
@@ -638,42 +690,37 @@ def run_seeds(config: FinetuneConfig) -> dict:
             }
             for seed, result in zip(config.seeds, results)
         ],
-        "wall_time_s": round(time.time() - started, 2),
     }
-    if is_main:
-        chosen = out / f"seed-{config.seeds[best]}"
-        with atomic_path(out / "model") as staging:
-            shutil.copytree(chosen / "model", staging)
-        if (chosen / "predictions.tsv").exists():
-            shutil.copyfile(chosen / "predictions.tsv", out / "predictions.tsv")
-        info = json.loads((out / "model" / "finetune.json").read_text(encoding="utf-8"))
-        info["summary"] = {
-            name: {key: value["mean"] for key, value in _main_metrics(split, config.task).items()}
-            for name, split in summary.items()
-        }
-        info["seeds"] = {
-            "seeds": list(config.seeds),
-            "selected": config.seeds[best],
-            "summary": "mean over seeds",
-        }
-        write_finetune_json(out / "model", info)
-        print(
-            "over seeds "
-            + ", ".join(map(str, config.seeds))
-            + ": "
-            + "; ".join(
-                f"{name} "
-                + ", ".join(
-                    f"{key} {value['mean']:.4f} ± {value['std']:.4f}"
-                    for key, value in _main_metrics(split, config.task).items()
-                )
-                for name, split in summary.items()
-            ),
-            flush=True,
-        )
-        write_eval_report(out, report)
-    main_barrier()  # rank 0 copied the chosen seed's model: as long as that takes
-    return report
+
+
+def _publish_selected_seed(config: FinetuneConfig, seed: int, summary: dict) -> None:
+    """The selected seed's model/ and predictions.tsv become the run's, its finetune.json carrying
+    the means over seeds; prints them."""
+    import shutil
+
+    out, chosen = Path(config.out_dir), Path(config.out_dir) / f"seed-{seed}"
+    with atomic_path(out / "model") as staging:
+        shutil.copytree(chosen / "model", staging)
+    if (chosen / "predictions.tsv").exists():
+        shutil.copyfile(chosen / "predictions.tsv", out / "predictions.tsv")
+    means = {name: _main_metrics(split, config.task) for name, split in summary.items()}
+    info = json.loads((out / "model" / "finetune.json").read_text(encoding="utf-8"))
+    info["summary"] = {
+        name: {key: value["mean"] for key, value in main.items()} for name, main in means.items()
+    }
+    info["seeds"] = {"seeds": list(config.seeds), "selected": seed, "summary": "mean over seeds"}
+    write_finetune_json(out / "model", info)
+    print(
+        "over seeds "
+        + ", ".join(map(str, config.seeds))
+        + ": "
+        + "; ".join(
+            f"{name} "
+            + ", ".join(f"{key} {value['mean']:.4f} ± {value['std']:.4f}" for key, value in main.items())
+            for name, main in means.items()
+        ),
+        flush=True,
+    )
 
 
 def _peak_memory_mb(device) -> float:
@@ -692,25 +739,11 @@ def run_once(config: FinetuneConfig, job: Job | None = None) -> dict:
     started = time.time()
     job = job or setup(config)  # first: bad input fails fast, before DeepSpeed is even imported
 
-    import torch
-    from deepspeed.accelerator import get_accelerator
     from tqdm import tqdm
 
-    from pretrain.distributed import barrier, init_distributed, main_barrier, precision_problem, set_threads
+    from pretrain.distributed import barrier, main_barrier
 
-    info = init_distributed()
-    accelerator = get_accelerator()
-    place = Place(info.rank, info.world_size, torch.device(accelerator.device_name(info.local_rank)))
-    problem = precision_problem(config.precision)
-    if problem:
-        raise ConfigError(problem)
-    if config.batch_size % place.world:
-        raise ConfigError(
-            f"config key 'batch_size' = {config.batch_size} does not split evenly across "
-            f"{place.world} ranks; use a multiple of {place.world}"
-        )
-    set_threads(config.threads)
-
+    place = _join_ranks(config)
     say = tqdm.write if place.is_main else (lambda _text: None)
     for note in job.notes:
         say(note)
@@ -760,17 +793,39 @@ def run_once(config: FinetuneConfig, job: Job | None = None) -> dict:
         "splits": reports,
     }
     if place.is_main:
-        say(_format(reports, job))
-        report_run(tracker, out, result)
-        summary = {name: _main_metrics(report, config.task) for name, report in reports.items()}
-        write_finetune_json(out / "model", job.finetune_info(summary))
-        write_eval_report(out, result)
-        written = [
-            "model/",
-            "metrics.jsonl",
-            *(["predictions.tsv"] if "test" in reports else []),
-            "eval.json",
-        ]
-        say(f"wrote {out}/: {', '.join(written)} ({result['wall_time_s']:.0f} s)")
+        _write_run_outputs(job, out, tracker, result, say)
     main_barrier()  # rank 0 wrote the reports (and a tracker may upload): as long as that takes
     return result
+
+
+def _join_ranks(config: FinetuneConfig) -> Place:
+    """This process's rank, world and device, once the run's precision and batch fit them."""
+    import torch
+    from deepspeed.accelerator import get_accelerator
+
+    from pretrain.distributed import init_distributed, precision_problem, set_threads
+
+    info = init_distributed()
+    place = Place(info.rank, info.world_size, torch.device(get_accelerator().device_name(info.local_rank)))
+    problem = precision_problem(config.precision)
+    if problem:
+        raise ConfigError(problem)
+    if config.batch_size % place.world:
+        raise ConfigError(
+            f"config key 'batch_size' = {config.batch_size} does not split evenly across "
+            f"{place.world} ranks; use a multiple of {place.world}"
+        )
+    set_threads(config.threads)
+    return place
+
+
+def _write_run_outputs(job: Job, out: Path, tracker, result: dict, say) -> None:
+    """Rank 0: the tracker's last records, model/finetune.json with the main metrics, eval.json last."""
+    reports = result["splits"]
+    say(_format(reports, job))
+    report_run(tracker, out, result)
+    summary = {name: _main_metrics(report, job.config.task) for name, report in reports.items()}
+    write_finetune_json(out / "model", job.finetune_info(summary))
+    write_eval_report(out, result)
+    written = ["model/", "metrics.jsonl", *(["predictions.tsv"] if "test" in reports else []), "eval.json"]
+    say(f"wrote {out}/: {', '.join(written)} ({result['wall_time_s']:.0f} s)")
