@@ -53,6 +53,7 @@ from typing import Any
 
 import torch
 
+from benchmarks import train_check
 from benchmarks.gpu_wheels import missing_distributions
 from benchmarks.launching import REPO, last_line, launch
 from benchmarks.machine import device_description, device_name, versions
@@ -201,25 +202,15 @@ def run_training(checks: Checks, plan: Plan, work: Path) -> None:
             checks.add("pretrain", configuration, "skipped", "out of the time budget")
             continue
         out, log = work / f"train-{model}.json", work / f"train-{model}.log"
-        command = [
-            sys.executable,
-            "-m",
-            "benchmarks.train_check",
-            "--data-dir",
-            str(data),
-            "--model",
+        command = train_check.command_line(
+            data,
             model,
-            "--configs",
             plan.train_configs,
-            "--steps",
-            str(plan.train_steps),
-            "--work",
-            str(work / "train-runs"),
-            "--out",
-            str(out),
-            f"seq_len={plan.train_seq_len}",
-            *plan.train_overrides,
-        ]
+            plan.train_steps,
+            work / "train-runs",
+            out,
+            [f"seq_len={plan.train_seq_len}", *plan.train_overrides],
+        )
         code = launch(command, log, timeout_s=max(30.0, checks.left() - 30))
         results = json.loads(out.read_text()) if out.is_file() else []
         for result in results:

@@ -24,8 +24,10 @@ import argparse
 import json
 import os
 import shutil
+import sys
 import time
 import traceback
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -148,6 +150,30 @@ def check_config(
     result["seconds"] = time.perf_counter() - started
     shutil.rmtree(work, ignore_errors=True)  # base: ~8 GB of checkpoints and exports per configuration
     return result
+
+
+def command_line(
+    data_dir: Path, model: str, configs: str, steps: int, work: Path, out: Path, overrides: Sequence[str] = ()
+) -> list[str]:
+    """``python -m benchmarks.train_check ...`` in a fresh process, as the GPU check and the tests run it."""
+    return [
+        sys.executable,
+        "-m",
+        "benchmarks.train_check",
+        "--data-dir",
+        str(data_dir),
+        "--model",
+        model,
+        "--configs",
+        configs,
+        "--steps",
+        str(steps),
+        "--work",
+        str(work),
+        "--out",
+        str(out),
+        *overrides,
+    ]
 
 
 def main(argv: list[str] | None = None) -> None:

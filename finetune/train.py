@@ -13,7 +13,7 @@ import json
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -497,10 +497,7 @@ class _LossWindow:
 
     total: Any
     count: int = 0
-    since: float = 0.0
-
-    def __post_init__(self):
-        self.since = time.time()
+    since: float = field(default_factory=time.time)
 
     def add(self, loss) -> None:
         self.total += loss.detach().float()

@@ -85,7 +85,7 @@ def _without_optional(args: list[str]) -> list[str]:
 
 
 def _help_exits_0(module: str, args: list[str]) -> None:
-    subcommand = [args[0]] if args and re.fullmatch(r"[a-z]+", args[0]) and "=" not in args[0] else []
+    subcommand = [args[0]] if args and re.fullmatch(r"[a-z]+", args[0]) else []  # data_prep verify
     argv, out = [module, *subcommand, "--help"], io.StringIO()
     saved = sys.argv
     sys.argv = argv
@@ -122,10 +122,7 @@ def _check_command(command: str, makefile_targets: set[str]) -> None:
         try:
             loader(REPO / path, overrides)  # raises ConfigError naming the key
         except ConfigError as error:  # an input the page's earlier commands create is fine absent
-            absent = [
-                o.split("=", 1)[1] for o in overrides if f"'{o.split('=', 1)[1]}': no such" in str(error)
-            ]
-            if not absent:
+            if not any(f"'{o.split('=', 1)[1]}': no such" in str(error) for o in overrides):
                 raise
     else:
         _help_exits_0(name, args)

@@ -8,13 +8,13 @@ the loss scaler itself is tested on every CPU (test_fault_tolerance's overflow s
 """
 
 import json
-import sys
 
 import pytest
 from bounded import run_bounded
 from launching import REPO
 
 from benchmarks.synthetic_shards import write_synthetic_data_dir
+from benchmarks.train_check import command_line
 from pretrain.distributed import precision_problem
 
 
@@ -24,27 +24,8 @@ def test_fp16_zero1_and_zero2_save_resume_and_export_exactly(tmp_path):
         pytest.skip(f"native fp16 only: {problem}")
     data = write_synthetic_data_dir(tmp_path / "data", seq_len=32, vocab_size=500, train_shards=4)
     out = tmp_path / "result.json"
-    command = [
-        sys.executable,
-        "-m",
-        "benchmarks.train_check",
-        "--data-dir",
-        str(data),
-        "--model",
-        "tiny",
-        "--configs",
-        "fp16:1,fp16:2",
-        "--steps",
-        "6",
-        "--work",
-        str(tmp_path / "runs"),
-        "--out",
-        str(out),
-        "seq_len=32",
-        "micro_batch_size=4",
-        "loader.workers=0",
-        "threads=1",
-    ]
+    overrides = ["seq_len=32", "micro_batch_size=4", "loader.workers=0", "threads=1"]
+    command = command_line(data, "tiny", "fp16:1,fp16:2", 6, tmp_path / "runs", out, overrides)
     done = run_bounded(command, cwd=REPO, timeout=480)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     results = json.loads(out.read_text())
