@@ -559,14 +559,14 @@ def _evaluate_and_select(
 
 
 def final_evaluation(
-    job: Job, place: Place, log: MetricsLog, out: Path, selected_step: int
+    job: Job, place: Place, log: MetricsLog, out: Path, selected_step: int, splits=("valid", "test")
 ) -> dict[str, dict]:
-    """Reports on valid and test from the saved model reloaded from disk (as a server loads it), so
+    """Reports on ``splits`` from the saved model reloaded from disk (as a server loads it), so
     that they describe exactly what a user of out/model gets; writes predictions.tsv for the test split."""
     model, _, _ = load_finetuned(out / "model")
     model.to(place.device)
     reports = {}
-    for name in ("valid", "test"):
+    for name in splits:
         if name not in job.splits:
             continue
         reports[name], outputs = evaluate(model, job.splits[name], job, place)
@@ -731,8 +731,11 @@ def _peak_memory_mb(device) -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # Linux: KiB
 
 
-def run_once(config: FinetuneConfig, job: Job | None = None) -> dict:
-    """One fine-tuning run (one seed) into config.out_dir; ``job``: ``setup(config)`` if done already."""
+def run_once(config: FinetuneConfig, job: Job | None = None, read_test: bool = True) -> dict:
+    """One fine-tuning run (one seed) into config.out_dir; ``job``: ``setup(config)`` if done already.
+
+    ``read_test=False`` leaves the test split unread, for a caller that selects among several runs on
+    the validation metric and then reads the chosen run's test split once (``read_test_once``)."""
     started = time.time()
     job = job or setup(config)  # first: bad input fails fast, before DeepSpeed is even imported
 
@@ -762,7 +765,9 @@ def run_once(config: FinetuneConfig, job: Job | None = None) -> dict:
     selection, steps = train_loop(engine, job, place, log, out, say)
     train_time = time.time() - train_started
     peak_memory = _peak_memory_mb(place.device)
-    reports = final_evaluation(job, place, log, out, selection.best_step)
+    reports = final_evaluation(
+        job, place, log, out, selection.best_step, ("valid", "test") if read_test else ("valid",)
+    )
 
     result = {
         "format": EVAL_FORMAT,
@@ -793,6 +798,27 @@ def run_once(config: FinetuneConfig, job: Job | None = None) -> dict:
         _write_run_outputs(job, out, tracker, result, say)
     main_barrier()  # rank 0 wrote the reports (and a tracker may upload): as long as that takes
     return result
+
+
+def read_test_once(job: Job) -> dict:
+    """The test report of a finished ``run_once(job.config, job, read_test=False)``: its selected
+    model (out_dir/model) evaluated on the test split, which eval.json, model/finetune.json and
+    predictions.tsv then include. Raises ``InputError`` where the job has no test split."""
+    if "test" not in job.splits:
+        raise InputError("no test data: set test_file, or split.test_fraction above 0")
+    out = Path(job.config.out_dir)
+    result = json.loads((out / "eval.json").read_text(encoding="utf-8"))
+    if "test" in result["splits"]:
+        raise InputError(f"{out}: the test split was read already")
+    place = _join_ranks(job.config)
+    log = MetricsLog(out / "metrics.jsonl", enabled=place.is_main, started=time.time())
+    reports = final_evaluation(job, place, log, out, result["selected"]["step"], ("test",))
+    result["splits"].update(reports)
+    if place.is_main:
+        summary = {name: _main_metrics(report, job.config.task) for name, report in result["splits"].items()}
+        write_finetune_json(out / "model", job.finetune_info(summary))
+        write_eval_report(out, result)
+    return reports["test"]
 
 
 def _join_ranks(config: FinetuneConfig) -> Place:
