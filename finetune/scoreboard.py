@@ -125,7 +125,12 @@ def summarize(rows: list[ModelRow], tasks: dict[str, str], records: list[dict]) 
 
 
 def _cell(stats: dict | None, failed: int) -> str:
-    text = "-" if stats is None else f"{stats['mean']:.3f} ± {stats['std']:.3f} ({stats['n']})"
+    if stats is None:
+        text = "-"
+    elif stats["n"] == 1:  # one seed has no spread to show
+        text = f"{stats['mean']:.3f} (1)"
+    else:
+        text = f"{stats['mean']:.3f} ± {stats['std']:.3f} ({stats['n']})"
     return text + (f", {failed} failed" if failed else "")
 
 

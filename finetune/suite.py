@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import shutil
 import sys
 import time
@@ -201,12 +202,20 @@ def finished_record(out: Path, run: PlannedRun, fingerprint: str) -> dict | None
     return record if record.get("status") == "ok" and record.get("fingerprint") == fingerprint else None
 
 
+def _shown(path: Path) -> str:
+    """A path as the user would type it here: relative to the working directory when under it."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
 def build_report(
     rows: list[ModelRow], tasks: list[Task], seeds: list[int], records: list[dict], planned: int
 ) -> dict:
     task_info = {
         task.name: {
-            "file": str(task.path),
+            "file": _shown(task.path),
             "description": task.spec.description,
             "metric": task.metric,
             "grid": task.spec.grid,
@@ -315,8 +324,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m finetune.suite",
         description=__doc__.split("\n\n")[1].replace("\n", " "),
-        epilog="Tasks: configs/suite/*.yaml (finetune/tasks.py documents the format). docs/finetuning.md, "
-        '"The scoreboard", has a worked example.',
+        epilog="Rerunning the same command keeps the runs that finished and runs the rest; a changed task "
+        "file, data file or model re-runs only the runs it touches. Exit status 0: every run finished; 1: "
+        "some failed (rows marked failed); 2: a bad command line or task file. Tasks: configs/suite/*.yaml "
+        '(finetune/tasks.py documents the format); docs/finetuning.md, "The scoreboard", has a worked example.',
     )
     parser.add_argument(
         "models", nargs="+", metavar="MODEL", help="a pretrain run's export/ or a local Hugging Face BERT dir"
@@ -354,6 +365,10 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--seeds {args.seeds} repeats a seed")
     if args.max_train_samples is not None and args.max_train_samples < 1:
         parser.error("--max-train-samples must be at least 1")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        parser.error(
+            "the suite runs as one process (each run on one device): start it with python -m, not a launcher"
+        )
     try:
         content = run_suite(
             args.models,
