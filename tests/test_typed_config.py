@@ -90,11 +90,14 @@ def test_every_shipped_config_parses(path):
     """A config in configs/ with a stale or misspelt key fails here, not in a user's first run."""
     from data_prep.config import load_prep_config
     from finetune.config import FinetuneConfig
+    from finetune.tasks import load_task
     from pretrain.config import load_pretrain_config
 
     if path.parent.name == "prep":
         load_prep_config(path)
     elif path.parent.name == "pretrain":
         load_pretrain_config(str(path), [])
+    elif path.parent.name == "suite":  # a scoreboard task: every grid point a valid fine-tuning config
+        load_task(str(path))
     else:
         load_config(FinetuneConfig, path, [])
