@@ -272,8 +272,10 @@ def run_suite(
     todo = [run for run in plan if run not in records]
     out.mkdir(parents=True, exist_ok=True)
     print(
-        f"suite: {len(plan)} runs ({len(rows)} models x {len(tasks)} tasks x {len(seeds)} seeds); "
-        f"{len(records)} finished earlier and kept, {len(todo)} to run -> {out}",
+        f"suite: {len(plan)} runs ({len(rows)} rows: {len(models)} models"
+        + (" and their random-init twins" if random_init else "")
+        + f"; x {len(tasks)} tasks x {len(seeds)} seeds); "
+        + f"{len(records)} finished earlier and kept, {len(todo)} to run -> {out}",
         flush=True,
     )
 
