@@ -44,7 +44,7 @@ def check_base_dir(path: str | Path, need_weights: bool) -> Path:
     return path
 
 
-def _first_line(err: Exception) -> str:
+def first_line(err: Exception) -> str:
     lines = str(err).splitlines()
     return f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
 
@@ -64,7 +64,7 @@ def load_tokenizer(path: Path):
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     except Exception as err:  # any library failure here means the files are unusable
         raise InputError(
-            f"model dir {str(path)!r}: the tokenizer does not load ({_first_line(err)})"
+            f"model dir {str(path)!r}: the tokenizer does not load ({first_line(err)})"
         ) from None
     if tokenizer.pad_token_id is None:
         raise InputError(
@@ -145,7 +145,7 @@ def load_classifier(
             path, local_files_only=True, output_loading_info=True, dtype=torch.float32, **options
         )
     except Exception as err:  # a corrupt or foreign checkpoint: one line, not a library traceback
-        raise InputError(f"model dir {str(path)!r} does not load for {task} ({_first_line(err)})") from None
+        raise InputError(f"model dir {str(path)!r} does not load for {task} ({first_line(err)})") from None
     new = sorted(info["missing_keys"])
     unused = sorted(info["unexpected_keys"])
     summary = f"model: {model.num_parameters():,} parameters from {path}; new: {', '.join(new) or 'none'}"
@@ -209,7 +209,7 @@ def apply_method(model, config, total_steps: int, new: Sequence[str] = ()) -> tu
     try:
         model = get_peft_model(model, peft_config)
     except ValueError as err:  # e.g. a target module that the model does not have
-        raise InputError(f"method={config.method}: {_first_line(err)}; check lora.target_modules") from None
+        raise InputError(f"method={config.method}: {first_line(err)}; check lora.target_modules") from None
     trainable, total = model.get_nb_trainable_parameters()
     return model, (
         f"{config.method}: {trainable:,} of {total:,} parameters train ({trainable / total:.2%}; "

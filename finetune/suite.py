@@ -32,8 +32,10 @@ from pretrain.distributed import prepare_entry
 prepare_entry()  # before transformers is imported
 
 from data_prep.atomic import write_json_atomic  # noqa: E402
+from data_prep.manifest import sha256_file  # noqa: E402
 from data_prep.typed_config import ConfigError, exit_on_config_error  # noqa: E402
 from finetune import InputError  # noqa: E402
+from finetune.model import check_base_dir, first_line  # noqa: E402
 from finetune.scoreboard import REPORT_FORMAT, ModelRow, pretraining_cost, summarize, write_reports  # noqa: E402
 from finetune.tasks import Task, load_task, point_label  # noqa: E402
 
@@ -70,11 +72,7 @@ class Fingerprints:
     def file(self, path: Path) -> str:
         path = path.resolve()
         if path not in self._files:
-            digest = hashlib.sha256()
-            with path.open("rb") as handle:
-                for block in iter(lambda: handle.read(1 << 20), b""):
-                    digest.update(block)
-            self._files[path] = digest.hexdigest()
+            self._files[path] = sha256_file(path)
         return self._files[path]
 
     def model(self, directory: Path, with_weights: bool) -> dict[str, str]:
@@ -120,22 +118,26 @@ def model_rows(paths: list[str], names: list[str] | None, random_init: bool) -> 
         raise ConfigError(f"two models are both labelled {repeated[0]!r}; name each with --names a,b,...")
     rows = []
     for label, path in zip(labels, paths):
-        if not (Path(path) / "config.json").is_file():
-            raise ConfigError(
-                f"model {path!r} has no config.json: give a run's export/ or a local Hugging Face BERT dir"
-            )
+        try:  # before any run: a wrong MODEL argument is a bad command line, not 2 x tasks x seeds failed rows
+            check_base_dir(path, need_weights=True)
+        except InputError as err:
+            raise ConfigError(str(err)) from None
         rows.append(ModelRow(label, path, "pretrained", pretraining_cost(Path(path))))
         if random_init:
             rows.append(ModelRow(label, path, "random", ""))
     return rows
 
 
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    line = text[0] if text else ""
+def _error_line(err: Exception) -> str:
+    """A user-caused error's own one-line message; anything else with its type, as a crash."""
     if isinstance(err, (InputError, ConfigError)):
-        return line
-    return f"{type(err).__name__}: {line}" if line else type(err).__name__
+        return (str(err).strip().splitlines() or [""])[0]
+    return first_line(err)
+
+
+def _numbers(report: dict) -> dict[str, float]:
+    """A split report's scalar metrics (not the per-class tables or the confusion matrix)."""
+    return {key: value for key, value in report.items() if isinstance(value, float)}
 
 
 def execute(run: PlannedRun, out: Path, overrides: dict[str, Any], fingerprint: str) -> dict:
@@ -176,18 +178,15 @@ def execute(run: PlannedRun, out: Path, overrides: dict[str, Any], fingerprint: 
         best = max(range(len(tried)), key=lambda index: tried[index][2]["selected"][metric])  # first on ties
         point, job, result = tried[best]
         test = read_test_once(job)
-        task_metrics = {
-            key: value for key, value in result["splits"]["valid"].items() if isinstance(value, float)
-        }
         record.update(
             status="ok",
             selected=point_label(point),
             grid=[{"point": p, "dev": r["selected"][metric]} for p, _, r in tried],
-            dev=task_metrics,
-            test={key: value for key, value in test.items() if isinstance(value, float)},
+            dev=_numbers(result["splits"]["valid"]),
+            test=_numbers(test),
         )
     except Exception as err:  # noqa: BLE001 - a crashed run is a row of the table, the suite goes on
-        record.update(status="failed", error=_first_line(err))
+        record.update(status="failed", error=_error_line(err))
     record["wall_time_s"] = round(time.time() - started, 1)
     write_json_atomic(directory / RUN_RECORD, record)
     return record

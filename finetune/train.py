@@ -815,10 +815,15 @@ def read_test_once(job: Job) -> dict:
     reports = final_evaluation(job, place, log, out, result["selected"]["step"], ("test",))
     result["splits"].update(reports)
     if place.is_main:
-        summary = {name: _main_metrics(report, job.config.task) for name, report in result["splits"].items()}
-        write_finetune_json(out / "model", job.finetune_info(summary))
-        write_eval_report(out, result)
+        _write_reports(job, out, result)
     return reports["test"]
+
+
+def _write_reports(job: Job, out: Path, result: dict) -> None:
+    """model/finetune.json with each split's main metrics, then eval.json, last."""
+    summary = {name: _main_metrics(report, job.config.task) for name, report in result["splits"].items()}
+    write_finetune_json(out / "model", job.finetune_info(summary))
+    write_eval_report(out, result)
 
 
 def _join_ranks(config: FinetuneConfig) -> Place:
@@ -847,8 +852,6 @@ def _write_run_outputs(job: Job, out: Path, tracker, result: dict, say) -> None:
     reports = result["splits"]
     say(_format(reports, job))
     report_run(tracker, out, result)
-    summary = {name: _main_metrics(report, job.config.task) for name, report in reports.items()}
-    write_finetune_json(out / "model", job.finetune_info(summary))
-    write_eval_report(out, result)
+    _write_reports(job, out, result)
     written = ["model/", "metrics.jsonl", *(["predictions.tsv"] if "test" in reports else []), "eval.json"]
     say(f"wrote {out}/: {', '.join(written)} ({result['wall_time_s']:.0f} s)")

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from finetune import InputError
-from finetune.model import _first_line, check_base_dir, load_tokenizer
+from finetune.model import check_base_dir, first_line, load_tokenizer
 from finetune.tokens import join_words, split_words
 
 TASKS = ("sequence_classification", "regression", "token_classification")
@@ -205,7 +205,7 @@ class Predictor:
             raise
         except Exception as err:  # a corrupt or foreign checkpoint: one line, not a library traceback
             raise InputError(
-                f"model dir {str(model_dir)!r} does not load as a {self.info.task} model ({_first_line(err)})"
+                f"model dir {str(model_dir)!r} does not load as a {self.info.task} model ({first_line(err)})"
             ) from None
         self.model = model.to(self.device)
         if self.info.labels and model.config.num_labels != len(self.info.labels):
