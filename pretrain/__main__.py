@@ -18,12 +18,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--local_rank", type=int, help=argparse.SUPPRESS
     )  # passed by older deepspeed launchers
+    # DeepSpeed's own flags (deepspeed.add_config_arguments), so `--deepspeed --deepspeed_config
+    # ds.json` works as in any DeepSpeed script; the JSON counts as given on the command line.
+    parser.add_argument("--deepspeed", action="store_true", help="accepted for DeepSpeed scripts; always on")
+    parser.add_argument(
+        "--deepspeed_config",
+        metavar="FILE",
+        help="a DeepSpeed JSON: precedence key=value > this JSON > --config YAML > defaults (README)",
+    )
     parser.add_argument(
         "overrides", nargs="*", metavar="key=value", help="override config keys, e.g. optimizer.lr=3e-4"
     )
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # flags anywhere among the key=value overrides
+    if args.deepspeed_config:
+        args.overrides.append(f"deepspeed_config={args.deepspeed_config}")
 
-    from data_prep.typed_config import ConfigError, exit_on_config_error
+    from data_prep.typed_config import EXIT_CONFIG_ERROR, ConfigError, exit_on_config_error
     from pretrain.config import load_pretrain_config
 
     try:
@@ -39,6 +49,8 @@ def main(argv: list[str] | None = None) -> None:
 
     try:
         train(cfg)
+    except ConfigError as err:  # found once the world size is known: the DeepSpeed JSON
+        _fail(str(err), EXIT_CONFIG_ERROR)
     except (
         ManifestError,
         DataError,
@@ -70,14 +82,14 @@ def _is_lost_rank(err: BaseException) -> bool:
     )
 
 
-def _fail(message: str) -> None:
+def _fail(message: str, status: int = 1) -> None:
     rank = os.environ.get("RANK")
     prefix = f"[rank {rank}] " if rank not in (None, "0") else ""
     # One write(2) call: ranks share the launcher's stderr, and a pipe write under 4 KiB is atomic,
     # so lines of different ranks never interleave.
     sys.stdout.flush()
     os.write(2, f"{prefix}error: {message}\n".encode())
-    os._exit(1)  # do not wait in process-group teardown for ranks that are gone
+    os._exit(status)  # do not wait in process-group teardown for ranks that are gone
 
 
 if __name__ == "__main__":

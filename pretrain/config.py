@@ -1,17 +1,18 @@
 """The pretraining run config: one typed model, loaded from ``configs/pretrain/*.yaml`` + overrides.
 
-``configs/pretrain/demo.yaml`` mirrors these fields with comments. The DeepSpeed JSON is derived
-from this in ``ds_config.build_deepspeed_config``; nothing else builds DeepSpeed settings.
+``configs/pretrain/demo.yaml`` mirrors these fields with comments. A user's DeepSpeed JSON is first
+folded into it (``deepspeed_json.resolve``); DeepSpeed's config is then derived from it in
+``ds_config.build_deepspeed_config``; nothing else builds DeepSpeed settings.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, PrivateAttr, field_validator, model_validator
 
-from data_prep.typed_config import Section, StrList, load_config
+from data_prep.typed_config import Section, StrList, build_config, deep_merge, parse_overrides, read_yaml
 from pretrain.tracking import check_report_to
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -28,6 +29,25 @@ class OptimizerConfig(Section):
     eps: float = 1e-6
     weight_decay: float = Field(0.01, ge=0)
     """Decoupled weight decay on weight matrices; biases and LayerNorm are never decayed."""
+    bias_correction: bool = True
+    """lamb only: divide Adam's moments by (1 - beta^step); DeepSpeed's BERT LAMB recipe sets false."""
+    max_trust_ratio: float = Field(10.0, gt=0)
+    """lamb only: upper clamp of the trust ratio ||w|| / ||update|| (DeepSpeed's max_coeff)."""
+    min_trust_ratio: float = Field(0.0, ge=0)
+    """lamb only: lower clamp of the trust ratio (DeepSpeed's min_coeff)."""
+
+    @model_validator(mode="after")
+    def _lamb_only(self) -> OptimizerConfig:
+        if self.name != "lamb" and (
+            not self.bias_correction or self.max_trust_ratio != 10.0 or self.min_trust_ratio != 0.0
+        ):
+            raise ValueError(
+                "optimizer.bias_correction, max_trust_ratio and min_trust_ratio apply to lamb only; "
+                "remove them or set optimizer.name=lamb"
+            )
+        if self.min_trust_ratio > self.max_trust_ratio:
+            raise ValueError("optimizer.min_trust_ratio must not exceed optimizer.max_trust_ratio")
+        return self
 
 
 class ScheduleConfig(Section):
@@ -109,7 +129,10 @@ class PretrainConfig(Section):
     seed: int = 1234
     loader: LoaderConfig = LoaderConfig()
     deepspeed_config: str | None = None
-    """Optional DeepSpeed JSON merged over the derived config (bucket sizes, overlap, prefetch, ...)."""
+    """A DeepSpeed JSON (also ``--deepspeed_config FILE``): its batch geometry, precision, ZeRO,
+    clipping and optimizer become these keys (the command line still wins; the YAML loses), its
+    scheduler is built by DeepSpeed, its other blocks go to DeepSpeed as written
+    (pretrain/deepspeed_json.py; README, "Using your DeepSpeed config")."""
     threads: int | None = Field(None, ge=1)
     """torch intra-op threads per rank (default: the cores of this machine divided among its ranks)."""
     attn_implementation: Literal["sdpa", "eager"] = "sdpa"
@@ -144,6 +167,16 @@ class PretrainConfig(Section):
     report_to: StrList = ["tensorboard"]
     """Experiment trackers (rank 0): any of tensorboard (run_dir/tb), wandb (run_dir/wandb; offline
     without a key or network), csv (run_dir/csv); [] for none. pretrain/tracking.py."""
+
+    # Where each explicitly set key came from (COMMAND_LINE or CONFIG_FILE), by dotted name; keys
+    # left out are defaults. Filled by load_pretrain_config, read by pretrain/deepspeed_json.py.
+    _levels: dict[str, str] = PrivateAttr(default_factory=dict)
+
+    def levels(self) -> dict[str, str]:
+        return self._levels
+
+    def set_levels(self, levels: dict[str, str]) -> None:
+        self._levels = dict(levels)
 
     @field_validator("report_to")
     @classmethod
@@ -186,5 +219,27 @@ def resolve_model_config_path(model: str) -> Path:
     return preset
 
 
+COMMAND_LINE, CONFIG_FILE, DEFAULT = "command line", "config file", "default"
+
+
 def load_pretrain_config(path: str | None, overrides: list[str]) -> PretrainConfig:
-    return load_config(PretrainConfig, path, overrides)
+    """The YAML at ``path`` (optional) with the ``key=value`` overrides, remembering which keys
+    each of them set (the precedence against a DeepSpeed JSON, pretrain/deepspeed_json.py)."""
+    from_file = read_yaml(path) if path is not None else {}
+    from_command_line = parse_overrides(overrides)
+    cfg = build_config(PretrainConfig, deep_merge(from_file, from_command_line))
+    cfg.set_levels(
+        {
+            **dict.fromkeys(_dotted_keys(from_file), CONFIG_FILE),
+            **dict.fromkeys(_dotted_keys(from_command_line), COMMAND_LINE),
+        }
+    )
+    return cfg
+
+
+def _dotted_keys(tree: dict[str, Any], prefix: str = "") -> list[str]:
+    keys = []
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        keys += _dotted_keys(value, f"{name}.") if isinstance(value, dict) else [name]
+    return keys

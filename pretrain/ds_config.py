@@ -1,9 +1,9 @@
 """The one place where a run config becomes a DeepSpeed config dict.
 
 Everything DeepSpeed needs to know (batch geometry, precision, ZeRO stage, clipping) is derived
-here from the stage's own typed config; an optional user JSON (``deepspeed_config``) is merged on
-top for knobs this project does not model (bucket sizes, overlap, prefetch, ...). Key names follow
-https://www.deepspeed.ai/docs/config-json/.
+here from the stage's own typed config; what is left of a user's JSON once pretrain/deepspeed_json.py
+has moved its settings into the run config (bucket sizes, overlap, prefetch, a scheduler, ...) is
+merged on top. Key names follow https://www.deepspeed.ai/docs/config-json/.
 """
 
 from __future__ import annotations

@@ -62,10 +62,20 @@ class Lamb(torch.optim.Optimizer):
         eps: float = 1e-6,
         weight_decay: float = 0.01,
         max_trust_ratio: float = 10.0,
+        min_trust_ratio: float = 0.0,
+        bias_correction: bool = True,
     ):
         super().__init__(
             params,
-            dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, max_trust_ratio=max_trust_ratio),
+            dict(
+                lr=lr,
+                betas=betas,
+                eps=eps,
+                weight_decay=weight_decay,
+                max_trust_ratio=max_trust_ratio,
+                min_trust_ratio=min_trust_ratio,
+                bias_correction=bias_correction,
+            ),
         )
 
     @torch.no_grad()
@@ -86,15 +96,18 @@ class Lamb(torch.optim.Optimizer):
                 exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
                 exp_avg.mul_(beta1).add_(grad, alpha=1 - beta1)
                 exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-                m_hat = exp_avg / (1 - beta1 ** state["step"])
-                v_hat = exp_avg_sq / (1 - beta2 ** state["step"])
+                if group["bias_correction"]:
+                    m_hat = exp_avg / (1 - beta1 ** state["step"])
+                    v_hat = exp_avg_sq / (1 - beta2 ** state["step"])
+                else:
+                    m_hat, v_hat = exp_avg, exp_avg_sq
                 update = m_hat / (v_hat.sqrt() + group["eps"])
                 weights = param.float()
                 if group["weight_decay"]:
                     update.add_(weights, alpha=group["weight_decay"])
                 w_norm, u_norm = weights.norm(), update.norm()
-                trust = torch.where((w_norm > 0) & (u_norm > 0), w_norm / u_norm, torch.ones_like(w_norm))
-                trust = trust.clamp(max=group["max_trust_ratio"])
+                ratio = (w_norm / u_norm).clamp(group["min_trust_ratio"], group["max_trust_ratio"])
+                trust = torch.where((w_norm > 0) & (u_norm > 0), ratio, torch.ones_like(w_norm))
                 param.add_((update * trust).to(param.dtype), alpha=-group["lr"])
         return loss
 
@@ -107,8 +120,13 @@ def build_optimizer(
     eps: float,
     device_type: str,
     offload: bool = False,
+    *,
+    bias_correction: bool = True,
+    max_trust_ratio: float = 10.0,
+    min_trust_ratio: float = 0.0,
 ) -> torch.optim.Optimizer:
-    """``adamw`` or ``lamb``, in the implementation the device and offload call for (table above)."""
+    """``adamw`` or ``lamb``, in the implementation the device and offload call for (table above);
+    the last three are LAMB's (DeepSpeed's bias_correction, max_coeff, min_coeff)."""
     if name == "adamw" and offload:
         from deepspeed.ops.adam import DeepSpeedCPUAdam
 
@@ -125,8 +143,16 @@ def build_optimizer(
             from deepspeed.ops.lamb import FusedLamb
 
             # The same algorithm as Lamb below: decoupled decay inside the update, trust ratio clamped
-            # to [0, 10] (min_coeff 0: DeepSpeed's default 0.01 floor is not in the paper).
-            return FusedLamb(groups, lr=lr, betas=betas, eps=eps, max_coeff=10.0, min_coeff=0.0)
+            # to [min, max] (default [0, 10]: DeepSpeed's default 0.01 floor is not in the paper).
+            return FusedLamb(
+                groups,
+                lr=lr,
+                betas=betas,
+                eps=eps,
+                bias_correction=bias_correction,
+                max_coeff=max_trust_ratio,
+                min_coeff=min_trust_ratio,
+            )
         except (ImportError, RuntimeError, OSError, subprocess.CalledProcessError) as err:
             # The op is compiled on first use; without nvcc/ninja the loop still trains, only slower.
             reason = (str(err).strip().splitlines() or [type(err).__name__])[-1]
@@ -135,7 +161,15 @@ def build_optimizer(
                 flush=True,
             )
     if name == "lamb":
-        return Lamb(groups, lr=lr, betas=betas, eps=eps)
+        return Lamb(
+            groups,
+            lr=lr,
+            betas=betas,
+            eps=eps,
+            bias_correction=bias_correction,
+            max_trust_ratio=max_trust_ratio,
+            min_trust_ratio=min_trust_ratio,
+        )
     raise ValueError(f"unknown optimizer {name!r}; use adamw or lamb")
 
 

@@ -35,6 +35,8 @@ from pretrain.checkpoint import RankState
 from pretrain.config import PretrainConfig, resolve_model_config_path
 from pretrain.cpu_dropout import use_cpu_dropout
 from pretrain.data import DataError, TokenLayout, TrainStream, budget_error, eval_batches, train_loader
+from pretrain.deepspeed_json import Resolved
+from pretrain.deepspeed_json import resolve as resolve_deepspeed_json
 from pretrain.distributed import (
     DistInfo,
     all_reduce_sum,
@@ -48,7 +50,7 @@ from pretrain.distributed import (
     set_threads,
     to_device,
 )
-from pretrain.ds_config import build_deepspeed_config, read_user_deepspeed_config
+from pretrain.ds_config import build_deepspeed_config
 from pretrain.export import RUN_MODEL_CONFIG, RUN_TOKENIZER, export_checkpoint
 from pretrain.fault_injection import (
     OVERFLOW_FACTOR,
@@ -132,6 +134,7 @@ class Window:
 @dataclass
 class Run:
     cfg: PretrainConfig
+    settings: Resolved  # cfg is settings.cfg: the run config after the DeepSpeed JSON, with sources
     dist: DistInfo
     manifest: dict[str, Any]
     layout: TokenLayout  # layout.seq_len: the data's, checked equal to cfg.seq_len
@@ -268,19 +271,22 @@ def build_run(cfg: PretrainConfig) -> Run:
     from deepspeed.accelerator import get_accelerator
 
     info = init_distributed(cfg.dist_timeout_s)
+    resolved = resolve_deepspeed_json(cfg, info.world_size)  # ConfigError: one line, exit 2
+    cfg = resolved.cfg
     set_threads(cfg.threads)
     problem = precision_problem(cfg.precision)
     if problem:
-        raise SetupError(problem)
+        raise SetupError(f"{problem} (precision from the {resolved.source('precision')})")
     source, manifest, tokenizer = _open_data(cfg)
     hf_config, layout = _model_config(cfg, manifest, tokenizer)
-    ds_config = _deepspeed_config(cfg)
+    ds_config = _deepspeed_config(cfg, resolved.deepspeed)
     run_dir = Path(cfg.run_dir)
     fingerprint = _fingerprint(cfg, layout, hf_config, manifest)
     tag, load_tag = _checkpoint_to_resume(run_dir, fingerprint, info.world_size, ds_config)  # before building
     if info.is_main:
         try:
             _write_run_files(cfg, hf_config, run_dir, tokenizer)
+            _write_settings(run_dir, resolved.settings(info.world_size), ds_config)
         except OSError as err:
             raise SetupError(
                 f"run_dir {run_dir}: cannot write there ({err.strerror}); choose a writable run_dir"
@@ -304,6 +310,7 @@ def build_run(cfg: PretrainConfig) -> Run:
         source=source,
         init_report=init_report,
         grad_mask=GradientMask(engine.module) if cfg.grad_accum > 1 else None,
+        settings=resolved,
     )
 
 
@@ -353,8 +360,8 @@ def _model_config(
     return hf_config, layout
 
 
-def _deepspeed_config(cfg: PretrainConfig) -> dict:
-    """DeepSpeed's config from the run config and the user's JSON; a malformed JSON is one line."""
+def _deepspeed_config(cfg: PretrainConfig, user_blocks: dict[str, Any]) -> dict:
+    """DeepSpeed's config from the resolved run config and what is left of the user's JSON."""
     try:
         return build_deepspeed_config(
             micro_batch_size=cfg.micro_batch_size,
@@ -363,10 +370,16 @@ def _deepspeed_config(cfg: PretrainConfig) -> dict:
             zero_stage=cfg.zero_stage,
             grad_clip=cfg.grad_clip,
             offload=cfg.offload,
-            extra=read_user_deepspeed_config(cfg.deepspeed_config),
+            extra=user_blocks,
         )
     except ValueError as err:
         raise SetupError(str(err)) from None
+
+
+def _write_settings(run_dir: Path, settings: dict[str, Any], ds_config: dict[str, Any]) -> None:
+    """What the run resolved to and where each setting came from, beside config.yaml."""
+    (run_dir / "settings.json").write_text(json.dumps(settings, indent=2, default=str) + "\n")
+    (run_dir / "deepspeed.json").write_text(json.dumps(ds_config, indent=2) + "\n")
 
 
 def _checkpoint_to_resume(
@@ -428,15 +441,20 @@ def _build_engine(cfg: PretrainConfig, model, ds_config: dict, device_type: str)
         cfg.optimizer.eps,
         device_type,
         offload=cfg.offload != "none",
+        bias_correction=cfg.optimizer.bias_correction,
+        max_trust_ratio=cfg.optimizer.max_trust_ratio,
+        min_trust_ratio=cfg.optimizer.min_trust_ratio,
     )
-    schedule = warmup_decay_schedule(
-        cfg.schedule.warmup_steps,
-        cfg.max_steps,
-        cfg.schedule.decay,
-        cfg.schedule.power,
-        cfg.schedule.end_lr_ratio,
-    )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    scheduler = None  # a user JSON's scheduler block: DeepSpeed builds it (pretrain/deepspeed_json.py)
+    if "scheduler" not in ds_config:
+        schedule = warmup_decay_schedule(
+            cfg.schedule.warmup_steps,
+            cfg.max_steps,
+            cfg.schedule.decay,
+            cfg.schedule.power,
+            cfg.schedule.end_lr_ratio,
+        )
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     engine, _, _, _ = deepspeed.initialize(
         model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config
     )
@@ -815,8 +833,12 @@ def _log_train(run: Run, window: Window, run_started: float, steps_this_launch: 
 def train(cfg: PretrainConfig) -> dict[str, Any]:
     """Run (or resume) pretraining to ``cfg.max_steps``; returns the run summary (on every rank)."""
     run = prepare_run(cfg)
+    cfg = run.cfg  # resolved against the DeepSpeed JSON
     progress, log = run.progress, run.log
     log.print(_banner(run))
+    log.print(run.settings.describe(run.dist.world_size))
+    for line in run.settings.warnings:
+        log.print(line)
     if run.init_report:  # a continued run: its banner, and the source's quality on this data at step 0
         log.print(run.init_report)
         evaluate(run)

@@ -1,5 +1,5 @@
-"""The optimizer set-up of the trainer: what is decayed, LAMB's update, the schedules, and the
-DeepSpeed JSON that may repeat but not contradict the run config.
+"""The optimizer set-up of the trainer: what is decayed, LAMB's update, the schedules, and what a
+DeepSpeed JSON's settings and scheduler do to the engine (pretrain/deepspeed_json.py).
 
 Engines are built in this process by the trainer's own set-up (``prepare_run``, one rank), so what
 is checked is the optimizer a run gets, whatever builds it. Parameters are classified here from
@@ -127,6 +127,33 @@ def test_lamb_scales_each_tensors_step_to_its_own_norm(build):
     assert len(moved) > 20 and max(moved) == pytest.approx(min(moved), rel=1e-3)  # all by 1% of their norm
 
 
+@pytest.mark.parametrize("bias_correction", [True, False])
+@pytest.mark.parametrize("weight, bound", [(2.0, 0.3), (0.001, 0.01)])  # trust ratio above max / below min
+def test_lamb_takes_deepspeeds_bias_correction_and_trust_ratio_bounds(bias_correction, weight, bound):
+    """DeepSpeed's BERT LAMB recipe: bias_correction false, trust ratio clamped to [min_coeff, max_coeff]."""
+    from pretrain.optim import Lamb
+
+    w = torch.full((4, 4), weight)
+    g = torch.linspace(-1, 1, 16).reshape(4, 4) * 1e-3
+    param = nn.Parameter(w.clone())
+    param.grad = g.clone()
+    Lamb(
+        [param],
+        lr=0.1,
+        eps=1e-6,
+        weight_decay=0.0,
+        bias_correction=bias_correction,
+        max_trust_ratio=0.3,
+        min_trust_ratio=0.01,
+    ).step()
+    m, v = 0.1 * g, 0.001 * g * g  # Adam's moments after one step, betas (0.9, 0.999)
+    if bias_correction:
+        m, v = m / 0.1, v / 0.001
+    update = m / (v.sqrt() + 1e-6)
+    assert not bound * 0.5 < float(w.norm() / update.norm()) < bound * 2  # the clamp is what decides
+    assert torch.allclose(param.detach(), w - 0.1 * bound * update, rtol=1e-5, atol=1e-9)
+
+
 def _lrs(build, *overrides, steps):
     engine = build("zero_stage=0", f"optimizer.lr={LR}", f"max_steps={steps}", *overrides)
     lrs = [engine.get_lr()[0]]
@@ -176,31 +203,87 @@ def test_each_schedule_has_its_shape(decay):
     assert middle == pytest.approx({"linear": 0.6, "polynomial": 0.4, "cosine": 0.6}[decay])
 
 
-def test_a_deepspeed_json_may_repeat_the_run_config_but_not_contradict_it(build, tmp_path):
-    repeats = tmp_path / "repeats.json"
-    repeats.write_text(
+def test_a_deepspeed_jsons_settings_reach_the_engine_and_the_command_line_beats_them(build, tmp_path):
+    user = tmp_path / "ds.json"
+    user.write_text(
         json.dumps(
             {
-                "train_micro_batch_size_per_gpu": 8,
-                "gradient_clipping": 1.0,
+                "train_batch_size": 32,  # FAST's micro batch 8 on the command line: accumulation 4
+                "gradient_clipping": 0.5,
                 "zero_optimization": {"stage": 2, "reduce_bucket_size": 1234567},
-                "bf16": {"enabled": False},
             }
         )
     )
-    engine = build("zero_stage=2", f"deepspeed_config={repeats}")
+    engine = build(f"deepspeed_config={user}")
     assert engine.zero_optimization_stage() == 2 and engine.zero_reduce_bucket_size() == 1234567
+    assert engine.gradient_clipping() == 0.5
+    assert (engine.train_micro_batch_size_per_gpu(), engine.gradient_accumulation_steps()) == (8, 4)
+    engine = build(f"deepspeed_config={user}", "zero_stage=1", "grad_clip=2.0", "grad_accum=2")
+    assert engine.zero_optimization_stage() == 1 and engine.gradient_clipping() == 2.0
+    assert engine.gradient_accumulation_steps() == 2  # train_batch_size overridden, with a note
 
-    for key, value, run_value in [
-        ("train_micro_batch_size_per_gpu", 16, "8"),
-        ("gradient_accumulation_steps", 4, "1"),
-        ("gradient_clipping", 0.5, "1.0"),
-        ("zero_optimization", {"stage": 3}, "2"),
-        ("bf16", {"enabled": True}, "False"),
-    ]:
-        contradicts = tmp_path / f"{key}.json"
-        contradicts.write_text(json.dumps({key: value}))
-        with pytest.raises(Exception, match="deepspeed_config") as refused:
-            build("zero_stage=2", f"deepspeed_config={contradicts}")
-        message = str(refused.value)
-        assert key in message and run_value in message and "\n" not in message
+
+PEAK, WARMUP, TOTAL = 2e-3, 3, 10  # FAST: optimizer.lr=2e-3 and schedule.warmup_steps=3 on the command line
+
+
+def _one_cycle(i, low=1e-4, high=1e-3, half=4):
+    """Up over ``half`` steps, down over ``half``, then held at ``low`` (decay_lr_rate 0)."""
+    if i + 1 >= 2 * half:
+        return low
+    return low + (high - low) * (1 - abs((i + 1) - half) / half)
+
+
+@pytest.mark.parametrize(
+    "kind, params, formula",
+    [
+        (
+            "WarmupLR",
+            {"warmup_min_lr": 1e-4, "warmup_type": "linear"},
+            lambda i: 1e-4 + (PEAK - 1e-4) * min(i / WARMUP, 1),
+        ),
+        (
+            "WarmupLR",
+            {},
+            lambda i: PEAK * (math.log(i + 1) / math.log(WARMUP) if i < WARMUP else 1),
+        ),  # log warm-up
+        (
+            "WarmupDecayLR",
+            {"warmup_type": "linear"},
+            lambda i: PEAK * (i / WARMUP if i < WARMUP else (TOTAL - i) / (TOTAL - WARMUP)),
+        ),
+        (
+            "WarmupCosineLR",
+            {"warmup_type": "linear", "cos_min_ratio": 0.1},
+            lambda i: (
+                PEAK
+                * (
+                    i / WARMUP
+                    if i < WARMUP
+                    else 0.1 + 0.9 * (1 + math.cos(math.pi * min(1, (i - WARMUP + 1) / (TOTAL - WARMUP)))) / 2
+                )
+            ),
+        ),
+        (
+            "OneCycle",
+            {"cycle_min_lr": 1e-4, "cycle_max_lr": 1e-3, "cycle_first_step_size": 4, "cycle_momentum": False},
+            _one_cycle,
+        ),
+        (
+            "LRRangeTest",
+            {"lr_range_test_min_lr": 1e-4, "lr_range_test_step_size": 2, "lr_range_test_step_rate": 1.0},
+            lambda i: 1e-4 * (1 + (i + 1) / 2),
+        ),
+    ],
+)
+def test_each_deepspeed_scheduler_type_sets_the_lr_by_its_formula(build, tmp_path, kind, params, formula):
+    """DeepSpeed builds the JSON's scheduler (its own class); after the (i+1)-th step the lr is the
+    documented formula at iteration i, with the run's max_steps, warm-up and peak written in."""
+    user = tmp_path / "ds.json"
+    user.write_text(json.dumps({"scheduler": {"type": kind, "params": params}}))
+    engine = build(f"deepspeed_config={user}", f"max_steps={TOTAL}")
+    assert type(engine.lr_scheduler).__name__ == kind
+    applied = []
+    for _ in range(TOTAL):
+        engine.lr_scheduler.step()
+        applied.append(engine.get_lr()[0])
+    assert applied == pytest.approx([formula(i) for i in range(TOTAL)], rel=1e-6)
