@@ -401,6 +401,59 @@ class _Adopter:
         return Resolved(cfg, self.user, self.sources, self.warnings)
 
 
+def check_with_deepspeed(config: dict[str, Any], name: str) -> list[str]:
+    """Let DeepSpeed's own parser read ``config`` (what deepspeed.initialize will be given): a value
+    it rejects (a misspelt key inside a block, a wrong type) is one line instead of a traceback from
+    inside initialize; a top-level key it never reads (a misspelling, a block of another version)
+    is a warning, since DeepSpeed itself would pass over it in silence."""
+    import deepspeed
+    from deepspeed.runtime.config import DeepSpeedConfig
+
+    read: set[str] = set()
+
+    class Recording(dict):
+        """Notes the top-level keys DeepSpeed looks up."""
+
+        def __getitem__(self, key):
+            read.add(key)
+            return super().__getitem__(key)
+
+        def get(self, key, default=None):
+            read.add(key)
+            return super().get(key, default)
+
+        def __contains__(self, key):
+            read.add(key)
+            return super().__contains__(key)
+
+        def __copy__(self):  # DeepSpeed reads a shallow copy: keep recording
+            return self
+
+    try:
+        DeepSpeedConfig(Recording(copy.deepcopy(config)))
+    except ValueError as err:  # pydantic's ValidationError (a block's fields) and DeepSpeed's own checks
+        errors = getattr(err, "errors", None)
+        if callable(errors):
+            problem = errors(include_url=False)[0]
+            where = ".".join(str(part) for part in problem["loc"])
+            raise ConfigError(
+                f"deepspeed_config {name!r}: DeepSpeed's {getattr(err, 'title', 'config')} refuses {where!r} "
+                f"({problem['msg']}); correct or remove it"
+            ) from None
+        raise ConfigError(f"deepspeed_config {name!r}: DeepSpeed refuses it: {_first_line(err)}") from None
+    except (AssertionError, KeyError, TypeError) as err:
+        raise ConfigError(f"deepspeed_config {name!r}: DeepSpeed refuses it: {_first_line(err)}") from None
+    return [
+        f"warning: deepspeed_config key {key!r} is not read by DeepSpeed {deepspeed.__version__} "
+        f"(a misspelling?): it has no effect"
+        for key in sorted(set(config) - read)
+    ]
+
+
+def _first_line(err: BaseException) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
+
+
 def _refuse_removed(user: dict[str, Any], name: str) -> None:
     try:
         from deepspeed.runtime.config import _REMOVED_TOP_LEVEL_CONFIG_KEYS as removed

@@ -35,7 +35,7 @@ from pretrain.checkpoint import RankState
 from pretrain.config import PretrainConfig, resolve_model_config_path
 from pretrain.cpu_dropout import use_cpu_dropout
 from pretrain.data import DataError, TokenLayout, TrainStream, budget_error, eval_batches, train_loader
-from pretrain.deepspeed_json import Resolved
+from pretrain.deepspeed_json import Resolved, check_with_deepspeed
 from pretrain.deepspeed_json import resolve as resolve_deepspeed_json
 from pretrain.distributed import (
     DistInfo,
@@ -280,6 +280,8 @@ def build_run(cfg: PretrainConfig) -> Run:
     source, manifest, tokenizer = _open_data(cfg)
     hf_config, layout = _model_config(cfg, manifest, tokenizer)
     ds_config = _deepspeed_config(cfg, resolved.deepspeed)
+    if cfg.deepspeed_config:
+        resolved.warnings += check_with_deepspeed(ds_config, cfg.deepspeed_config)
     run_dir = Path(cfg.run_dir)
     fingerprint = _fingerprint(cfg, layout, hf_config, manifest)
     tag, load_tag = _checkpoint_to_resume(run_dir, fingerprint, info.world_size, ds_config)  # before building

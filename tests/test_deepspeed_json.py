@@ -18,7 +18,8 @@ from synthetic_data import make_data_dir
 
 from data_prep.typed_config import ConfigError
 from pretrain.config import load_pretrain_config
-from pretrain.deepspeed_json import resolve
+from pretrain.deepspeed_json import check_with_deepspeed, resolve
+from pretrain.ds_config import build_deepspeed_config
 
 
 def _resolve(tmp_path, user: dict, *overrides: str, yaml_keys: dict | None = None, world_size: int = 1):
@@ -221,6 +222,27 @@ def test_a_json_scheduler_gets_the_runs_length_and_peak(tmp_path):
     assert any("schedule.decay" in line and "no effect" in line for line in resolved.warnings)
 
 
+def test_deepspeeds_own_parser_refuses_a_bad_field_and_names_a_key_it_never_reads():
+    """What DeepSpeed itself would reject inside initialize (a traceback) is one line up front; a
+    top-level key DeepSpeed never looks up (it would pass over it in silence) is a warning."""
+    base = build_deepspeed_config(
+        micro_batch_size=8, grad_accum=1, precision="bf16", zero_stage=2, grad_clip=1.0
+    )
+    assert check_with_deepspeed(base, "ds.json") == []
+    (warning,) = check_with_deepspeed({**base, "wall_clock_breakdwn": True}, "ds.json")
+    assert "'wall_clock_breakdwn' is not read by DeepSpeed" in warning and "no effect" in warning
+    for block, field in [("zero_optimization", "overlap_com"), ("fp16", "loss_scal")]:
+        bad = {**base, block: {**base[block], field: 1}}
+        with pytest.raises(ConfigError) as refused:
+            check_with_deepspeed(bad, "ds.json")
+        message = str(refused.value)
+        assert (
+            "\n" not in message
+            and f"refuses '{field}'" in message
+            and message.startswith("deepspeed_config 'ds.json'")
+        )
+
+
 # ---------------------------------------------------------------------------------------------
 # Real launches
 
@@ -253,6 +275,7 @@ def test_two_ranks_run_the_json_geometry_and_schedule_and_resume_it_exactly(tmp_
                     "params": {"total_num_steps": 8, "warmup_num_steps": 3, "warmup_type": "linear"},
                 },
                 "steps_per_print": 10,
+                "wall_clock_breakdwn": False,  # misspelt: DeepSpeed never reads it
             }
         )
     )
@@ -271,6 +294,7 @@ def test_two_ranks_run_the_json_geometry_and_schedule_and_resume_it_exactly(tmp_
     assert "grad_accum 2 [derived from deepspeed_config's train_batch_size 32]" in out
     assert "max_steps 8 [deepspeed_config scheduler.params.total_num_steps]" in out
     assert "warning: deepspeed_config key 'steps_per_print' has no effect" in out
+    assert "warning: deepspeed_config key 'wall_clock_breakdwn' is not read by DeepSpeed" in out
     rows = metrics(tmp_path / "straight")
     assert [r["step"] for r in rows] == list(range(1, 9))
     # FAST sets optimizer.lr=2e-3 on the command line: the scheduler's peak
