@@ -16,11 +16,13 @@ effect in this trainer is one warning line naming it: nothing is silently ignore
 from __future__ import annotations
 
 import copy
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from data_prep.typed_config import ConfigError, build_config, deep_merge
-from pretrain.config import COMMAND_LINE, DEFAULT, PretrainConfig
+from pretrain.config import COMMAND_LINE, DEFAULT, PretrainConfig, resolve_model_config_path
 from pretrain.ds_config import read_user_deepspeed_config
 
 JSON = "deepspeed_config"
@@ -59,6 +61,13 @@ _LAMB_PARAMS = {
     "bias_correction": "optimizer.bias_correction",
     "max_coeff": "optimizer.max_trust_ratio",
     "min_coeff": "optimizer.min_trust_ratio",
+}
+# ZeRO sizes the Hugging Face Trainer fills in for "auto" (its integrations/deepspeed.py), from the
+# model's hidden size h: what its users' JSONs expect.
+_MODEL_SIZED_AUTO = {
+    "reduce_bucket_size": lambda h: h * h,
+    "stage3_prefetch_bucket_size": lambda h: 0.9 * h * h,
+    "stage3_param_persistence_threshold": lambda h: 10 * h,
 }
 _WARMUP_SCHEDULES = ("WarmupLR", "WarmupDecayLR", "WarmupCosineLR")
 _TOTAL_STEPS_SCHEDULES = ("WarmupDecayLR", "WarmupCosineLR")
@@ -264,6 +273,10 @@ class _Adopter:
             return
         if "stage" in zero:
             self.adopt("zero_stage", _stated(zero.pop("stage")))
+        for key, per_hidden in _MODEL_SIZED_AUTO.items():
+            if _is_auto(zero.get(key)):  # the Hugging Face Trainer's fill, from the model's width
+                zero[key] = int(per_hidden(_hidden_size(self.cfg)))
+                self.sources[f"zero_optimization.{key}"] = 'filled for "auto" from the model\'s hidden size'
         devices = {  # the device is the run config's offload; the block's other keys pass through
             part: zero[f"offload_{part}"].pop("device", "none")
             for part in ("optimizer", "param")
@@ -314,6 +327,8 @@ class _Adopter:
         self.adopt("optimizer.name", OPTIMIZER_TYPES[kind])
         mapped = dict(_OPTIMIZER_PARAMS, **(_LAMB_PARAMS if kind == "lamb" else {}))
         for key, value in params.items():
+            if _is_auto(value):  # the run config's value stands
+                continue
             if key in mapped:
                 self.adopt(mapped[key], tuple(value) if key == "betas" else value)
             elif key == "bias_correction" and value is not False:
@@ -475,6 +490,18 @@ def _show(value: Any) -> str:
     if isinstance(value, (list, tuple)):
         return "(" + ", ".join(_show(inner) for inner in value) + ")"
     return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _hidden_size(cfg: PretrainConfig) -> int:
+    """The width of the model the run trains: init_from's config, else the preset's."""
+    path = Path(cfg.init_from) / "config.json" if cfg.init_from else resolve_model_config_path(cfg.model)
+    try:
+        return int(json.loads(Path(path).read_text())["hidden_size"])
+    except (OSError, KeyError, ValueError) as err:
+        raise ConfigError(
+            f'deepspeed_config {cfg.deepspeed_config!r}: an "auto" ZeRO bucket size needs the model\'s '
+            f"hidden_size, unreadable from {str(path)!r} ({err}); give the sizes as numbers"
+        ) from None
 
 
 def _is_auto(value: Any) -> bool:

@@ -125,10 +125,10 @@ def test_batch_geometry_resolves_for_the_world_size(tmp_path, user, overrides, w
         ),
         ({"scheduler": {"type": "NoSuchLR"}}, [], 1, ["NoSuchLR", "WarmupDecayLR"]),
         (
-            {"zero_optimization": {"stage": 3, "reduce_bucket_size": "auto"}},
+            {"zero_optimization": {"stage": 2, "allgather_bucket_size": "auto"}},  # no fill for this one
             [],
             1,
-            ["reduce_bucket_size", "auto"],
+            ["allgather_bucket_size", "auto"],
         ),
         (
             {"sparse_attention": {"mode": "fixed"}},
@@ -181,6 +181,51 @@ def test_the_bert_lamb_json_maps_onto_the_run_and_its_no_effect_keys_are_named(t
     assert "optimizer" not in resolved.deepspeed  # built by the trainer from the mapped keys
     (warning,) = [line for line in resolved.warnings if "steps_per_print" in line]
     assert warning.startswith("warning:") and "no effect" in warning
+
+
+def test_a_hugging_face_trainer_json_takes_its_auto_values_from_the_run(tmp_path):
+    """The HF Trainer's ZeRO-2 JSON: every "auto" is the run config's value, the ZeRO bucket is
+    hidden_size squared as the HF Trainer fills it (the tiny preset: hidden 128)."""
+    auto = "auto"
+    user = {
+        "fp16": {"enabled": auto, "loss_scale": 0, "initial_scale_power": 16},
+        "bf16": {"enabled": auto},
+        "optimizer": {
+            "type": "AdamW",
+            "params": {"lr": auto, "betas": auto, "eps": auto, "weight_decay": auto},
+        },
+        "scheduler": {
+            "type": "WarmupLR",
+            "params": {"warmup_min_lr": auto, "warmup_max_lr": auto, "warmup_num_steps": auto},
+        },
+        "zero_optimization": {"stage": 2, "overlap_comm": True, "reduce_bucket_size": auto},
+        "gradient_accumulation_steps": auto,
+        "gradient_clipping": auto,
+        "train_batch_size": auto,
+        "train_micro_batch_size_per_gpu": auto,
+    }
+    resolved = _resolve(
+        tmp_path,
+        user,
+        yaml_keys={
+            "model": "tiny",
+            "precision": "bf16",
+            "micro_batch_size": 16,
+            "grad_clip": 0.7,
+            "optimizer": {"lr": 3e-4},
+        },
+    )
+    cfg = resolved.cfg
+    assert (cfg.precision, cfg.micro_batch_size, cfg.grad_accum, cfg.grad_clip, cfg.zero_stage) == (
+        "bf16",
+        16,
+        1,
+        0.7,
+        2,
+    )
+    assert cfg.optimizer.lr == 3e-4 and cfg.optimizer.betas == (0.9, 0.999)
+    assert resolved.deepspeed["zero_optimization"]["reduce_bucket_size"] == 128 * 128
+    assert resolved.deepspeed["scheduler"]["params"] == {"warmup_num_steps": 100, "warmup_max_lr": 3e-4}
 
 
 def test_an_optimizer_param_the_trainer_does_not_take_is_a_warning(tmp_path):
