@@ -167,6 +167,7 @@ class _Adopter:
         self.adopted: dict[str, Any] = {}
         self.sources: dict[str, str] = {}
         self.warnings: list[str] = []
+        self.deferred: set[str] = set()  # "auto" in the JSON: the run config decides
 
     # -- the precedence ---------------------------------------------------------------------------
 
@@ -185,6 +186,7 @@ class _Adopter:
     def adopt(self, key: str, value: Any, source: str = JSON) -> None:
         """The JSON's value for ``key``, unless the command line set it (then a note says so)."""
         if _is_auto(value):
+            self.deferred.add(key)
             return
         if self.on_command_line(key):
             if value != self.current(key):
@@ -259,7 +261,9 @@ class _Adopter:
             self.adopt("precision", "fp16")
         elif bf16_on:
             self.adopt("precision", "bf16")
-        elif stated and not any(_is_auto(b.get("enabled")) for b in (fp16, bf16) if isinstance(b, dict)):
+        elif any(isinstance(block, dict) and _is_auto(block.get("enabled")) for block in (fp16, bf16)):
+            self.adopt("precision", "auto")
+        elif stated:
             self.adopt("precision", "fp32")
         for block in (fp16, bf16):  # the derived config states which is on
             if isinstance(block, dict):
@@ -299,7 +303,7 @@ class _Adopter:
             self.adopt("offload", offload)
 
     def clipping(self) -> None:
-        if "gradient_clipping" in self.user:
+        if "gradient_clipping" in self.user:  # "auto" defers to the run config
             self.adopt("grad_clip", self.user.pop("gradient_clipping"))
 
     def optimizer(self) -> None:
@@ -388,7 +392,7 @@ class _Adopter:
         """A setting that neither the JSON nor the run config states takes DeepSpeed's default, as
         DeepSpeed would run that JSON: no ZeRO, fp32, no clipping."""
         for key, value in DEEPSPEED_DEFAULTS.items():
-            if key not in self.adopted and key not in self.cfg.levels():
+            if key not in self.adopted and key not in self.deferred and key not in self.cfg.levels():
                 self.adopted[key] = value
                 self.sources[key] = "DeepSpeed's default (the JSON does not set it)"
 

@@ -209,13 +209,13 @@ def test_a_hugging_face_trainer_json_takes_its_auto_values_from_the_run(tmp_path
         user,
         yaml_keys={
             "model": "tiny",
-            "precision": "bf16",
             "micro_batch_size": 16,
             "grad_clip": 0.7,
             "optimizer": {"lr": 3e-4},
         },
     )
     cfg = resolved.cfg
+    # precision "auto": the run config's (its default, bf16), not fp32 as for a JSON silent on it
     assert (cfg.precision, cfg.micro_batch_size, cfg.grad_accum, cfg.grad_clip, cfg.zero_stage) == (
         "bf16",
         16,
