@@ -80,6 +80,14 @@ def latest_tag(ckpt_dir: str | Path) -> str | None:
     return tag
 
 
+def complete_tags(ckpt_dir: str | Path) -> list[str]:
+    """Every complete checkpoint still on disk, oldest first (a partial one is never named stepN)."""
+    directory = Path(ckpt_dir)
+    if not directory.is_dir():
+        return []
+    return sorted(p.name for p in directory.iterdir() if _TAG.match(p.name) and (p / RUN_STATE).is_file())
+
+
 def read_run_state(ckpt_dir: str | Path, tag: str) -> dict[str, Any]:
     return json.loads((Path(ckpt_dir) / tag / RUN_STATE).read_text())
 

@@ -1,0 +1,391 @@
+"""Time to quality: this project's trainer beside the Hugging Face Trainer, scored by one referee.
+
+    python -m benchmarks.time_to_quality --data DIR --model tiny --steps 600 --seeds 1,2,3 \\
+        [--batch 64] [--ranks 2] [--lr 2e-3] [--checkpoints 6] [--precision bf16] \\
+        [--referee-samples 2048] [--work DIR] [--out benchmarks/results]
+
+Both sides train the same model preset from scratch on the same MLM data dir (the same token
+sequences), at the same global batch, with AdamW (betas 0.9/0.999, eps 1e-6, weight decay 0.01),
+10% linear warm-up then linear decay, clipping at 1.0: this project as ``--ranks`` ranks of
+``batch / ranks`` under ZeRO-1 (ZeRO-0 on one rank), the Trainer (``benchmarks.hf_trainer_mlm``,
+``run_mlm.py``'s recipe) as one process on all the cores. Each saves ``--checkpoints`` evenly spaced
+checkpoints.
+
+**The referee** loads every checkpoint of both sides as ``BertForMaskedLM`` in fp32 and scores the
+first ``--referee-samples`` sequences of the valid split under one fixed masking (the same masked
+positions and replacements for every model): its loss per masked token. A checkpoint's time is
+when its files were written, counted from the side's launch: start-up, data loading and saving
+are paid on both sides.
+
+Reported (``OUT/<device>-<date>-time-to-quality-<model>.{json,md,png}``): per side, the launch's
+wall seconds, training tokens/s, the final referee loss (mean ± sample std over seeds); the time
+this project takes to reach the Trainer's final referee loss, per seed (linear between checkpoints)
+and as a fraction of the Trainer's wall time; referee loss against wall time as a plot. Every
+finished (side, seed) is kept in ``--work`` and skipped when the command is run again, so a long
+measurement can run in pieces.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from benchmarks.baseline import stock_labels
+from benchmarks.hf_trainer_mlm import PRECISIONS, mlm_only_layout
+from benchmarks.launching import last_line, launch, module_command
+from benchmarks.machine import device_description, device_name, git_commit, versions
+from data_prep.manifest import shard_specs
+from pretrain.data import eval_batches
+
+SIDES = ("ours", "hf-trainer")
+REFEREE_SEED = 20231  # the referee's one masking of the valid split, whatever the runs' seeds
+
+
+def _written_at(directory: Path) -> float:
+    """When a checkpoint was complete: the newest write time of its files."""
+    return max(path.stat().st_mtime for path in directory.rglob("*") if path.is_file())
+
+
+def _our_command(args: argparse.Namespace, seed: int, run_dir: Path, seq_len: int) -> list[str]:
+    save_every = max(1, args.steps // args.checkpoints)
+    overrides = [
+        f"data_dir={args.data}",
+        f"run_dir={run_dir}",
+        f"model={args.model}",
+        f"seq_len={seq_len}",
+        f"micro_batch_size={args.batch // args.ranks}",
+        "grad_accum=1",
+        f"max_steps={args.steps}",
+        f"precision={args.precision}",
+        f"zero_stage={1 if args.ranks > 1 else 0}",
+        f"optimizer.lr={args.lr}",
+        "optimizer.betas=[0.9, 0.999]",
+        "optimizer.eps=1e-6",
+        "optimizer.weight_decay=0.01",
+        f"schedule.warmup_steps={round(0.1 * args.steps)}",
+        "schedule.decay=linear",
+        "grad_clip=1.0",
+        f"seed={seed}",
+        f"save_every={save_every}",
+        f"keep_last={args.checkpoints + 1}",
+        f"eval_every={args.steps}",
+        "eval_samples=64",  # its own end-of-run evaluation: kept small, the referee scores instead
+        f"log_every={save_every}",
+        "export=false",
+        "report_to=[]",
+    ]
+    return module_command("pretrain", overrides, args.ranks)
+
+
+def run_ours(args: argparse.Namespace, seed: int, work: Path, seq_len: int) -> dict[str, Any]:
+    """Launch this project's trainer; its checkpoints exported to HF models for the referee."""
+    from pretrain.checkpoint import complete_tags
+    from pretrain.export import export_checkpoint
+
+    run_dir = work / "run"
+    started = time.time()
+    code = launch(_our_command(args, seed, run_dir, seq_len), work / "launch.log", args.timeout_s)
+    if code != 0:
+        raise RuntimeError(f"this project's run (seed {seed}) failed: {last_line(work / 'launch.log')}")
+    finished = time.time()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    checkpoints = []
+    for tag in complete_tags(run_dir / "checkpoints"):
+        at = _written_at(run_dir / "checkpoints" / tag) - started
+        model_dir = export_checkpoint(run_dir, tag, out=work / "models" / tag)
+        checkpoints.append({"step": int(tag.removeprefix("step")), "at_s": at, "model": str(model_dir)})
+    return {
+        "wall_s": finished - started,
+        "tokens_per_s": summary["tokens"] / summary["wall_time_s"],
+        "checkpoints": checkpoints,
+    }
+
+
+def run_hf(args: argparse.Namespace, seed: int, work: Path) -> dict[str, Any]:
+    """Launch the Hugging Face Trainer's MLM recipe in one process on all cores."""
+    out = work / "run"
+    save_every = max(1, args.steps // args.checkpoints)
+    command = [
+        sys.executable,
+        "-m",
+        "benchmarks.hf_trainer_mlm",
+        f"--data={args.data}",
+        f"--out={out}",
+        f"--model={args.model}",
+        f"--steps={args.steps}",
+        f"--batch={args.batch}",
+        f"--lr={args.lr}",
+        f"--seed={seed}",
+        f"--save-steps={save_every}",
+        f"--precision={args.precision}",
+    ]
+    started = time.time()
+    code = launch(command, work / "launch.log", args.timeout_s)
+    if code != 0:
+        raise RuntimeError(f"the HF Trainer run (seed {seed}) failed: {last_line(work / 'launch.log')}")
+    finished = time.time()
+    result = json.loads((out / "result.json").read_text())
+    checkpoints = sorted(
+        (
+            {"step": int(path.name.split("-")[1]), "at_s": _written_at(path) - started, "model": str(path)}
+            for path in out.glob("checkpoint-*")
+        ),
+        key=lambda row: row["step"],
+    )
+    return {
+        "wall_s": finished - started,
+        "tokens_per_s": result["tokens"] / result["train_runtime_s"],
+        "checkpoints": checkpoints,
+    }
+
+
+class Referee:
+    """One fixed masking of the valid split; the MLM loss per masked token of any HF BERT."""
+
+    def __init__(self, data_dir: str, samples: int):
+        manifest, layout = mlm_only_layout(data_dir)
+        specs = shard_specs(data_dir, manifest, "valid")
+        if not specs:
+            raise SystemExit(f"error: {data_dir} has no valid split; the referee scores on it")
+        self.batches = eval_batches(
+            specs,
+            layout,
+            rank=0,
+            world_size=1,
+            seed=REFEREE_SEED,
+            micro_batch_size=64,
+            mlm_probability=0.15,
+            max_samples=samples,
+        )
+
+    @torch.no_grad()
+    def loss(self, model_dir: str) -> float:
+        from transformers import BertForMaskedLM
+
+        model = BertForMaskedLM.from_pretrained(model_dir, torch_dtype=torch.float32).eval()
+        total, count = 0.0, 0
+        for batch in self.batches:
+            if not batch["weight"]:
+                continue
+            labels = stock_labels(batch)
+            logits = model(
+                input_ids=batch["input_ids"],
+                attention_mask=batch["attention_mask"],
+                token_type_ids=batch["token_type_ids"],
+            ).logits
+            total += float(
+                torch.nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten(), reduction="sum")
+            )
+            count += int((labels != -100).sum())
+        return total / count
+
+
+def time_to_reach(points: list[dict[str, Any]], target: float) -> float | None:
+    """When the referee loss first reaches ``target``, linear between checkpoints (from 0 s at the
+    launch, where no checkpoint is assumed to reach it); None if it never does."""
+    previous = None
+    for point in points:
+        if point["referee_loss"] <= target:
+            if previous is None:
+                return point["at_s"]
+            span = previous["referee_loss"] - point["referee_loss"]
+            share = (previous["referee_loss"] - target) / span if span > 0 else 1.0
+            return previous["at_s"] + share * (point["at_s"] - previous["at_s"])
+        previous = point
+    return None
+
+
+def measure(args: argparse.Namespace, side: str, seed: int, referee: Referee, seq_len: int) -> dict[str, Any]:
+    """One (side, seed), from its saved result when it finished before."""
+    work = Path(args.work) / f"{args.model}-{args.steps}" / f"{side}-seed{seed}"
+    saved = work / "measured.json"
+    if saved.is_file():
+        print(f"time_to_quality: {side}, seed {seed}: measured earlier, kept ({saved})", flush=True)
+        return json.loads(saved.read_text())
+    work.mkdir(parents=True, exist_ok=True)
+    print(f"time_to_quality: {side}, seed {seed} ...", flush=True)
+    run = run_ours(args, seed, work, seq_len) if side == "ours" else run_hf(args, seed, work)
+    for point in run["checkpoints"]:
+        point["referee_loss"] = referee.loss(point["model"])
+    run.update(side=side, seed=seed, final_referee_loss=run["checkpoints"][-1]["referee_loss"])
+    saved.write_text(json.dumps(run, indent=2) + "\n")  # last: a partial measurement is never kept
+    print(
+        f"time_to_quality: {side}, seed {seed}: {run['wall_s']:.0f} s, {run['tokens_per_s']:,.0f} tokens/s, "
+        f"referee loss {run['final_referee_loss']:.4f}",
+        flush=True,
+    )
+    return run
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per side the means and spreads; our time to the Trainer's final referee loss (its mean over seeds)."""
+    sides: dict[str, Any] = {}
+    for side in SIDES:
+        mine = [run for run in runs if run["side"] == side]
+        if not mine:
+            continue
+        wall, wall_std = _mean_std([run["wall_s"] for run in mine])
+        speed, speed_std = _mean_std([run["tokens_per_s"] for run in mine])
+        loss, loss_std = _mean_std([run["final_referee_loss"] for run in mine])
+        sides[side] = {
+            "seeds": [run["seed"] for run in mine],
+            "wall_s": [wall, wall_std],
+            "tokens_per_s": [speed, speed_std],
+            "final_referee_loss": [loss, loss_std],
+        }
+    if "ours" in sides and "hf-trainer" in sides:
+        target = sides["hf-trainer"]["final_referee_loss"][0]
+        reached = [time_to_reach(run["checkpoints"], target) for run in runs if run["side"] == "ours"]
+        sides["ours"]["time_to_hf_final_loss_s"] = reached
+        if all(value is not None for value in reached):
+            mean = statistics.fmean(reached)
+            sides["ours"]["time_to_hf_final_loss_fraction"] = mean / sides["hf-trainer"]["wall_s"][0]
+    return sides
+
+
+def markdown(result: dict[str, Any]) -> str:
+    setup = result["setup"]
+    lines = [
+        f"# Time to quality: {setup['model']}, {setup['steps']} steps, this project vs the Hugging Face Trainer",
+        "",
+        f"{result['device']}; commit {result['commit']}; {result['date']}. Data `{setup['data']}`, global batch "
+        f"{setup['batch']} x {setup['seq_len']}, AdamW lr {setup['lr']}, 10% warm-up, linear decay, {setup['precision']}; "
+        f"this project on {setup['ranks']} rank(s), the Trainer in one process. Referee: BertForMaskedLM fp32, "
+        f"MLM loss per masked token on {setup['referee_samples']} valid sequences, one fixed masking.",
+        "",
+        "| side | seeds | wall s | tokens/s | final referee loss | time to the Trainer's final loss |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for side, row in result["sides"].items():
+        reach = "-"
+        if side == "ours" and "time_to_hf_final_loss_s" in row:
+            times = ", ".join(
+                "not reached" if t is None else f"{t:.0f} s" for t in row["time_to_hf_final_loss_s"]
+            )
+            fraction = row.get("time_to_hf_final_loss_fraction")
+            reach = times + (f" ({fraction:.2f} of the Trainer's wall time)" if fraction is not None else "")
+        lines.append(
+            f"| {side} | {len(row['seeds'])} | {row['wall_s'][0]:.0f} ± {row['wall_s'][1]:.0f} | "
+            f"{row['tokens_per_s'][0]:,.0f} ± {row['tokens_per_s'][1]:,.0f} | "
+            f"{row['final_referee_loss'][0]:.4f} ± {row['final_referee_loss'][1]:.4f} | {reach} |"
+        )
+    lines += ["", "Every checkpoint (seconds from launch, referee loss):", ""]
+    for run in result["runs"]:
+        points = ", ".join(
+            f"{p['step']}: {p['at_s']:.0f} s {p['referee_loss']:.4f}" for p in run["checkpoints"]
+        )
+        lines.append(f"- {run['side']} seed {run['seed']}: {points}")
+    return "\n".join(lines) + "\n"
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(7, 4.5))
+    colors = {"ours": "tab:blue", "hf-trainer": "tab:orange"}
+    for run in result["runs"]:
+        points = run["checkpoints"]
+        axes.plot(
+            [p["at_s"] for p in points],
+            [p["referee_loss"] for p in points],
+            marker="o",
+            color=colors[run["side"]],
+            alpha=0.8,
+            label=f"{run['side']} seed {run['seed']}",
+        )
+    axes.set_xlabel("wall seconds from launch")
+    axes.set_ylabel("referee MLM loss (valid, fixed masking)")
+    axes.set_title(
+        f"{result['setup']['model']}, {result['setup']['steps']} steps: referee loss against wall time"
+    )
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.time_to_quality", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument(
+        "--data", required=True, help="an mlm data dir (data_prep objective=mlm) with a valid split"
+    )
+    parser.add_argument("--model", default="tiny", help="a preset of configs/model")
+    parser.add_argument("--steps", type=int, required=True)
+    parser.add_argument("--seeds", default="1", help="comma-separated, e.g. 1,2,3")
+    parser.add_argument("--batch", type=int, default=64, help="global batch (sequences per optimizer step)")
+    parser.add_argument(
+        "--ranks", type=int, default=2, help="this project's ranks (the batch is split across them)"
+    )
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--checkpoints", type=int, default=6, help="evenly spaced checkpoints per run")
+    parser.add_argument("--precision", choices=PRECISIONS, default="bf16")
+    parser.add_argument("--referee-samples", type=int, default=2048)
+    parser.add_argument("--sides", default=",".join(SIDES), help="which sides to run: ours, hf-trainer")
+    parser.add_argument("--timeout-s", type=float, default=3600, help="bound on one launch")
+    parser.add_argument(
+        "--work", default="runs/time_to_quality", help="runs, checkpoints and per-run results"
+    )
+    parser.add_argument("--out", default="benchmarks/results")
+    args = parser.parse_args(argv)
+    if args.batch % args.ranks:
+        parser.error(f"--batch {args.batch} must divide among --ranks {args.ranks}")
+    sides = [side.strip() for side in args.sides.split(",")]
+    if unknown := set(sides) - set(SIDES):
+        parser.error(f"unknown --sides {sorted(unknown)}; use {', '.join(SIDES)}")
+    seeds = [int(seed) for seed in args.seeds.split(",")]
+
+    _, layout = mlm_only_layout(args.data)
+    referee = Referee(args.data, args.referee_samples)
+    runs = [measure(args, side, seed, referee, layout.seq_len) for seed in seeds for side in sides]
+    result = {
+        "setup": {
+            "data": args.data,
+            "model": args.model,
+            "steps": args.steps,
+            "batch": args.batch,
+            "seq_len": layout.seq_len,
+            "ranks": args.ranks,
+            "lr": args.lr,
+            "precision": args.precision,
+            "referee_samples": args.referee_samples,
+        },
+        "device": device_description(),
+        "commit": git_commit(),
+        "date": date.today().isoformat(),
+        "versions": versions(),
+        "sides": summarize(runs),
+        "runs": runs,
+    }
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = (
+        out
+        / f"{device_name(torch.get_num_threads())}-{result['date']}-time-to-quality-{args.model}-{args.steps}"
+    )
+    stem.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
+    stem.with_suffix(".md").write_text(markdown(result))
+    plot(result, stem.with_suffix(".png"))
+    print(markdown(result))
+    print(f"wrote {stem}.{{json,md,png}}")
+
+
+if __name__ == "__main__":
+    main()

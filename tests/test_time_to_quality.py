@@ -1,0 +1,125 @@
+"""The time-to-quality benchmark (benchmarks/time_to_quality.py): the Hugging Face Trainer side as
+its own process, the referee, the time-to-target interpolation and the report."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from launching import LAUNCHER_VARS, REPO
+from synthetic_data import make_data_dir
+
+from benchmarks.hf_trainer_mlm import mlm_only_layout
+from benchmarks.time_to_quality import Referee, markdown, plot, summarize, time_to_reach
+
+
+@pytest.fixture(scope="module")
+def mlm_data(tmp_path_factory):
+    return make_data_dir(
+        tmp_path_factory.mktemp("ttq") / "data", train_shards=2, samples_per_shard=64, nsp=False
+    )
+
+
+def test_time_to_reach_is_linear_between_checkpoints():
+    points = [
+        {"at_s": 10.0, "referee_loss": 5.0},
+        {"at_s": 20.0, "referee_loss": 4.0},
+        {"at_s": 30.0, "referee_loss": 3.0},
+    ]
+    assert time_to_reach(points, 3.5) == pytest.approx(25.0)
+    assert time_to_reach(points, 5.5) == 10.0  # the first checkpoint already reaches it
+    assert time_to_reach(points, 2.0) is None
+
+
+def _run(side, seed, wall, losses):
+    points = [
+        {"step": 10 * (i + 1), "at_s": wall * (i + 1) / len(losses), "referee_loss": v}
+        for i, v in enumerate(losses)
+    ]
+    return {
+        "side": side,
+        "seed": seed,
+        "wall_s": wall,
+        "tokens_per_s": 1000.0,
+        "checkpoints": points,
+        "final_referee_loss": losses[-1],
+    }
+
+
+def test_the_report_gives_our_time_to_the_trainers_final_loss(tmp_path):
+    runs = [
+        _run("ours", 1, 100, [6.0, 5.0, 4.0]),
+        _run("ours", 2, 100, [6.0, 4.6, 4.2]),
+        _run("hf-trainer", 1, 300, [6.5, 5.5, 4.4]),
+        _run("hf-trainer", 2, 300, [6.5, 5.5, 4.6]),
+    ]
+    sides = summarize(runs)
+    assert sides["hf-trainer"]["final_referee_loss"][0] == pytest.approx(4.5)
+    # the target is the Trainer's mean, 4.5: seed 1 passes it half-way from 66.7 s (5.0) to 100 s (4.0),
+    # seed 2 a quarter of the way from 66.7 s (4.6) to 100 s (4.2)
+    reached = sides["ours"]["time_to_hf_final_loss_s"]
+    assert reached[0] == pytest.approx(200 / 3 + 0.5 * 100 / 3) and reached[1] == pytest.approx(
+        200 / 3 + 0.25 * 100 / 3
+    )
+    assert sides["ours"]["time_to_hf_final_loss_fraction"] == pytest.approx(sum(reached) / 2 / 300)
+    setup = {
+        "model": "tiny",
+        "steps": 30,
+        "data": "d",
+        "batch": 64,
+        "seq_len": 128,
+        "ranks": 2,
+        "lr": 2e-3,
+        "precision": "bf16",
+        "referee_samples": 64,
+    }
+    result = {"setup": setup, "device": "cpu", "commit": "x", "date": "today", "sides": sides, "runs": runs}
+    text = markdown(result)
+    assert "| ours | 2 |" in text and "of the Trainer's wall time" in text
+    plot(result, tmp_path / "plot.png")
+    assert (tmp_path / "plot.png").stat().st_size > 10_000
+
+
+def test_an_nsp_data_dir_is_refused_in_one_line(tmp_path):
+    pairs = make_data_dir(tmp_path / "pairs", train_shards=1, samples_per_shard=8, nsp=True)
+    with pytest.raises(SystemExit, match="mlm\\+nsp examples.*objective=mlm"):
+        mlm_only_layout(str(pairs))
+
+
+@pytest.mark.slow
+def test_the_hf_trainer_side_trains_saves_and_the_referee_scores_it(mlm_data, tmp_path):
+    """The Trainer as a user runs it, in its own process: checkpoints every 5 steps that load as
+    BertForMaskedLM; the referee's loss (the same fixed masking every time) falls as it trains."""
+    out = tmp_path / "hf"
+    command = [
+        sys.executable,
+        "-m",
+        "benchmarks.hf_trainer_mlm",
+        f"--data={mlm_data}",
+        f"--out={out}",
+        "--model=tiny",
+        "--steps=10",
+        "--batch=16",
+        "--lr=5e-3",
+        "--save-steps=5",
+        "--threads=1",
+    ]
+    env = {key: value for key, value in os.environ.items() if key not in LAUNCHER_VARS} | {
+        "HF_HUB_OFFLINE": "1"
+    }
+    done = subprocess.run(
+        command,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads((out / "result.json").read_text())
+    assert result["steps"] == 10 and result["tokens"] > 0
+    referee = Referee(str(mlm_data), samples=32)
+    first, last = referee.loss(str(out / "checkpoint-5")), referee.loss(str(out / "checkpoint-10"))
+    assert referee.loss(str(out / "checkpoint-10")) == last  # one fixed masking
+    assert last < first < 6.0, (first, last)  # below log(200) ~ 5.3 + noise: it learned
