@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import sys
 import time
@@ -210,7 +211,9 @@ def measure(args: argparse.Namespace, side: str, seed: int, referee: Referee, se
     if saved.is_file():
         print(f"time_to_quality: {side}, seed {seed}: measured earlier, kept ({saved})", flush=True)
         return json.loads(saved.read_text())
-    work.mkdir(parents=True, exist_ok=True)
+    if work.exists():  # an interrupted measurement: start it over (a resumed run's times would be wrong)
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
     print(f"time_to_quality: {side}, seed {seed} ...", flush=True)
     run = run_ours(args, seed, work, seq_len) if side == "ours" else run_hf(args, seed, work)
     for point in run["checkpoints"]:
