@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.machine import versions
 from data_prep.manifest import BadSample, load_manifest, read_shard, shard_specs
 from pretrain.config import resolve_model_config_path
 from pretrain.data import TokenLayout
@@ -127,7 +128,7 @@ def main(argv: list[str] | None = None) -> None:
         "train_runtime_s": output.metrics["train_runtime"],
         "tokens": round(output.global_step * args.batch * mean_length),  # real tokens, padding excluded
         "train_sequences": len(train),
-        "versions": {"transformers": __import__("transformers").__version__, "torch": torch.__version__},
+        "versions": versions(),
     }
     (Path(args.out) / "result.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result))

@@ -44,7 +44,7 @@ from benchmarks.hf_trainer_mlm import PRECISIONS, mlm_only_layout
 from benchmarks.launching import last_line, launch, module_command
 from benchmarks.machine import device_description, device_name, git_commit, versions
 from data_prep.manifest import shard_specs
-from pretrain.data import eval_batches
+from pretrain.data import TokenLayout, eval_batches
 
 SIDES = ("ours", "hf-trainer")
 REFEREE_SEED = 20231  # the referee's one masking of the valid split, whatever the runs' seeds
@@ -55,8 +55,21 @@ def _written_at(directory: Path) -> float:
     return max(path.stat().st_mtime for path in directory.rglob("*") if path.is_file())
 
 
+def _save_every(args: argparse.Namespace) -> int:
+    return max(1, args.steps // args.checkpoints)
+
+
+def _timed_launch(command: list[str], work: Path, what: str, timeout_s: float) -> tuple[float, float]:
+    """Run one side's launch (output in ``work/launch.log``); its start and end wall-clock times."""
+    started = time.time()
+    code = launch(command, work / "launch.log", timeout_s)
+    if code != 0:
+        raise RuntimeError(f"{what} failed: {last_line(work / 'launch.log')}")
+    return started, time.time()
+
+
 def _our_command(args: argparse.Namespace, seed: int, run_dir: Path, seq_len: int) -> list[str]:
-    save_every = max(1, args.steps // args.checkpoints)
+    save_every = _save_every(args)
     overrides = [
         f"data_dir={args.data}",
         f"run_dir={run_dir}",
@@ -92,11 +105,8 @@ def run_ours(args: argparse.Namespace, seed: int, work: Path, seq_len: int) -> d
     from pretrain.export import export_checkpoint
 
     run_dir = work / "run"
-    started = time.time()
-    code = launch(_our_command(args, seed, run_dir, seq_len), work / "launch.log", args.timeout_s)
-    if code != 0:
-        raise RuntimeError(f"this project's run (seed {seed}) failed: {last_line(work / 'launch.log')}")
-    finished = time.time()
+    command = _our_command(args, seed, run_dir, seq_len)
+    started, finished = _timed_launch(command, work, f"this project's run (seed {seed})", args.timeout_s)
     summary = json.loads((run_dir / "summary.json").read_text())
     checkpoints = []
     for tag in complete_tags(run_dir / "checkpoints"):
@@ -113,7 +123,6 @@ def run_ours(args: argparse.Namespace, seed: int, work: Path, seq_len: int) -> d
 def run_hf(args: argparse.Namespace, seed: int, work: Path) -> dict[str, Any]:
     """Launch the Hugging Face Trainer's MLM recipe in one process on all cores."""
     out = work / "run"
-    save_every = max(1, args.steps // args.checkpoints)
     command = [
         sys.executable,
         "-m",
@@ -125,14 +134,10 @@ def run_hf(args: argparse.Namespace, seed: int, work: Path) -> dict[str, Any]:
         f"--batch={args.batch}",
         f"--lr={args.lr}",
         f"--seed={seed}",
-        f"--save-steps={save_every}",
+        f"--save-steps={_save_every(args)}",
         f"--precision={args.precision}",
     ]
-    started = time.time()
-    code = launch(command, work / "launch.log", args.timeout_s)
-    if code != 0:
-        raise RuntimeError(f"the HF Trainer run (seed {seed}) failed: {last_line(work / 'launch.log')}")
-    finished = time.time()
+    started, finished = _timed_launch(command, work, f"the HF Trainer run (seed {seed})", args.timeout_s)
     result = json.loads((out / "result.json").read_text())
     checkpoints = sorted(
         (
@@ -151,8 +156,7 @@ def run_hf(args: argparse.Namespace, seed: int, work: Path) -> dict[str, Any]:
 class Referee:
     """One fixed masking of the valid split; the MLM loss per masked token of any HF BERT."""
 
-    def __init__(self, data_dir: str, samples: int):
-        manifest, layout = mlm_only_layout(data_dir)
+    def __init__(self, data_dir: str, manifest: dict[str, Any], layout: TokenLayout, samples: int):
         specs = shard_specs(data_dir, manifest, "valid")
         if not specs:
             raise SystemExit(f"error: {data_dir} has no valid split; the referee scores on it")
@@ -355,8 +359,8 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"unknown --sides {sorted(unknown)}; use {', '.join(SIDES)}")
     seeds = [int(seed) for seed in args.seeds.split(",")]
 
-    _, layout = mlm_only_layout(args.data)
-    referee = Referee(args.data, args.referee_samples)
+    manifest, layout = mlm_only_layout(args.data)
+    referee = Referee(args.data, manifest, layout, args.referee_samples)
     runs = [measure(args, side, seed, referee, layout.seq_len) for seed in seeds for side in sides]
     result = {
         "setup": {

@@ -2,15 +2,13 @@
 its own process, the referee, the time-to-target interpolation and the report."""
 
 import json
-import os
-import subprocess
 import sys
 
 import pytest
-from launching import LAUNCHER_VARS, REPO
 from synthetic_data import make_data_dir
 
 from benchmarks.hf_trainer_mlm import mlm_only_layout
+from benchmarks.launching import launch
 from benchmarks.time_to_quality import Referee, markdown, plot, summarize, time_to_reach
 
 
@@ -105,21 +103,11 @@ def test_the_hf_trainer_side_trains_saves_and_the_referee_scores_it(mlm_data, tm
         "--save-steps=5",
         "--threads=1",
     ]
-    env = {key: value for key, value in os.environ.items() if key not in LAUNCHER_VARS} | {
-        "HF_HUB_OFFLINE": "1"
-    }
-    done = subprocess.run(
-        command,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    code = launch(command, tmp_path / "hf.log", timeout_s=300)  # the benchmark's own launcher
+    assert code == 0, (tmp_path / "hf.log").read_text()[-3000:]
     result = json.loads((out / "result.json").read_text())
     assert result["steps"] == 10 and result["tokens"] > 0
-    referee = Referee(str(mlm_data), samples=32)
+    referee = Referee(str(mlm_data), *mlm_only_layout(str(mlm_data)), samples=32)
     first, last = referee.loss(str(out / "checkpoint-5")), referee.loss(str(out / "checkpoint-10"))
     assert referee.loss(str(out / "checkpoint-10")) == last  # one fixed masking
     assert last < first < 6.0, (first, last)  # below log(200) ~ 5.3 + noise: it learned
