@@ -34,7 +34,7 @@ from data_prep.manifest import MANIFEST_NAME, SPLITS, TOKENIZER_DIR, build_manif
 from data_prep.mpi import Cluster, connect, on_root
 from data_prep.planning import check_missing, input_fingerprint, plan_chunks
 from data_prep.progress import Progress, bars_wanted
-from data_prep.report import REPAIRS, build_report, summary_table
+from data_prep.report import REPAIRS, build_report, input_rows, summary_table
 from data_prep.shards import ShardEntry, shard_name
 from data_prep.sources import Chunk, InputError, expand_inputs
 from data_prep.stages import (
@@ -233,6 +233,7 @@ class Runner:
             for _, per_stage in cpu:
                 stage_cpu.update(per_stage)
             report = self._report(
+                expanded,
                 chunks,
                 cleaned,
                 decided,
@@ -273,6 +274,7 @@ class Runner:
             config.clean.dedup_memory_mb,
         )
         counts: Counter = Counter()
+        by_input: dict[int, Counter] = {}
         kept_sentences = 0
         first_kept = None  # (uniform, chunk position, document) of the kept document nearest the cut
         for c, chunk in enumerate(chunks):
@@ -288,6 +290,8 @@ class Runner:
                     kept_sentences += n
                     first_kept = min(first_kept or (uniform, c, j), (uniform, c, j))
             counts.update(decisions)
+            for position, decision in zip(meta["inputs"], decisions):
+                by_input.setdefault(position, Counter())[decision] += 1
             save_json(work.decisions(chunk.index), decisions)
         duplicates.close()
         (work.root / DEDUP_INDEX).unlink(missing_ok=True)
@@ -297,6 +301,9 @@ class Runner:
             decisions[j] = "valid"
             save_json(work.decisions(chunks[c].index), decisions)
             counts.update({"train": -1, "valid": 1})
+            by_input[load_json(work.clean_meta(chunks[c].index))["inputs"][j]].update(
+                {"train": -1, "valid": 1}
+            )
         if counts["train"] == 0:
             reasons = Counter(d for d in counts.elements() if d not in KEPT)
             for summary in cleaned:
@@ -306,7 +313,11 @@ class Runner:
                 f"no document left to train on ({sum(c.docs_in for c in cleaned)} read; dropped: {top}; "
                 f"valid: {counts['valid']}): add text, or loosen clean.* / lower valid_fraction"
             )
-        return {"counts": {d: n for d, n in counts.items() if n}, "kept_sentences": kept_sentences}
+        return {
+            "counts": {d: n for d, n in counts.items() if n},
+            "by_input": {position: dict(tally) for position, tally in by_input.items()},
+            "kept_sentences": kept_sentences,
+        }
 
     def _tokenizer(
         self, work: WorkDir, context: Context, mine: list[Chunk], kept_sentences: int
@@ -385,7 +396,18 @@ class Runner:
         return tasks
 
     def _report(
-        self, chunks, cleaned, decided, info, training_sentences, built, layout, entries, start, stage_cpu
+        self,
+        expanded,
+        chunks,
+        cleaned,
+        decided,
+        info,
+        training_sentences,
+        built,
+        layout,
+        entries,
+        start,
+        stage_cpu,
     ) -> dict[str, Any]:
         config = self.config
         counts = Counter()
@@ -400,12 +422,27 @@ class Runner:
         train_examples = sum(e.samples for e in split_entries["train"])
         valid_examples = sum(e.samples for e in split_entries["valid"])
         nsp_random_train = sum(s.nsp_random for s in built)
+        bytes_by_input, read_by_input, tokens_by_input = Counter(), {}, Counter()
+        for piece in (piece for chunk in chunks for piece in chunk.pieces):
+            bytes_by_input[piece.input] += piece.nbytes
+        for summary in cleaned:
+            for position, tally in summary.by_input.items():
+                read_by_input.setdefault(position, Counter()).update(tally)
+        for summary in built:
+            tokens_by_input.update({int(position): n for position, n in summary.tokens_by_input.items()})
         return build_report(
             out_dir=config.out_dir,
             docs_in=sum(s.docs_in for s in cleaned),
             bytes_in=sum(s.nbytes for s in cleaned),
             counts=counts,
             kept={"train": decided["counts"].get("train", 0), "valid": decided["counts"].get("valid", 0)},
+            inputs=input_rows(
+                [item.entry for item in expanded],
+                bytes_by_input,
+                read_by_input,
+                decided["by_input"],
+                tokens_by_input,
+            ),
             tokenizer={
                 "trained": config.tokenizer.path is None,
                 "vocab_size": info.vocab_size,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable, Iterable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any
 
 from data_prep.config import PrepConfig
@@ -112,17 +112,17 @@ def plan_chunks(
     chunk_bytes = max(1, int(config.chunk_mb * 1e6))
     pieces: list[Piece] = []
     split_dir = str(work.root / "inputs")
-    for item in expanded:
+    for position, item in enumerate(expanded):
         if item.pydocs:
-            pieces.extend(_pydocs_pieces(config, work, map_fn, chunk_bytes, show_progress))
+            found = _pydocs_pieces(config, work, map_fn, chunk_bytes, show_progress)
         elif item.missing:
-            pieces.append(Piece("rejected", item.entry, 0, reason="missing_path"))
+            found = [Piece("rejected", item.entry, 0, reason="missing_path")]
         else:  # on the worker pool: big compressed files are decompressed into parts there, in parallel
             tasks = [
                 (path, file_kind(path, config.text.txt_mode), chunk_bytes, split_dir) for path in item.files
             ]
-            for file_result in map_fn(_file_pieces, tasks):
-                pieces.extend(file_result)
+            found = [piece for file_result in map_fn(_file_pieces, tasks) for piece in file_result]
+        pieces.extend(replace(piece, input=position) for piece in found)
     chunks = _group(pieces, chunk_bytes)
     save_json(work.plan, [asdict(chunk) for chunk in chunks])
     return chunks

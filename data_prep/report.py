@@ -18,6 +18,39 @@ def _rate(nbytes: int, seconds: float) -> float:
     return round(nbytes / 1e6 / seconds, 3) if seconds > 0 else 0.0
 
 
+def input_rows(
+    entries: list[str],
+    bytes_in: dict[int, int],
+    read: dict[int, Counter],
+    decided: dict[int, dict[str, int]],
+    tokens: dict[int, int],
+) -> list[dict[str, Any]]:
+    """One row per entry of ``inputs`` (by position): its bytes, documents read, kept and dropped
+    (cleaning's drops from ``read``, dedup's from ``decided``), and the tokens of its kept documents.
+    Each row balances like the totals do: a corpus assembled from several sources says what each
+    one gave and lost."""
+    rows = []
+    for position, entry in enumerate(entries):
+        cleaning, decisions = read.get(position, Counter()), decided.get(position, {})
+        dropped = Counter({reason: n for reason, n in cleaning.items() if reason != "in" and n})
+        dropped.update(
+            {reason: n for reason, n in decisions.items() if reason not in ("train", "valid") and n}
+        )
+        row = {
+            "input": entry,
+            "bytes": bytes_in.get(position, 0),
+            "documents_in": cleaning.get("in", 0),
+            "kept_train": decisions.get("train", 0),
+            "kept_valid": decisions.get("valid", 0),
+            "dropped": dict(sorted(dropped.items())),
+            "tokens": tokens.get(position, 0),
+        }
+        if row["documents_in"] != row["kept_train"] + row["kept_valid"] + sum(dropped.values()):
+            raise AssertionError(f"document counts of input {entry!r} do not balance: {row}")
+        rows.append(row)
+    return rows
+
+
 def build_report(
     *,
     out_dir: str,
@@ -25,6 +58,7 @@ def build_report(
     bytes_in: int,
     counts: Counter,
     kept: dict[str, int],
+    inputs: list[dict[str, Any]],
     tokenizer: dict[str, Any],
     examples: dict[str, Any],
     tokens: dict[str, int],
@@ -57,6 +91,7 @@ def build_report(
             "dropped": dropped,
         },
         "bytes_in": bytes_in,
+        "inputs": inputs,
         "repairs": {name: counts.get(name, 0) for name in REPAIRS},
         "duplicates": {"exact": counts.get("duplicate_exact", 0), "near": counts.get("duplicate_near", 0)},
         "tokenizer": tokenizer,
@@ -138,4 +173,12 @@ def summary_table(report: dict[str, Any]) -> str:
     width = max(len(r[0]) for r in rows)
     lines = [f"data_prep summary: {report['out_dir']}"]
     lines += [f"  {name:<{width}}  {value:>12}  {note}".rstrip() for name, value, note in rows]
+    if len(report["inputs"]) > 1:  # the entry last: paths are long
+        lines.append(f"  {'MB':>9}  {'documents':>10}  {'kept':>10}  {'dropped':>9}  {'tokens':>12}  input")
+        for row in report["inputs"]:
+            kept, dropped = row["kept_train"] + row["kept_valid"], sum(row["dropped"].values())
+            lines.append(
+                f"  {row['bytes'] / 1e6:>9,.1f}  {row['documents_in']:>10,}  {kept:>10,}  {dropped:>9,}  "
+                f"{row['tokens']:>12,}  {row['input']}"
+            )
     return "\n".join(lines)

@@ -108,6 +108,8 @@ class Piece:
     """The input file the documents come from when ``path`` is a decompressed part of it."""
     detail: str = ""
     """Why a ``rejected`` piece was rejected, in more words."""
+    input: int = 0
+    """Which entry of ``inputs`` the piece comes from (its position): the report counts by input."""
 
     @property
     def source_path(self) -> str:

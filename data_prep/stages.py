@@ -67,6 +67,8 @@ class CleanSummary:
     docs_in: int = 0
     counts: Counter = field(default_factory=Counter)
     """Drops by reason, plus the repairs of ``report.REPAIRS`` (not drops)."""
+    by_input: dict[int, Counter] = field(default_factory=dict)
+    """Per input position: documents read (``in``) and drops by reason."""
     resumed: bool = False
 
 
@@ -88,16 +90,23 @@ def clean_chunk(task: tuple[Context, Chunk]) -> CleanSummary:
     meta_path = work.clean_meta(chunk.index)
     if meta_path.is_file():
         meta = load_json(meta_path)
-        return CleanSummary(chunk.index, chunk.nbytes, meta["docs_in"], Counter(meta["counts"]), resumed=True)
+        by_input = {int(position): Counter(counts) for position, counts in meta["by_input"].items()}
+        return CleanSummary(
+            chunk.index, chunk.nbytes, meta["docs_in"], Counter(meta["counts"]), by_input, resumed=True
+        )
     near = config.clean.near_dup.enabled
     shingler = _shingler(config) if near else None
     summary = CleanSummary(chunk.index, chunk.nbytes)
     docs, texts, fingerprints, uniforms, sentence_counts, rejects = [], [], [], [], [], []
+    inputs = []  # of each kept document
     for piece in chunk.pieces:
+        tally = summary.by_input.setdefault(piece.input, Counter())
         for item in read_piece(piece, config.text.jsonl_field):
             summary.docs_in += 1
+            tally["in"] += 1
             if isinstance(item, Reject):
                 summary.counts[item.reason] += 1
+                tally[item.reason] += 1
                 rejects.append([item.source, item.line, item.reason, item.detail])
                 continue
             if item.repaired:
@@ -107,6 +116,7 @@ def clean_chunk(task: tuple[Context, Chunk]) -> CleanSummary:
             if not sentences:
                 reason = cleaned if isinstance(cleaned, str) else "too_short"
                 summary.counts[reason] += 1
+                tally[reason] += 1
                 rejects.append([item.source, item.line, reason, ""])
                 continue
             if cleaned.fixed_mojibake:
@@ -119,6 +129,7 @@ def clean_chunk(task: tuple[Context, Chunk]) -> CleanSummary:
             uniforms.append(document_uniform(config.seed, item.source_id))
             sentence_counts.append(len(sentences))
             docs.append([item.source_id, sentences])
+            inputs.append(piece.input)
     save_json(work.clean_docs(chunk.index), {"docs": docs})
     if shingler is not None:
         save_arrays(work.clean_signatures(chunk.index), minhash=shingler.signatures(texts))
@@ -127,7 +138,9 @@ def clean_chunk(task: tuple[Context, Chunk]) -> CleanSummary:
         {  # last: its presence marks the chunk done
             "docs_in": summary.docs_in,
             "counts": dict(summary.counts),
+            "by_input": {position: dict(counts) for position, counts in summary.by_input.items()},
             "sources": [source_id for source_id, _ in docs],
+            "inputs": inputs,
             "fingerprints": fingerprints,
             "uniforms": uniforms,
             "sentence_counts": sentence_counts,
@@ -171,6 +184,8 @@ class ExampleSummary:
     tokens_truncated: int = 0
     tokens_unpaired: int = 0
     valid_documents: int = 0
+    tokens_by_input: dict[str, int] = field(default_factory=dict)
+    """Tokens of the kept documents (train and valid, before packing), per input position."""
     resumed: bool = False
 
 
@@ -233,10 +248,18 @@ def example_chunk(task: tuple[Context, Chunk]) -> ExampleSummary:
         return ExampleSummary(**load_json(meta_path), resumed=True)
     docs = load_json(work.clean_docs(chunk.index))["docs"]
     decisions = load_json(work.decisions(chunk.index))
-    kept = [(sentences, decision) for (_, sentences), decision in zip(docs, decisions) if decision in KEPT]
-    tokenized = tokenize_documents(_encoder(context), [sentences for sentences, _ in kept])
-    train_pool = [doc for doc, (_, decision) in zip(tokenized, kept) if decision == "train" and doc]
-    valid_docs = [doc for doc, (_, decision) in zip(tokenized, kept) if decision == "valid" and doc]
+    inputs = load_json(work.clean_meta(chunk.index))["inputs"]
+    kept = [
+        (sentences, decision, position)
+        for (_, sentences), decision, position in zip(docs, decisions, inputs)
+        if decision in KEPT
+    ]
+    tokenized = tokenize_documents(_encoder(context), [sentences for sentences, _, _ in kept])
+    tokens_by_input: Counter = Counter()
+    for doc, (_, _, position) in zip(tokenized, kept):
+        tokens_by_input[str(position)] += sum(len(sentence) for sentence in doc)
+    train_pool = [doc for doc, (_, decision, _) in zip(tokenized, kept) if decision == "train" and doc]
+    valid_docs = [doc for doc, (_, decision, _) in zip(tokenized, kept) if decision == "valid" and doc]
     rng = random.Random(f"{config.seed}:examples:{chunk.index}")
     examples = _build(context, train_pool, rng)
     arrays = pack(examples, np.dtype(context.token_dtype))
@@ -251,6 +274,7 @@ def example_chunk(task: tuple[Context, Chunk]) -> ExampleSummary:
         examples.tokens_truncated,
         examples.tokens_unpaired,
         len(valid_docs),
+        dict(tokens_by_input),
     )
     meta = {k: v for k, v in summary.__dict__.items() if k != "resumed"}
     save_json(meta_path, meta)

@@ -231,13 +231,28 @@ def test_bad_inputs_are_counted_with_reasons_never_fatal(corpus, tmp_path):
     with gzip.open(bad / "zipped.jsonl.gz", "wt") as handle:
         handle.write(good.replace("a", "e") + "\n")
     copies = [bad / "part0.txt", bad / "part0.txt"]  # the same file twice is read once
-    config = config_for(
-        bad,
-        tmp_path / "out",
-        f"inputs=[{bad}, {copies[0]}, {copies[1]}, {tmp_path}/missing/*.txt]",
-        "text.missing_inputs=skip",
-    )
+    (tmp_path / "again").mkdir()
+    again = str(shutil.copy(bad / "part1.txt", tmp_path / "again/part1.txt"))  # all duplicates
+    entries = [str(bad), str(copies[0]), str(copies[1]), f"{tmp_path}/missing/*.txt", again]
+    config = config_for(bad, tmp_path / "out", f"inputs=[{', '.join(entries)}]", "text.missing_inputs=skip")
     report = prepare(config)
+    rows = report["inputs"]  # one per entry, in order, each balancing: what each source gave and lost
+    assert [row["input"] for row in rows] == entries
+    for field in ("documents_in", "kept_train", "kept_valid", "bytes"):
+        assert (
+            sum(row[field] for row in rows)
+            == {
+                "documents_in": report["documents"]["in"],
+                "kept_train": report["documents"]["kept_train"],
+                "kept_valid": report["documents"]["kept_valid"],
+                "bytes": report["bytes_in"],
+            }[field]
+        )
+    assert rows[0]["tokens"] > 0 and rows[0]["dropped"]["binary_file"] == 1
+    assert rows[1]["documents_in"] == rows[2]["documents_in"] == 0  # read under the folder entry
+    assert rows[3]["dropped"] == {"missing_path": 1}
+    assert rows[4]["dropped"]["duplicate_exact"] > 0 and rows[4]["kept_train"] + rows[4]["kept_valid"] == 0
+    assert rows[4]["tokens"] == 0 and rows[4]["bytes"] == (bad / "part1.txt").stat().st_size
     dropped = report["documents"]["dropped"]
     assert dropped["empty_file"] == 1 and dropped["binary_file"] == 1 and dropped["too_long"] == 1
     assert dropped["bad_json"] == 1 and dropped["missing_field"] == 1 and dropped["missing_path"] == 1
