@@ -8,7 +8,7 @@ folded into it (``deepspeed_json.resolve``); DeepSpeed's config is then derived 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, PrivateAttr, field_validator, model_validator
 
@@ -36,11 +36,17 @@ class OptimizerConfig(Section):
     min_trust_ratio: float = Field(0.0, ge=0)
     """lamb only: lower clamp of the trust ratio (DeepSpeed's min_coeff)."""
 
+    LAMB_ONLY: ClassVar[tuple[str, ...]] = ("bias_correction", "max_trust_ratio", "min_trust_ratio")
+
+    def applicable(self) -> dict[str, Any]:
+        """The settings that mean something for this optimizer (the lamb-only ones only for lamb)."""
+        values = self.model_dump()
+        return values if self.name == "lamb" else {k: v for k, v in values.items() if k not in self.LAMB_ONLY}
+
     @model_validator(mode="after")
     def _lamb_only(self) -> OptimizerConfig:
-        if self.name != "lamb" and (
-            not self.bias_correction or self.max_trust_ratio != 10.0 or self.min_trust_ratio != 0.0
-        ):
+        defaults = {name: type(self).model_fields[name].default for name in self.LAMB_ONLY}
+        if self.name != "lamb" and any(getattr(self, name) != default for name, default in defaults.items()):
             raise ValueError(
                 "optimizer.bias_correction, max_trust_ratio and min_trust_ratio apply to lamb only; "
                 "remove them or set optimizer.name=lamb"

@@ -102,8 +102,7 @@ class Resolved:
         if cfg.precision == "fp16":
             fp16 = {key: value for key, value in self.deepspeed.get("fp16", {}).items() if key != "enabled"}
             rows["loss_scaling"] = (fp16 or "dynamic (defaults)", JSON if fp16 else DEFAULT)
-        optimizer = cfg.optimizer.model_dump()
-        for key, value in optimizer.items():
+        for key, value in cfg.optimizer.applicable().items():
             rows[f"optimizer.{key}"] = (value, self.source(f"optimizer.{key}"))
         scheduler = self.deepspeed.get("scheduler")
         if scheduler:

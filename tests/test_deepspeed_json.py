@@ -59,6 +59,7 @@ def test_each_precedence_level_wins_where_it_is_the_highest(tmp_path):
     )
     banner = resolved.describe(1)
     assert "lr 0.0007 [command line]" in banner and "grad_clip 0.5 [deepspeed_config]" in banner
+    assert "trust_ratio" not in banner and "bias_correction" not in banner  # lamb's, not AdamW's
 
 
 @pytest.mark.parametrize(
