@@ -86,7 +86,7 @@ def corpus_sentences(paths: list[Path]) -> Iterator[tuple[str, str]]:
         with path.open(encoding="utf-8") as handle:
             for line in tqdm(handle, desc=path.name, unit=" docs", disable=not sys.stderr.isatty()):
                 text = json.loads(line)["text"]
-                for sentence in split_sentences(p for p in text.split("\n\n")):
+                for sentence in split_sentences(text.split("\n\n")):
                     reduced = words_only(sentence)
                     if len(reduced.split()) >= MIN_WORDS:
                         yield reduced, path.name
@@ -94,14 +94,10 @@ def corpus_sentences(paths: list[Path]) -> Iterator[tuple[str, str]]:
 
 def check(corpus: list[Path], tasks: list[TaskFile], near: NearDupConfig) -> int:
     """Fill each task file's matches; returns the corpus sentences looked at."""
-    exact_index: dict[str, list[TaskFile]] = {}
-    for task in tasks:
-        for sentence in task.sentences:
-            exact_index.setdefault(exact_fingerprint(sentence), []).append(task)
     shingler = Shingler(near)
     lsh = MinHashLSH(threshold=near.threshold, num_perm=near.num_perm)
-    signatures: dict[str, np.ndarray] = {}
-    owners: dict[str, list[tuple[TaskFile, str]]] = {}
+    signatures: dict[str, np.ndarray] = {}  # by the fingerprint of a task sentence
+    owners: dict[str, list[tuple[TaskFile, str]]] = {}  # the task files holding that sentence
     for task in tasks:
         for sentence, signature in zip(task.sentences, shingler.signatures(task.sentences)):
             key = exact_fingerprint(sentence)
@@ -115,7 +111,7 @@ def check(corpus: list[Path], tasks: list[TaskFile], near: NearDupConfig) -> int
     def flush() -> None:
         texts = [text for text, _ in batch]
         for (text, source), signature in zip(batch, shingler.signatures(texts)):
-            for task in exact_index.get(exact_fingerprint(text), []):
+            for task, _ in owners.get(exact_fingerprint(text), []):
                 task.exact.append((text, source))
             for key in lsh.query(LeanMinHash(seed=MINHASH_SEED, hashvalues=signature, scheme=MINHASH_SCHEME)):
                 if np.mean(signatures[key] == signature) >= near.threshold:
