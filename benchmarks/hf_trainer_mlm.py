@@ -8,8 +8,14 @@ It is ``run_mlm.py``'s recipe with the data dir's token sequences in place of it
 ``BertForMaskedLM`` from the same model preset (vocabulary and special ids from the manifest),
 ``DataCollatorForLanguageModeling(mlm_probability=0.15)`` (Bernoulli masking, 80/10/10),
 ``TrainingArguments`` with AdamW, linear warm-up and decay, clipping, bf16 autocast, and
-``Trainer.train()``: no hand-written loop. Checkpoints (model only) every ``--save-steps`` go to
-``OUT/checkpoint-N``; ``OUT/result.json`` holds the run's timings.
+``Trainer.train()``: no hand-written loop. Checkpoints every ``--save-steps`` go to
+``OUT/checkpoint-N`` (model, optimizer and scheduler, as this project's do); ``OUT/result.json``,
+written when the run is complete, holds its timings.
+
+**In pieces** (``--stop-after-s S``): a callback ends the launch after S seconds with a checkpoint
+and the process exits with status 75 (``PIECE_DONE``); the same command again resumes from the
+newest checkpoint (``Trainer.train(resume_from_checkpoint=...)``: weights, optimizer, scheduler, RNG
+and the place in the data). Every launch is a row of ``OUT/pieces.json``; the result sums them.
 """
 
 from __future__ import annotations
@@ -28,6 +34,9 @@ from pretrain.data import TokenLayout
 from pretrain.model import bert_config_from_preset
 
 PRECISIONS = ("bf16", "fp32")
+PIECE_DONE = (
+    75  # exit status of a launch that stopped at --stop-after-s with the run unfinished (EX_TEMPFAIL)
+)
 
 
 def token_sequences(data_dir: str, manifest: dict, split: str, layout: TokenLayout) -> list[list[int]]:
@@ -66,6 +75,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--save-steps", type=int, help="default: --steps (the final model only)")
     parser.add_argument("--precision", choices=PRECISIONS, default="bf16")
     parser.add_argument("--threads", type=int, help="torch threads (default: all cores)")
+    parser.add_argument(
+        "--stop-after-s",
+        type=float,
+        help="end this launch after so many seconds with a checkpoint (exit 75); run again to resume",
+    )
     args = parser.parse_args(argv)
 
     from transformers import (
@@ -73,9 +87,22 @@ def main(argv: list[str] | None = None) -> None:
         DataCollatorForLanguageModeling,
         PreTrainedTokenizerFast,
         Trainer,
+        TrainerCallback,
         TrainingArguments,
         set_seed,
     )
+    from transformers.trainer_utils import get_last_checkpoint
+
+    class StopAfter(TrainerCallback):
+        """Ends the launch once ``seconds`` have passed since it started, saving a checkpoint first."""
+
+        def __init__(self, seconds: float):
+            self.seconds = seconds
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if time.time() - started >= self.seconds and state.global_step < state.max_steps:
+                control.should_save = control.should_training_stop = True
+            return control
 
     started = time.time()
     if args.threads:
@@ -108,7 +135,6 @@ def main(argv: list[str] | None = None) -> None:
         use_cpu=not torch.cuda.is_available(),
         save_strategy="steps",
         save_steps=args.save_steps or args.steps,
-        save_only_model=True,
         logging_steps=max(1, (args.save_steps or args.steps) // 4),
         report_to=[],
         seed=args.seed,
@@ -117,15 +143,38 @@ def main(argv: list[str] | None = None) -> None:
         disable_tqdm=True,
     )
     collator = DataCollatorForLanguageModeling(tokenizer, mlm=True, mlm_probability=0.15)
-    trainer = Trainer(model=model, args=training, train_dataset=train, data_collator=collator)
-    output = trainer.train()
+    callbacks = [StopAfter(args.stop_after_s)] if args.stop_after_s is not None else []
+    trainer = Trainer(
+        model=model, args=training, train_dataset=train, data_collator=collator, callbacks=callbacks
+    )
+    resume_from = get_last_checkpoint(args.out) if Path(args.out).is_dir() else None
+    output = trainer.train(resume_from_checkpoint=resume_from)
+
+    pieces_path = Path(args.out) / "pieces.json"
+    pieces = json.loads(pieces_path.read_text()) if pieces_path.is_file() else []
+    pieces.append(
+        {
+            "started_at": started,
+            "finished_at": time.time(),
+            "resumed_from": resume_from,
+            "steps_to": output.global_step,
+            "train_runtime_s": output.metrics["train_runtime"],
+        }
+    )
+    pieces_path.write_text(json.dumps(pieces, indent=2) + "\n")
+    if output.global_step < args.steps:
+        print(
+            f"stopped after {args.stop_after_s:g} s at step {output.global_step} of {args.steps}; run again to resume"
+        )
+        raise SystemExit(PIECE_DONE)
     mean_length = sum(len(row["input_ids"]) for row in train) / len(train)
     result = {
         "side": "hf-trainer",
-        "started_at": started,
-        "finished_at": time.time(),
+        "started_at": pieces[0]["started_at"],
+        "finished_at": pieces[-1]["finished_at"],
+        "pieces": len(pieces),
         "steps": output.global_step,
-        "train_runtime_s": output.metrics["train_runtime"],
+        "train_runtime_s": sum(piece["train_runtime_s"] for piece in pieces),
         "tokens": round(output.global_step * args.batch * mean_length),  # real tokens, padding excluded
         "train_sequences": len(train),
         "versions": versions(),

@@ -22,7 +22,9 @@ wall seconds, training tokens/s, the final referee loss (mean ± sample std over
 this project takes to reach the Trainer's final referee loss, per seed (linear between checkpoints)
 and as a fraction of the Trainer's wall time; referee loss against wall time as a plot. Every
 finished (side, seed) is kept in ``--work`` and skipped when the command is run again, so a long
-measurement can run in pieces.
+measurement can run in pieces; with ``--piece-s S`` a Trainer run longer than S seconds is itself
+cut into launches of S seconds (each ends with a checkpoint; the next resumes from it), its time
+the sum of its launches, their start-ups included.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from typing import Any
 import torch
 
 from benchmarks.baseline import stock_labels
-from benchmarks.hf_trainer_mlm import PRECISIONS, mlm_only_layout
+from benchmarks.hf_trainer_mlm import PIECE_DONE, PRECISIONS, mlm_only_layout
 from benchmarks.launching import last_line, launch, module_command
 from benchmarks.machine import device_description, device_name, git_commit, versions
 from data_prep.manifest import shard_specs
@@ -120,8 +122,9 @@ def run_ours(args: argparse.Namespace, seed: int, work: Path, seq_len: int) -> d
     }
 
 
-def run_hf(args: argparse.Namespace, seed: int, work: Path) -> dict[str, Any]:
-    """Launch the Hugging Face Trainer's MLM recipe in one process on all cores."""
+def run_hf(args: argparse.Namespace, seed: int, work: Path) -> dict[str, Any] | None:
+    """Launch the Hugging Face Trainer's MLM recipe in one process on all cores; None when this launch
+    was a piece (``--piece-s``) and the run goes on at the next one."""
     out = work / "run"
     command = [
         sys.executable,
@@ -137,20 +140,50 @@ def run_hf(args: argparse.Namespace, seed: int, work: Path) -> dict[str, Any]:
         f"--save-steps={_save_every(args)}",
         f"--precision={args.precision}",
     ]
-    started, finished = _timed_launch(command, work, f"the HF Trainer run (seed {seed})", args.timeout_s)
+    if args.piece_s:
+        command.append(f"--stop-after-s={args.piece_s}")
+    launches_path = work / "launches.json"
+    pieces = json.loads(launches_path.read_text()) if launches_path.is_file() else []
+    log = work / f"launch-{len(pieces) + 1}.log"
+    started = time.time()
+    code = launch(command, log, args.timeout_s)
+    pieces.append({"started": started, "finished": time.time()})
+    # on record even when it failed: its time was spent, and its checkpoints are resumed from
+    launches_path.write_text(json.dumps(pieces, indent=2) + "\n")
+    if code not in (0, PIECE_DONE):
+        raise RuntimeError(f"the HF Trainer run (seed {seed}) failed: {last_line(log)}")
+    if code == PIECE_DONE:
+        print(f"time_to_quality: hf-trainer, seed {seed}: {last_line(log)}", flush=True)
+        return None
     result = json.loads((out / "result.json").read_text())
     checkpoints = sorted(
         (
-            {"step": int(path.name.split("-")[1]), "at_s": _written_at(path) - started, "model": str(path)}
+            {
+                "step": int(path.name.split("-")[1]),
+                "at_s": _run_time(pieces, _written_at(path)),
+                "model": str(path),
+            }
             for path in out.glob("checkpoint-*")
         ),
         key=lambda row: row["step"],
     )
     return {
-        "wall_s": finished - started,
+        "wall_s": sum(piece["finished"] - piece["started"] for piece in pieces),
         "tokens_per_s": result["tokens"] / result["train_runtime_s"],
+        "pieces": len(pieces),
         "checkpoints": checkpoints,
     }
+
+
+def _run_time(pieces: list[dict[str, float]], moment: float) -> float:
+    """Seconds of the run's own time at wall-clock ``moment``: the launches before its one in full,
+    then its own launch up to it (the gaps between launches do not count; their start-ups do)."""
+    elapsed = 0.0
+    for piece in pieces:
+        if moment <= piece["finished"]:
+            return elapsed + max(0.0, moment - piece["started"])
+        elapsed += piece["finished"] - piece["started"]
+    return elapsed
 
 
 class Referee:
@@ -208,18 +241,26 @@ def time_to_reach(points: list[dict[str, Any]], target: float) -> float | None:
     return None
 
 
-def measure(args: argparse.Namespace, side: str, seed: int, referee: Referee, seq_len: int) -> dict[str, Any]:
-    """One (side, seed), from its saved result when it finished before."""
+def measure(
+    args: argparse.Namespace, side: str, seed: int, referee: Referee, seq_len: int
+) -> dict[str, Any] | None:
+    """One (side, seed), from its saved result when it finished before; None while a Trainer run in
+    pieces is unfinished."""
     work = Path(args.work) / f"{args.model}-{args.steps}" / f"{side}-seed{seed}"
     saved = work / "measured.json"
     if saved.is_file():
         print(f"time_to_quality: {side}, seed {seed}: measured earlier, kept ({saved})", flush=True)
         return json.loads(saved.read_text())
-    if work.exists():  # an interrupted measurement: start it over (a resumed run's times would be wrong)
-        shutil.rmtree(work)
-    work.mkdir(parents=True)
-    print(f"time_to_quality: {side}, seed {seed} ...", flush=True)
+    if (work / "launches.json").is_file():  # a Trainer run in pieces: each launch's time is on record
+        print(f"time_to_quality: {side}, seed {seed}: resuming the run in pieces", flush=True)
+    else:
+        if work.exists():  # an interrupted measurement: start it over (a resumed run's times would be wrong)
+            shutil.rmtree(work)
+        work.mkdir(parents=True)
+        print(f"time_to_quality: {side}, seed {seed} ...", flush=True)
     run = run_ours(args, seed, work, seq_len) if side == "ours" else run_hf(args, seed, work)
+    if run is None:
+        return None
     for point in run["checkpoints"]:
         point["referee_loss"] = referee.loss(point["model"])
     run.update(side=side, seed=seed, final_referee_loss=run["checkpoints"][-1]["referee_loss"])
@@ -348,6 +389,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sides", default=",".join(SIDES), help="which sides to run: ours, hf-trainer")
     parser.add_argument("--timeout-s", type=float, default=3600, help="bound on one launch")
     parser.add_argument(
+        "--piece-s",
+        type=float,
+        help="the Trainer side stops after so many seconds with a checkpoint and resumes at the next "
+        "run of the command; its wall time is the sum of its launches (default: one launch)",
+    )
+    parser.add_argument(
         "--work", default="runs/time_to_quality", help="runs, checkpoints and per-run results"
     )
     parser.add_argument("--out", default="benchmarks/results")
@@ -361,7 +408,14 @@ def main(argv: list[str] | None = None) -> None:
 
     manifest, layout = mlm_only_layout(args.data)
     referee = Referee(args.data, manifest, layout, args.referee_samples)
-    runs = [measure(args, side, seed, referee, layout.seq_len) for seed in seeds for side in sides]
+    measured = [measure(args, side, seed, referee, layout.seq_len) for seed in seeds for side in sides]
+    runs = [run for run in measured if run is not None]
+    if len(runs) < len(measured):
+        print(
+            f"time_to_quality: {len(measured) - len(runs)} Trainer run(s) stopped after a --piece-s piece; "
+            "run the same command again to go on (no report until every run is complete)"
+        )
+        return
     result = {
         "setup": {
             "data": args.data,

@@ -7,9 +7,9 @@ import sys
 import pytest
 from synthetic_data import make_data_dir
 
-from benchmarks.hf_trainer_mlm import mlm_only_layout
+from benchmarks.hf_trainer_mlm import PIECE_DONE, mlm_only_layout
 from benchmarks.launching import launch
-from benchmarks.time_to_quality import Referee, markdown, plot, summarize, time_to_reach
+from benchmarks.time_to_quality import Referee, _run_time, markdown, plot, summarize, time_to_reach
 
 
 @pytest.fixture(scope="module")
@@ -28,6 +28,14 @@ def test_time_to_reach_is_linear_between_checkpoints():
     assert time_to_reach(points, 3.5) == pytest.approx(25.0)
     assert time_to_reach(points, 5.5) == 10.0  # the first checkpoint already reaches it
     assert time_to_reach(points, 2.0) is None
+
+
+def test_a_run_in_pieces_counts_its_launches_not_the_gaps_between_them():
+    pieces = [{"started": 100.0, "finished": 130.0}, {"started": 500.0, "finished": 520.0}]
+    assert _run_time(pieces, 110.0) == 10.0
+    assert _run_time(pieces, 130.0) == 30.0  # the checkpoint that ended the first piece
+    assert _run_time(pieces, 505.0) == 35.0  # 30 s of the first launch, 5 s into the second
+    assert _run_time(pieces, 520.0) == 50.0
 
 
 def _run(side, seed, wall, losses):
@@ -86,9 +94,11 @@ def test_an_nsp_data_dir_is_refused_in_one_line(tmp_path):
 
 
 @pytest.mark.slow
-def test_the_hf_trainer_side_trains_saves_and_the_referee_scores_it(mlm_data, tmp_path):
-    """The Trainer as a user runs it, in its own process: checkpoints every 5 steps that load as
-    BertForMaskedLM; the referee's loss (the same fixed masking every time) falls as it trains."""
+def test_the_hf_trainer_side_trains_in_pieces_saves_and_the_referee_scores_it(mlm_data, tmp_path):
+    """The Trainer as a user runs it, in its own process, in two pieces: the first stops after its
+    first step with a checkpoint (--stop-after-s 0, exit PIECE_DONE), the second resumes from it to
+    the end; checkpoints every 5 steps load as BertForMaskedLM; the referee's loss (the same fixed
+    masking every time) falls as it trains."""
     out = tmp_path / "hf"
     command = [
         sys.executable,
@@ -103,10 +113,16 @@ def test_the_hf_trainer_side_trains_saves_and_the_referee_scores_it(mlm_data, tm
         "--save-steps=5",
         "--threads=1",
     ]
-    code = launch(command, tmp_path / "hf.log", timeout_s=300)  # the benchmark's own launcher
-    assert code == 0, (tmp_path / "hf.log").read_text()[-3000:]
+    code = launch([*command, "--stop-after-s=0"], tmp_path / "hf-1.log", timeout_s=300)
+    assert code == PIECE_DONE, (tmp_path / "hf-1.log").read_text()[-3000:]
+    assert (out / "checkpoint-1").is_dir() and not (out / "result.json").exists()
+    code = launch(command, tmp_path / "hf-2.log", timeout_s=300)  # the benchmark's own launcher
+    assert code == 0, (tmp_path / "hf-2.log").read_text()[-3000:]
     result = json.loads((out / "result.json").read_text())
-    assert result["steps"] == 10 and result["tokens"] > 0
+    assert result["steps"] == 10 and result["pieces"] == 2 and result["tokens"] > 0
+    pieces = json.loads((out / "pieces.json").read_text())
+    assert [piece["steps_to"] for piece in pieces] == [1, 10]
+    assert pieces[1]["resumed_from"] == str(out / "checkpoint-1")
     referee = Referee(str(mlm_data), *mlm_only_layout(str(mlm_data)), samples=32)
     first, last = referee.loss(str(out / "checkpoint-5")), referee.loss(str(out / "checkpoint-10"))
     assert referee.loss(str(out / "checkpoint-10")) == last  # one fixed masking
