@@ -49,7 +49,7 @@ def pretraining_cost(model_dir: Path) -> str:
     tokens, steps, wall = (
         record.get("tokens") or run.get("tokens"),
         record.get("step"),
-        run.get("wall_time_s"),
+        run.get("run_wall_time_s", run.get("wall_time_s")),
     )
     parts = []
     if tokens:

@@ -167,7 +167,7 @@ def _training(record: dict[str, Any], run: dict[str, Any], run_cfg: dict[str, An
     optimizer, schedule, wall = (
         run_cfg.get("optimizer", {}),
         run_cfg.get("schedule", {}),
-        run.get("wall_time_s"),
+        run.get("run_wall_time_s", run.get("wall_time_s")),
     )
     return [
         "## Training",

@@ -108,6 +108,14 @@ class Progress:
     nonfinite_skips: int = 0  # micro-steps skipped for a NaN/inf loss, all ranks agreeing
     consecutive_nonfinite: int = 0
     mine: RankState = field(default_factory=RankState)
+    # Training seconds of the launches before this one, up to the checkpoint it resumed from (steps
+    # redone after a crash count once), and when this launch's training loop began.
+    wall_s_before: float = 0.0
+    loop_started: float = field(default_factory=time.perf_counter)
+
+    def wall_s(self) -> float:
+        """The run's training wall time so far, over all its launches."""
+        return self.wall_s_before + time.perf_counter() - self.loop_started
 
 
 @dataclass
@@ -485,6 +493,7 @@ def restore(run: Run) -> None:
             lane_positions=saved["data"]["lane_positions"],
             nonfinite_skips=saved["nonfinite_skips"],
             mine=mine,
+            wall_s_before=saved.get("wall_time_s", 0.0),  # absent in checkpoints of older versions
         )
         run.resumed_from = tag
     run.log = RunLog(
@@ -746,6 +755,7 @@ def save(run: Run) -> str:
         "step": progress.step,
         "tokens": run.global_tokens(),
         "nonfinite_skips": progress.nonfinite_skips,
+        "wall_time_s": progress.wall_s(),
         "world_size": run.dist.world_size,
         "zero_stage": run.cfg.zero_stage,
         "precision": run.cfg.precision,
@@ -847,6 +857,7 @@ def train(cfg: PretrainConfig) -> dict[str, Any]:
     batches = iter(training_loader(run))
     samples_log = _open_samples_log(run)
     window, started, start_step, last_eval = Window(), time.perf_counter(), progress.step, None
+    progress.loop_started = started
     overflows_in_a_row = 0
     while progress.step < cfg.max_steps:
         for batch, out in optimizer_step(run, batches):
@@ -922,7 +933,8 @@ def finish(run: Run, last_eval: dict[str, float] | None, started: float, start_s
         "zero_stage": run.cfg.zero_stage,
         "model": run.cfg.model,
         "resumed_from": run.resumed_from,
-        "wall_time_s": elapsed,
+        "wall_time_s": elapsed,  # this launch's
+        "run_wall_time_s": run.progress.wall_s_before + elapsed,  # all the launches that made this model
         "hardware": describe_hardware(),
         "tokens_per_s": (sum(r["tokens_per_s"] for r in train_rows) / len(train_rows))
         if train_rows
@@ -941,6 +953,7 @@ def finish(run: Run, last_eval: dict[str, float] | None, started: float, start_s
         (run.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         run.log.print(
             f"done: {run.progress.step} steps, {summary['tokens']:,} tokens in {elapsed:.0f}s this launch"
+            + (f", {summary['run_wall_time_s']:.0f}s over all launches" if run.resumed_from else "")
         )
     run.log.close()
     return summary

@@ -72,6 +72,9 @@ def test_resume_after_a_crash_is_exact(tmp_path, data_dir):
     )
     assert crashed.returncode != 0, f"rank {victim} killed after step {kill_at}: " + explain(crashed)
     assert (resumed_dir / "checkpoints" / "latest").read_text() == "step00000008"
+    at_8 = json.loads((resumed_dir / "checkpoints" / "step00000008" / "run_state.json").read_text())[
+        "wall_time_s"
+    ]
     resumed = run_pretrain(data_dir, resumed_dir, *common)
     assert resumed.returncode == 0, explain(resumed)
     assert "resumed from step00000008" in resumed.stdout
@@ -83,6 +86,10 @@ def test_resume_after_a_crash_is_exact(tmp_path, data_dir):
         )  # steps 9..kill_at of the crashed run were dropped
         assert [r["keys"] for r in got] == [r["keys"] for r in expected]  # no sample repeated or skipped
         assert [r["loss"] for r in got] == [r["loss"] for r in expected]
+    # the model's training time: the crashed launch's up to the step-8 checkpoint, then the resumed one's
+    summary = json.loads((resumed_dir / "summary.json").read_text())
+    assert at_8 > 0 and summary["wall_time_s"] > 0
+    assert summary["run_wall_time_s"] == pytest.approx(at_8 + summary["wall_time_s"])
     a = load_file(tmp_path / "straight" / "export" / "model.safetensors")
     b = load_file(resumed_dir / "export" / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
