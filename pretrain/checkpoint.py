@@ -173,7 +173,6 @@ def save(
         # could take long), removed with the next pruning.
         tag_dir.rename(ckpt_dir / f"{_TRASH}{tag}-{os.getpid()}")
     barrier()  # nobody writes into the directory before it is clear
-    crash_point(f"save:before_deepspeed:{step}")
     try:
         engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state={"step": step}, save_latest=False)
         crash_point(f"save:after_deepspeed:{step}")

@@ -10,7 +10,10 @@ is tested on was seen in pretraining.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import multiprocessing
+import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,12 +63,16 @@ def build_docstring_task(
     per_class = per_class or {"train": 250, "valid": 150, "test": 300}
     found = {split: {label: [] for label in labels} for split, _ in SPLIT_FRACTIONS}
     held_out: list[str] = []
-    for doc in iter_pydocs(include=list(labels)):
-        split = split_of(doc.module, seed)
-        if split != "train":
-            held_out.append(doc.module)
-        label = doc.module.split(".")[0]
-        found[split][label].extend(_one_line(text) for text in doc.docstrings if len(text) >= min_chars)
+    # Parsing the packages' ~5,000 source files is most of the time (~20 s on one core): on every
+    # core, in order (imap), so the result is the same as one process's.
+    with multiprocessing.get_context("spawn").Pool(os.cpu_count() or 1) as pool:
+        parse = functools.partial(pool.imap, chunksize=16)
+        for doc in iter_pydocs(include=list(labels), map_fn=parse):
+            split = split_of(doc.module, seed)
+            if split != "train":
+                held_out.append(doc.module)
+            label = doc.module.split(".")[0]
+            found[split][label].extend(_one_line(text) for text in doc.docstrings if len(text) >= min_chars)
     missing = [label for label in labels if not found["train"][label]]
     if missing:
         raise RuntimeError(f"the docstring task needs the packages {missing} installed in this environment")

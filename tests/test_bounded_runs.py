@@ -13,7 +13,7 @@ from launching import BIN, LAUNCHER_VARS, REPO
 from pretrain.distributed import free_port
 
 pytestmark = pytest.mark.slow
-HANG_S = 15  # both ranks start within ~7 s (the deepspeed launcher imports torch twice first)
+HANG_S = 12  # both ranks start within ~7 s (the deepspeed launcher imports torch twice first)
 
 INNER = """
 import os

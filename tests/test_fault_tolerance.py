@@ -43,7 +43,10 @@ def _latest(run_dir):
 
 @pytest.mark.parametrize(
     "phase, rank",
-    [("before_deepspeed", 0), ("after_deepspeed", 1), ("before_commit", 1), ("after_commit", 0)],
+    # A crash before DeepSpeed writes (nothing of step 6 on disk yet) is no case of its own:
+    # after_deepspeed, with step 6's DeepSpeed files on disk and no rank state, is the same case
+    # with more to mistake for a save.
+    [("after_deepspeed", 1), ("before_commit", 1), ("after_commit", 0)],
 )
 def test_killed_at_each_phase_of_a_save_leaves_a_loadable_latest(tmp_path, data_dir, phase, rank):
     """One rank dies at a phase of the step-6 save while the other carries on: only a save whose
@@ -61,7 +64,7 @@ def test_killed_at_each_phase_of_a_save_leaves_a_loadable_latest(tmp_path, data_
     # the commit (replacing `latest`) is the last thing a save does: only after it is step 6 visible
     committed = "step00000006" if phase == "after_commit" else "step00000003"
     assert _latest(run_dir) == committed
-    if phase in ("before_deepspeed", "after_deepspeed"):
+    if phase == "after_deepspeed":
         # `latest` is what a resume loads: relaunching is confirmed once for an uncommitted save
         # (before_commit: its partial step-6 dir is the most complete) and once for a committed one
         return
@@ -398,26 +401,6 @@ def _uninterrupted_keys(data_dir, steps):
     return expected
 
 
-def test_resume_on_another_world_size_continues_the_global_sample_order(tmp_path, data_dir):
-    """1 rank (grad_accum 2) -> 2 ranks (grad_accum 1) -> 1 rank: per step, the same samples as an
-    uninterrupted run; ZeRO-1's optimizer partitions are regrouped through a universal checkpoint."""
-    common = ["log_samples=true", "save_every=2", "zero_stage=1"]
-    run_dir = tmp_path / "elastic"
-    for ranks, accum, steps in ((1, 2, 2), (2, 1, 4), (1, 2, 6)):
-        result = run_pretrain(
-            data_dir, run_dir, *common, f"max_steps={steps}", f"grad_accum={accum}", ranks=ranks
-        )
-        assert result.returncode == 0, explain(result)
-        if steps > 2:
-            assert (
-                f"note: resuming on {ranks} rank(s), saved on {3 - ranks}: global batch 16 -> 16"
-                in result.stdout
-            )
-    # no sample repeated or skipped, in either direction
-    assert _keys_per_step(run_dir) == _uninterrupted_keys(data_dir, 6)
-    assert (run_dir / "checkpoints" / "step00000004" / "universal" / "zero").is_dir()
-
-
 # A resume on another rank count computes what the uninterrupted run does when nothing depends on
 # the rank: no dropout (its masks are drawn per rank; the MLM masks are drawn per global batch), and
 # fp32 (so each rank's gradients are summed as the one rank's micro-batches are); a constant
@@ -461,17 +444,19 @@ def still_reference(tmp_path_factory, data_dir, still_model):
 @pytest.mark.parametrize(
     "zero_stage, segments",
     [
-        (2, ((2, 1, 2), (1, 2, 4))),  # (ranks, grad_accum, max_steps): 2 ranks -> 1
+        # (ranks, grad_accum, max_steps). ZeRO-2 stands for ZeRO-1 too: both are DeepSpeed's
+        # DeepSpeedZeroOptimizer (stage_1_and_2.py), saved and regrouped by the same code.
+        (2, ((1, 2, 2), (2, 1, 4), (1, 2, 6))),  # 1 rank -> 2 -> 1
         (3, ((2, 1, 2), (1, 2, 4), (2, 1, 6))),  # 2 ranks -> 1 -> 2
     ],
 )
 def test_zero_2_and_3_resume_on_another_world_size_carries_weights_and_optimizer(
     tmp_path, data_dir, still_model, still_reference, zero_stage, segments
 ):
-    """ZeRO-2 partitions the optimizer state by rank, ZeRO-3 the weights too: saved on 2 ranks and
-    resumed on 1 with grad_accum doubled (and for ZeRO-3 back on 2), every step trains on the
-    uninterrupted run's samples and computes its loss, so weights, Adam's moments and the schedule
-    came through the universal checkpoint."""
+    """ZeRO-2 partitions the optimizer state by rank, ZeRO-3 the weights too: resumed on the other
+    rank count with grad_accum halved or doubled, and back, every step trains on the uninterrupted
+    run's samples (the global sample order continues) and computes its loss, so weights, Adam's
+    moments and the schedule came through the universal checkpoint."""
     run_dir = tmp_path / "elastic"
     for ranks, accum, steps in segments:
         overrides = [f"model={still_model}", *STILL, f"zero_stage={zero_stage}"]
