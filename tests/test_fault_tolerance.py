@@ -445,8 +445,9 @@ def still_reference(tmp_path_factory, data_dir, still_model):
     "zero_stage, segments",
     [
         # (ranks, grad_accum, max_steps). ZeRO-2 stands for ZeRO-1 too: both are DeepSpeed's
-        # DeepSpeedZeroOptimizer (stage_1_and_2.py), saved and regrouped by the same code.
-        (2, ((1, 2, 2), (2, 1, 4), (1, 2, 6))),  # 1 rank -> 2 -> 1
+        # DeepSpeedZeroOptimizer (stage_1_and_2.py), saved and regrouped by the same code; ZeRO-3
+        # goes both ways.
+        (2, ((1, 2, 2), (2, 1, 4))),  # 1 rank -> 2
         (3, ((2, 1, 2), (1, 2, 4), (2, 1, 6))),  # 2 ranks -> 1 -> 2
     ],
 )
@@ -454,7 +455,7 @@ def test_zero_2_and_3_resume_on_another_world_size_carries_weights_and_optimizer
     tmp_path, data_dir, still_model, still_reference, zero_stage, segments
 ):
     """ZeRO-2 partitions the optimizer state by rank, ZeRO-3 the weights too: resumed on the other
-    rank count with grad_accum halved or doubled, and back, every step trains on the uninterrupted
+    rank count with grad_accum halved or doubled (ZeRO-3: and back), every step trains on the uninterrupted
     run's samples (the global sample order continues) and computes its loss, so weights, Adam's
     moments and the schedule came through the universal checkpoint."""
     run_dir = tmp_path / "elastic"
