@@ -12,8 +12,10 @@ import json
 import random
 
 import pytest
+import torch
 import yaml
 from launching import explain, metrics, run_pretrain, sample_log
+from safetensors.torch import load_file
 from synthetic_data import make_data_dir
 
 from data_prep.typed_config import ConfigError
@@ -309,8 +311,11 @@ def _warmup_decay_lr(iteration: int, peak: float, warmup: int, total: int) -> fl
 @pytest.mark.slow
 def test_two_ranks_run_the_json_geometry_and_schedule_and_resume_it_exactly(tmp_path, data_dir):
     """train_batch_size 32 on 2 ranks of micro batch 8 (the command line's): accumulation 2; the lr
-    logged after step s is DeepSpeed's WarmupDecayLR at iteration s - 1; a crash and relaunch
-    continue the schedule, the samples and the losses exactly."""
+    logged after step s is DeepSpeed's WarmupDecayLR at iteration s - 1. A rank killed at a random
+    step after the step-4 save, and the relaunch: the run resumes from step 4 (the later steps of the
+    crashed launch dropped) with the uninterrupted run's schedule, samples, losses and final weights,
+    bit for bit. This is the suite's crash-and-exact-resume test; the user's JSON is its hardest case
+    (DeepSpeed's own scheduler must resume too)."""
     ds = tmp_path / "ds.json"
     ds.write_text(
         json.dumps(
@@ -350,18 +355,30 @@ def test_two_ranks_run_the_json_geometry_and_schedule_and_resume_it_exactly(tmp_
     assert settings["global_batch"] == {"value": 32, "source": "deepspeed_config"}
 
     resumed_dir = tmp_path / "resumed"
-    kill_at = random.randint(5, 7)  # after the step-4 save
-    print(f"killed after step {kill_at}")
-    crashed = run_pretrain(data_dir, resumed_dir, *common, env={"PRETRAIN_CRASH_AT": f"step:{kill_at}@1"})
+    kill_at, victim = random.randint(5, 7), random.randint(0, 1)  # after the step-4 save, before the end
+    print(f"rank {victim} is killed after step {kill_at}")  # shown by pytest if the test fails
+    crashed = run_pretrain(
+        data_dir, resumed_dir, *common, env={"PRETRAIN_CRASH_AT": f"step:{kill_at}@{victim}"}
+    )
     assert crashed.returncode != 0, explain(crashed)
+    assert (resumed_dir / "checkpoints" / "latest").read_text() == "step00000004"
+    at_4 = json.loads((resumed_dir / "checkpoints" / "step00000004" / "run_state.json").read_text())
     resumed = run_pretrain(data_dir, resumed_dir, *common)
     assert resumed.returncode == 0, explain(resumed)
     assert "resumed from step00000004" in resumed.stdout
     assert [r["lr"] for r in metrics(resumed_dir) if r["step"] > 4] == pytest.approx(expected[4:], rel=1e-6)
     for rank in range(2):
         expected_samples, got = sample_log(tmp_path / "straight", rank), sample_log(resumed_dir, rank)
+        assert [r["step"] for r in got] == [r["step"] for r in expected_samples]  # none repeated
         assert [r["keys"] for r in got] == [r["keys"] for r in expected_samples]
         assert [r["loss"] for r in got] == [r["loss"] for r in expected_samples]
+    a = load_file(tmp_path / "straight" / "export" / "model.safetensors")
+    b = load_file(resumed_dir / "export" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # the model's training time: the crashed launch's up to the step-4 checkpoint, then the resumed one's
+    summary = json.loads((resumed_dir / "summary.json").read_text())
+    assert at_4["wall_time_s"] > 0 and summary["wall_time_s"] > 0
+    assert summary["run_wall_time_s"] == pytest.approx(at_4["wall_time_s"] + summary["wall_time_s"])
 
 
 @pytest.mark.slow
