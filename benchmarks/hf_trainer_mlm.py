@@ -34,9 +34,8 @@ from pretrain.data import TokenLayout
 from pretrain.model import bert_config_from_preset
 
 PRECISIONS = ("bf16", "fp32")
-PIECE_DONE = (
-    75  # exit status of a launch that stopped at --stop-after-s with the run unfinished (EX_TEMPFAIL)
-)
+# Exit status of a launch that stopped at --stop-after-s with the run unfinished (EX_TEMPFAIL).
+PIECE_DONE = 75
 
 
 def token_sequences(data_dir: str, manifest: dict, split: str, layout: TokenLayout) -> list[list[int]]:

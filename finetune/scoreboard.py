@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from data_prep.atomic import write_json_atomic, write_text_atomic
+from pretrain.model_card import training_time
 
 REPORT_FORMAT = "bert-finetune-suite/1"
 RANDOM_SUFFIX = " (random init)"
@@ -46,10 +47,10 @@ def pretraining_cost(model_dir: Path) -> str:
     except (OSError, ValueError):
         return "not recorded"
     run = record.get("run") or {}
-    tokens, steps, wall = (
+    tokens, steps, (wall, _) = (
         record.get("tokens") or run.get("tokens"),
         record.get("step"),
-        run.get("run_wall_time_s", run.get("wall_time_s")),
+        training_time(run),
     )
     parts = []
     if tokens:

@@ -163,12 +163,17 @@ def _data(manifest: dict[str, Any], report: dict[str, Any], run_cfg: dict[str, A
     ]
 
 
+def training_time(run: dict[str, Any]) -> tuple[float | None, str]:
+    """The pretraining's wall seconds from a run summary and what they cover: every launch
+    (``run_wall_time_s``), or, in summaries written before it existed, the last launch only."""
+    if "run_wall_time_s" in run:
+        return run["run_wall_time_s"], "all launches"
+    return run.get("wall_time_s"), "the last launch"
+
+
 def _training(record: dict[str, Any], run: dict[str, Any], run_cfg: dict[str, Any]) -> list[str]:
-    optimizer, schedule, wall = (
-        run_cfg.get("optimizer", {}),
-        run_cfg.get("schedule", {}),
-        run.get("run_wall_time_s", run.get("wall_time_s")),
-    )
+    optimizer, schedule = run_cfg.get("optimizer", {}), run_cfg.get("schedule", {})
+    wall, covers = training_time(run)
     return [
         "## Training",
         "",
@@ -179,7 +184,7 @@ def _training(record: dict[str, Any], run: dict[str, Any], run_cfg: dict[str, An
         f"{schedule.get('decay', '?')} decay",
         f"- precision {run.get('precision', run_cfg.get('precision', '?'))}, ZeRO stage {run.get('zero_stage', run_cfg.get('zero_stage', '?'))}",
         f"- hardware: {run.get('world_size', '?')} x {run.get('hardware', NOT_RECORDED)}",
-        f"- time: {f'{wall / 60:.1f} minutes' if wall is not None else NOT_RECORDED} (the last launch)",
+        f"- time: {f'{wall / 60:.1f} minutes' if wall is not None else NOT_RECORDED} ({covers})",
         "",
     ]
 

@@ -37,6 +37,7 @@ def test_continued_run_starts_where_the_source_ended(tmp_path, data_dir):
     assert card.startswith("---\n") and "pipeline_tag: fill-mask" in card
     tokens = metrics(tmp_path / "source")[-1]["tokens"]
     assert f"6 optimizer steps, {tokens:,} tokens seen" in card and "hardware: 1 x " in card
+    assert " minutes (all launches)" in card  # run_wall_time_s: every launch's training time
     assert f"MLM accuracy {last['mlm_acc']:.4f}" in card and f"NSP accuracy {last['nsp_acc']:.4f}" in card
     assert "training examples: 96," in card and "AutoModelForPreTraining.from_pretrained" in card
     assert f"continuing from `{export}`" in (tmp_path / "continued" / "export" / "README.md").read_text()
