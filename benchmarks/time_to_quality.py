@@ -61,13 +61,11 @@ def _save_every(args: argparse.Namespace) -> int:
     return max(1, args.steps // args.checkpoints)
 
 
-def _timed_launch(command: list[str], work: Path, what: str, timeout_s: float) -> tuple[float, float]:
-    """Run one side's launch (output in ``work/launch.log``); its start and end wall-clock times."""
+def _timed_launch(command: list[str], log: Path, timeout_s: float) -> tuple[int, float, float]:
+    """Run one launch of a side (output in ``log``): its exit status, start and end wall-clock times."""
     started = time.time()
-    code = launch(command, work / "launch.log", timeout_s)
-    if code != 0:
-        raise RuntimeError(f"{what} failed: {last_line(work / 'launch.log')}")
-    return started, time.time()
+    code = launch(command, log, timeout_s)
+    return code, started, time.time()
 
 
 def _our_command(args: argparse.Namespace, seed: int, run_dir: Path, seq_len: int) -> list[str]:
@@ -108,7 +106,9 @@ def run_ours(args: argparse.Namespace, seed: int, work: Path, seq_len: int) -> d
 
     run_dir = work / "run"
     command = _our_command(args, seed, run_dir, seq_len)
-    started, finished = _timed_launch(command, work, f"this project's run (seed {seed})", args.timeout_s)
+    code, started, finished = _timed_launch(command, work / "launch.log", args.timeout_s)
+    if code != 0:
+        raise RuntimeError(f"this project's run (seed {seed}) failed: {last_line(work / 'launch.log')}")
     summary = json.loads((run_dir / "summary.json").read_text())
     checkpoints = []
     for tag in complete_tags(run_dir / "checkpoints"):
@@ -145,9 +145,8 @@ def run_hf(args: argparse.Namespace, seed: int, work: Path) -> dict[str, Any] | 
     launches_path = work / "launches.json"
     pieces = json.loads(launches_path.read_text()) if launches_path.is_file() else []
     log = work / f"launch-{len(pieces) + 1}.log"
-    started = time.time()
-    code = launch(command, log, args.timeout_s)
-    pieces.append({"started": started, "finished": time.time()})
+    code, started, finished = _timed_launch(command, log, args.timeout_s)
+    pieces.append({"started": started, "finished": finished})
     # on record even when it failed: its time was spent, and its checkpoints are resumed from
     launches_path.write_text(json.dumps(pieces, indent=2) + "\n")
     if code not in (0, PIECE_DONE):

@@ -787,7 +787,7 @@ def _data_position(run: Run) -> dict[str, Any]:
     }
 
 
-def _log_train(run: Run, window: Window, run_started: float, steps_this_launch: int) -> None:
+def _log_train(run: Run, window: Window, steps_this_launch: int) -> None:
     """One row: the window's sums over all ranks in one collective, read in one host sync."""
     engine, progress = run.engine, run.progress
     counts = [
@@ -834,7 +834,7 @@ def _log_train(run: Run, window: Window, run_started: float, steps_this_launch: 
         row["skipped_samples"] = int(skipped)
     if retries:
         row["fetch_retries"] = int(retries)  # transient fetch failures retried, all ranks, this launch
-    per_step = (time.perf_counter() - run_started) / max(1, steps_this_launch)
+    per_step = (time.perf_counter() - progress.loop_started) / max(1, steps_this_launch)
     run.log.train(row, eta_s=per_step * (run.cfg.max_steps - progress.step))
 
 
@@ -856,8 +856,8 @@ def train(cfg: PretrainConfig) -> dict[str, Any]:
         evaluate(run)
     batches = iter(training_loader(run))
     samples_log = _open_samples_log(run)
-    window, started, start_step, last_eval = Window(), time.perf_counter(), progress.step, None
-    progress.loop_started = started
+    window, start_step, last_eval = Window(), progress.step, None
+    progress.loop_started = time.perf_counter()
     overflows_in_a_row = 0
     while progress.step < cfg.max_steps:
         for batch, out in optimizer_step(run, batches):
@@ -884,13 +884,13 @@ def train(cfg: PretrainConfig) -> dict[str, Any]:
         crash_point(f"step:{progress.step}")
         last = progress.step == cfg.max_steps
         if progress.step % cfg.log_every == 0 or last:
-            _log_train(run, window, started, progress.step - start_step)
+            _log_train(run, window, progress.step - start_step)
             window = Window()
         if progress.step % cfg.eval_every == 0 or last:
             last_eval = evaluate(run) or last_eval
         if progress.step % cfg.save_every == 0 or last:
             save(run)
-    return finish(run, last_eval, started, start_step)
+    return finish(run, last_eval, start_step)
 
 
 def training_loader(run: Run):
@@ -913,14 +913,14 @@ def training_loader(run: Run):
     return train_loader(run.stream, cfg.loader.workers, cfg.loader.prefetch_batches)
 
 
-def finish(run: Run, last_eval: dict[str, float] | None, started: float, start_step: int) -> dict[str, Any]:
+def finish(run: Run, last_eval: dict[str, float] | None, start_step: int) -> dict[str, Any]:
     """Summary, loss curve and export (rank 0), after the last checkpoint is complete.
 
     The summary's sums are the last collective: the export (minutes for a large model on a slow
     filesystem) runs on rank 0 after it, while the other ranks leave, so nobody waits on it in a
     collective with a short timeout.
     """
-    elapsed = time.perf_counter() - started
+    elapsed = time.perf_counter() - run.progress.loop_started
     tokens, skipped = reduce_sum([run.progress.mine.local_tokens, run.progress.mine.skipped])
     checkpoint.wait_for_pruning()
     rows = read_metrics(run.run_dir) if run.dist.is_main else []
