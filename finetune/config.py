@@ -48,6 +48,10 @@ class TokenFilesConfig(Section):
     """JSONL token files: the field holding the list of words."""
     tags_field: str = "tags"
     """JSONL token files: the field holding the list of tags, one per word."""
+    tag_scheme: Literal["auto", "bio", "iobes", "bmes", "bilou"] = "auto"
+    """How the tags mark entity spans (finetune/tag_schemes.py): bio (B-/I-), iobes (B-/I-/E-/S-),
+    bmes (B-/M-/E-/S-) or bilou (B-/I-/L-/U-); auto: found from the training tags. Entity F1 is
+    scored, and served spans read, with the scheme's own rules."""
 
 
 class LoraConfig(Section):

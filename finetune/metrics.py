@@ -16,6 +16,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from finetune.tag_schemes import seqeval_inputs
+
 
 def confusion_matrix(gold: np.ndarray, predicted: np.ndarray, num_classes: int) -> np.ndarray:
     """[num_classes, num_classes] counts; entry [g, p] = rows of gold class g predicted as p."""
@@ -102,14 +104,16 @@ def regression_report(gold: np.ndarray, predicted: np.ndarray) -> dict:
     }
 
 
-def entity_report(gold: list[list[str]], predicted: list[list[str]]) -> dict:
+def entity_report(gold: list[list[str]], predicted: list[list[str]], scheme: str = "bio") -> dict:
     """Entity-level precision/recall/F1 (exact type and span), per type and micro-averaged, by seqeval
-    in its default mode, which follows conlleval (an I- tag after O or another type opens an
-    entity); plus word-level tag accuracy."""
+    with the spans of the tags' scheme (finetune/tag_schemes.py: bio by conlleval's rules, the others
+    strictly); plus word-level tag accuracy."""
     from seqeval.metrics import accuracy_score
     from seqeval.metrics import classification_report as seqeval_report
 
-    per_type = seqeval_report(gold, predicted, output_dict=True, zero_division=0)
+    accuracy = float(accuracy_score(gold, predicted))
+    gold, predicted, rules = seqeval_inputs(gold, predicted, scheme)
+    per_type = seqeval_report(gold, predicted, output_dict=True, zero_division=0, **rules)
     micro = per_type.pop("micro avg")
     for average in ("macro avg", "weighted avg"):
         per_type.pop(average, None)
@@ -120,7 +124,7 @@ def entity_report(gold: list[list[str]], predicted: list[list[str]]) -> dict:
         "recall": float(micro["recall"]),
         "f1": float(micro["f1-score"]),
         "entities": int(micro["support"]),
-        "accuracy": float(accuracy_score(gold, predicted)),
+        "accuracy": accuracy,
         "per_type": {
             name: {
                 "precision": float(scores["precision"]),

@@ -62,6 +62,7 @@ from finetune.outputs import (
     write_predictions,
     write_regression_predictions,
 )
+from finetune.tag_schemes import detect_scheme
 from finetune.tokens import (
     IGNORE,
     TokenTable,
@@ -102,6 +103,7 @@ class Job:
     notes: list[str]  # one-line facts for the console: rows per split, dropped rows, what was loaded
     total_steps: int = 0
     augmented: dict | None = None  # rows added per augmentation method
+    tag_scheme: str | None = None  # token_classification: bio, iobes, bmes or bilou (finetune/tag_schemes.py)
 
     def finetune_info(self, summary: dict | None = None) -> dict:
         """model/finetune.json (README, "The fine-tune dir")."""
@@ -123,6 +125,7 @@ class Job:
             "init": config.init,
             "method": config.method,
             "merged": config.method == "full" or config.merge,
+            "tag_scheme": self.tag_scheme,
             "summary": summary,
         }
 
@@ -251,6 +254,10 @@ def setup(config: FinetuneConfig) -> Job:
     """
     base = check_base_dir(config.model, need_weights=config.init == "pretrained")
     tables = read_splits(config)
+    tag_scheme = None
+    if config.task == "token_classification":  # before any other tag check: a set of no scheme is the error
+        train_tags = {tag for sentence in tables["train"].tags for tag in sentence}
+        tag_scheme = detect_scheme(train_tags, tables["train"].source, config.tokens.tag_scheme)
     vocabulary, class_names = _labels_of(config, tables)
     unit = "sentences" if config.task == "token_classification" else "rows"
     notes = [
@@ -258,6 +265,9 @@ def setup(config: FinetuneConfig) -> Job:
         + (f", {table.dropped_empty} empty rows dropped" if getattr(table, "dropped_empty", 0) else "")
         for name, table in tables.items()
     ]
+    if tag_scheme:
+        found = "tokens.tag_scheme" if config.tokens.tag_scheme != "auto" else "found in the training tags"
+        notes.append(f"tags: {tag_scheme} scheme ({found}), entity spans read by its rules")
     if config.max_train_samples and config.max_train_samples < len(tables["train"]):
         # Subsample after the split so that valid/test are the same as in the full run.
         chosen = np.random.default_rng([config.seed, SUBSAMPLE_STREAM]).choice(
@@ -302,6 +312,7 @@ def setup(config: FinetuneConfig) -> Job:
         notes=notes,
         total_steps=total_steps,
         augmented=augmented,
+        tag_scheme=tag_scheme,
     )
 
 
@@ -376,7 +387,9 @@ def evaluate(model, split: Split, job: Job, place: Place) -> tuple[dict, np.ndar
         report["loss"] = report["mse"]
     elif config.task == "token_classification":
         report = entity_report(
-            split.table.tags, word_predictions(split.table, split.data, outputs, job.class_names)
+            split.table.tags,
+            word_predictions(split.table, split.data, outputs, job.class_names),
+            job.tag_scheme,
         )
         gold = [
             probs[position, label]

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from finetune import InputError
 from finetune.model import check_base_dir, first_line, load_tokenizer
+from finetune.tag_schemes import detect_scheme, entity_spans
 from finetune.tokens import join_words, split_words
 
 TASKS = ("sequence_classification", "regression", "token_classification")
@@ -38,6 +39,7 @@ class ModelInfo:
     method: str | None = None  # full | lora | adalora
     merged: bool | None = None
     summary: dict = field(default_factory=dict)
+    tag_scheme: str | None = None  # token_classification: how labels mark spans; None: found from labels
     source: str = "finetune.json"  # or "inferred": how the fields above were found
 
     def as_dict(self) -> dict:
@@ -215,6 +217,9 @@ class Predictor:
             )
         if not self.info.labels and self.info.task != "regression":
             self.info.labels = [str(model.config.id2label[i]) for i in range(model.config.num_labels)]
+        if self.info.task == "token_classification" and self.info.tag_scheme is None:
+            # Fine-tunes older than finetune.json's tag_scheme: their labels are the training tags.
+            self.info.tag_scheme = detect_scheme(self.info.labels, f"model dir {str(model_dir)!r}'s labels")
 
     def metadata(self) -> dict:
         return {
@@ -282,8 +287,6 @@ class Predictor:
 
     def _tagging(self, words: list[str], word_ids: list[int | None], rows) -> dict:
         """Each word gets the label of its first sub-token; words cut off by max_len get "O"."""
-        from seqeval.metrics.sequence_labeling import get_entities
-
         labels, scores = ["O"] * len(words), [None] * len(words)
         seen = set()
         for position, word in enumerate(word_ids):
@@ -293,8 +296,8 @@ class Predictor:
             best = int(rows[position].argmax())
             labels[word], scores[word] = self.info.labels[best], float(rows[position][best])
         spans = [
-            {"label": kind, "start": start, "end": end + 1, "text": join_words(words[start : end + 1])}
-            for kind, start, end in get_entities(labels)
+            {"label": kind, "start": start, "end": end, "text": join_words(words[start:end])}
+            for kind, start, end in entity_spans(labels, self.info.tag_scheme)
         ]
         return {
             "tokens": words,

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from test_finetune import BAD, FILLER, GOOD, SHARED_DATA, SPECIAL, base, build_tokenizer, sentence, write  # noqa: F401
+from test_tag_schemes import write_tags
 
 from benchmarks.synthetic_shards import local_bert_tokenizer
 from data_prep.typed_config import ConfigError, load_config
@@ -163,6 +164,10 @@ def test_pairs_truncate_the_longer_side_first():
             "train_file '{tmp}/scores.tsv' line 3: label 'high' is not a number; task=regression",
         ),
         (
+            "mixed schemes",
+            "train_file '{tmp}/train.txt' mixes the tag prefixes of different schemes (B, I, M): none of",
+        ),
+        (
             "jsonl lengths",
             "train_file '{tmp}/train.jsonl' line 1 has 2 tokens but 1 tags; give one tag per word",
         ),
@@ -181,6 +186,13 @@ def test_bad_task_input_is_one_line_naming_file_and_line(base, tmp_path, case, m
             task="token_classification",
             train_file=write(tmp_path / "train.txt", ner),
             valid_file=write(tmp_path / "valid.txt", "good1 B-PER\nbad1 B-XYZ\n"),
+        )
+    elif case == "mixed schemes":
+        values.update(
+            task="token_classification",
+            train_file=write(tmp_path / "train.txt", "good1 B-PER\ngood2 M-PER\n\nbad1 B-LOC\nbad2 I-LOC\n"),
+            valid_file=write(tmp_path / "valid.txt", "good1 B-PER\n"),
+            test_file=write(tmp_path / "test.txt", "good1 B-PER\n"),
         )
     elif case == "no pair column":
         values.update(
@@ -217,32 +229,43 @@ def test_config_refuses_a_metric_of_another_task():
 # ---- end to end -------------------------------------------------------------------------------
 
 
-def ner_sentences(rng: random.Random, count: int) -> list[tuple[list[str], list[str]]]:
-    """good* words are one-word PER entities, bad* words one-word LOC, filler O."""
+def ner_sentences(rng: random.Random, count: int, scheme: str) -> list[tuple[list[str], list[str]]]:
+    """Entities are runs of 1-3 good* words (PER) or bad* words (LOC) between filler words, tagged
+    in ``scheme``; a word's number says its part (0-4 first, 5-9 inside, 10-14 last, 15-19 alone),
+    so that the test's tiny model learns the spans in a few epochs."""
     sentences = []
     for _ in range(count):
-        words = [
-            rng.choice(GOOD if kind < 0.2 else BAD if kind < 0.35 else FILLER)
-            for kind in (rng.random() for _ in range(rng.randint(4, 12)))
-        ]
-        tags = ["B-PER" if word in GOOD else "B-LOC" if word in BAD else "O" for word in words]
-        sentences.append((words, tags))
+        words: list[str] = []
+        spans = []
+        for _ in range(rng.randint(2, 5)):
+            words.extend(rng.choice(FILLER) for _ in range(rng.randint(1, 2)))
+            kind = rng.random()
+            if kind < 0.6:
+                pool, label = (GOOD, "PER") if kind < 0.35 else (BAD, "LOC")
+                length = rng.randint(1, 3)
+                parts = [3] if length == 1 else [0, *[1] * (length - 2), 2]
+                spans.append((label, len(words), len(words) + length))
+                words.extend(rng.choice(pool[5 * part : 5 * part + 5]) for part in parts)
+        sentences.append((words, write_tags(len(words), spans, scheme)))
     return sentences
 
 
-def write_conll(path: Path, sentences) -> Path:
+def write_conll(path: Path, sentences, line_end: str = "\n") -> Path:
     blocks = ["\n".join(f"{w} {t}" for w, t in zip(words, tags)) for words, tags in sentences]
-    return write(path, "-DOCSTART- O\n\n" + "\n\n".join(blocks) + "\n")
+    text = "-DOCSTART- O\n\n" + "\n\n".join(blocks) + "\n"
+    path.write_bytes(text.replace("\n", line_end).encode())
+    return path
 
 
 def test_token_classification_end_to_end(base, tmp_path):  # noqa: F811
+    """A Chinese-style set as distributed: BMES tags, CRLF line ends; scored and written in BMES."""
     rng = random.Random(3)
-    train = write_conll(tmp_path / "train.txt", ner_sentences(rng, 300))
-    valid = write_conll(tmp_path / "valid.txt", ner_sentences(rng, 60))
-    test_sentences = ner_sentences(rng, 60) + [
-        (["good1", "the1"] * 10, ["B-PER", "O"] * 10)
+    train = write_conll(tmp_path / "train.txt", ner_sentences(rng, 300, "bmes"), "\r\n")
+    valid = write_conll(tmp_path / "valid.txt", ner_sentences(rng, 60, "bmes"), "\r\n")
+    test_sentences = ner_sentences(rng, 60, "bmes") + [
+        (["good16", "the1"] * 10, ["S-PER", "O"] * 10)
     ]  # needs 2 windows
-    test = write_conll(tmp_path / "test.txt", test_sentences)
+    test = write_conll(tmp_path / "test.txt", test_sentences, "\r\n")
     out = tmp_path / "out"
     result = run(
         config(
@@ -263,8 +286,12 @@ def test_token_classification_end_to_end(base, tmp_path):  # noqa: F811
     assert len([block for block in lines if block.strip()]) == 61
     assert all(len(line.split()) == 3 for line in lines[0].splitlines())
     assert len(lines[60].splitlines()) == 20  # the long sentence comes back whole
+    rows = [line.split() for block in lines for line in block.splitlines()]
+    assert [row[1] for row in rows] == [tag for _, tags in test_sentences for tag in tags]
+    assert {row[2][:2] for row in rows} <= {"O", "B-", "M-", "E-", "S-"}  # written in the input's scheme
     info = json.loads((out / "model" / "finetune.json").read_text())
     assert info["task"] == "token_classification" and info["labels"][0] == "O" and info["merged"]
+    assert info["tag_scheme"] == "bmes"
     assert info["summary"]["test"]["f1"] == result["splits"]["test"]["f1"]
 
 

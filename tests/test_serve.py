@@ -13,6 +13,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest
 import torch
+from test_tag_schemes import write_tags
 
 from benchmarks.load_test import free_port, make_model_dir, request, start_server
 from finetune import InputError
@@ -134,13 +135,16 @@ def test_token_classification_labels_words_by_their_first_subtoken(models):
     assert predictor.predict([" ".join(words)])[0]["labels"] == result["labels"]
 
 
-def test_spans_follow_the_bio_labels(models):
+@pytest.mark.parametrize("scheme", ["bio", "bmes", "bilou"])
+def test_spans_follow_the_scheme_of_the_labels(models, scheme):
     predictor = Predictor(models["ner"], dtype="fp32")
+    assert predictor.info.tag_scheme == "bio"  # found from the labels: this finetune.json predates the key
     words = ["john", "smith", "lives", "in", "paris"]
-    rows = torch.full((8, len(NER_LABELS)), -10.0)
-    tags = ["B-PER", "I-PER", "O", "O", "B-LOC"]
+    tags = write_tags(len(words), [("PER", 0, 2), ("LOC", 4, 5)], scheme)
+    predictor.info.labels, predictor.info.tag_scheme = ["O", *sorted(set(tags) - {"O"})], scheme
+    rows = torch.full((8, len(predictor.info.labels)), -10.0)
     for position, tag in enumerate(tags, start=1):
-        rows[position, NER_LABELS.index(tag)] = 10.0
+        rows[position, predictor.info.labels.index(tag)] = 10.0
     word_ids = [None, 0, 1, 2, 3, 4, None, None]
     result = predictor._tagging(words, word_ids, torch.softmax(rows, -1).numpy())
     assert result["spans"] == [
