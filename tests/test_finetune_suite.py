@@ -79,7 +79,7 @@ def tiny_tasks(tmp_path_factory) -> dict[str, Path]:
 
 
 def test_every_shipped_task_file_loads_with_its_grid():
-    assert {"sst2", "conll2003", "rte", "chnsenticorp"} <= set(available())
+    assert {"sst2", "conll2003", "rte", "chnsenticorp", "people_daily_ner"} <= set(available())
     for name in available():
         task = load_task(name)
         assert task.points(), name
