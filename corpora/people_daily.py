@@ -29,6 +29,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from corpora.contamination import NearDupConfig, SentenceIndex, reduced_sentences
 from data_prep.atomic import write_json_atomic, write_text_atomic
 
 FILE = "199801.txt"
@@ -71,7 +72,7 @@ def read_articles(folder: Path) -> list[Article]:
     after_final = True
     for line in (folder / FILE).read_text(encoding="utf-8").splitlines():
         words = parse_line(line)
-        text = "".join(word for word, _ in words)
+        text = _text(words)
         if not text:
             continue
         headline = len(text) <= HEADLINE_CHARS and not text.endswith(FINAL)
@@ -90,8 +91,6 @@ def read_train_documents(folder: Path) -> Iterator[str]:
     paragraphs that repeat a sentence of a dev or test article (exactly or nearly, by the
     contamination check's own rules): the paper reprints credits (新华社记者周确摄), quotes and
     whole regulations across articles, and a held-out sentence must not be pretrained on."""
-    from corpora.contamination import NearDupConfig, SentenceIndex, reduced_sentences
-
     articles = read_articles(folder)
     index = SentenceIndex(NearDupConfig())
     held_out = [
