@@ -219,7 +219,11 @@ class Predictor:
             self.info.labels = [str(model.config.id2label[i]) for i in range(model.config.num_labels)]
         if self.info.task == "token_classification" and self.info.tag_scheme is None:
             # Fine-tunes older than finetune.json's tag_scheme: their labels are the training tags.
-            self.info.tag_scheme = detect_scheme(self.info.labels, f"model dir {str(model_dir)!r}'s labels")
+            # Labels of no scheme (LABEL_0...: a tagger from elsewhere) are served without spans.
+            try:
+                self.info.tag_scheme = detect_scheme(self.info.labels, "labels")
+            except InputError:
+                self.info.tag_scheme = None
 
     def metadata(self) -> dict:
         return {
@@ -295,9 +299,10 @@ class Predictor:
             seen.add(word)
             best = int(rows[position].argmax())
             labels[word], scores[word] = self.info.labels[best], float(rows[position][best])
+        scheme = self.info.tag_scheme
         spans = [
             {"label": kind, "start": start, "end": end, "text": join_words(words[start:end])}
-            for kind, start, end in entity_spans(labels, self.info.tag_scheme)
+            for kind, start, end in (entity_spans(labels, scheme) if scheme else [])
         ]
         return {
             "tokens": words,

@@ -153,6 +153,18 @@ def test_spans_follow_the_scheme_of_the_labels(models, scheme):
     ]
 
 
+def test_labels_of_no_scheme_are_served_without_spans(tmp_path):
+    """A tagger from elsewhere whose labels are LABEL_0, LABEL_1: its labels, no spans, no refusal."""
+    model_dir = make_model_dir(
+        tmp_path / "model", task="token_classification", labels=["LABEL_0", "LABEL_1"], vocabulary=NER_WORDS
+    )
+    predictor = Predictor(model_dir, dtype="fp32")
+    assert predictor.info.tag_scheme is None
+    [result] = predictor.predict([["john", "smith", "walks"]])
+    assert len(result["labels"]) == 3 and set(result["labels"]) <= {"LABEL_0", "LABEL_1"}
+    assert result["spans"] == []
+
+
 def test_a_model_dir_that_is_not_one_is_one_line(tmp_path):
     with pytest.raises(InputError, match=r"has no config.json"):
         Predictor(tmp_path)
