@@ -175,7 +175,6 @@ def save(
     barrier()  # nobody writes into the directory before it is clear
     try:
         engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state={"step": step}, save_latest=False)
-        crash_point(f"save:after_deepspeed:{step}")
         disk_error_point(f"save:{step}")
         own = {**asdict(rank_state), "torch_rng": torch.get_rng_state()}
         if get_accelerator().device_name() != "cpu":
