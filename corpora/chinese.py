@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from corpora.people_daily import read_train_documents
-from corpora.sources import DEBIAN, PYPI, Source
+from corpora.sources import DEBIAN, PYPI, Source, grouped
 
 MIN_HAN = 12  # a kept paragraph has at least this many Han characters...
 MIN_HAN_SHARE = 0.4  # ...making at least this share of its non-space characters
@@ -33,20 +33,6 @@ def is_chinese_prose(paragraph: str) -> bool:
     han = len(_HAN.findall(paragraph))
     visible = sum(not char.isspace() for char in paragraph)
     return han >= MIN_HAN and han >= MIN_HAN_SHARE * visible
-
-
-def grouped(paragraphs: Iterator[str], size: int = GROUP_CHARS) -> Iterator[str]:
-    """Consecutive paragraphs joined (blank line between) into documents of about ``size`` characters."""
-    group: list[str] = []
-    chars = 0
-    for paragraph in paragraphs:
-        group.append(paragraph)
-        chars += len(paragraph)
-        if chars >= size:
-            yield "\n\n".join(group)
-            group, chars = [], 0
-    if group:
-        yield "\n\n".join(group)
 
 
 # ------------------------------------------------------------------------- plain-text manuals
@@ -67,7 +53,7 @@ def _read_gzip_text(folder: Path, pattern: str) -> Iterator[str]:
         raise FileNotFoundError(2, "missing", str(folder / pattern))
     for path in paths:
         with gzip.open(path, "rt", encoding="utf-8", errors="replace") as handle:
-            yield from grouped(text_paragraphs(handle.read()))
+            yield from grouped(text_paragraphs(handle.read()), GROUP_CHARS)
 
 
 def read_debian_reference(folder: Path) -> Iterator[str]:

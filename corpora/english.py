@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from html.parser import HTMLParser
 from pathlib import Path
 
-from corpora.sources import DEBIAN, NPM, Source
+from corpora.sources import DEBIAN, NPM, Source, grouped
 
 GROUP = 24  # WordNet synsets per document: one gloss is ~60 characters, below data_prep's min_chars
 ENTRY_GROUP_CHARS = 3000  # GCIDE entries are joined into documents of about this many characters
@@ -212,18 +212,11 @@ def read_gcide(folder: Path) -> Iterator[str]:
         headword, offset, length = line.split("\t")[:3]
         if not headword.startswith("00-database"):
             spans.add((_base64_number(offset), _base64_number(length)))
-    group: list[str] = []
-    size = 0
-    for offset, length in sorted(spans):  # in file order; several headwords may share one entry
-        entry = gcide_entry(data[offset : offset + length].decode("utf-8", errors="replace"))
-        if entry:
-            group.append(entry)
-            size += len(entry)
-        if size >= ENTRY_GROUP_CHARS:
-            yield "\n\n".join(group)
-            group, size = [], 0
-    if group:
-        yield "\n\n".join(group)
+    entries = (  # in file order; several headwords may share one entry
+        gcide_entry(data[offset : offset + length].decode("utf-8", errors="replace"))
+        for offset, length in sorted(spans)
+    )
+    yield from grouped((entry for entry in entries if entry), ENTRY_GROUP_CHARS)
 
 
 # --------------------------------------------------------------------------- Python docs

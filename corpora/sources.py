@@ -12,7 +12,7 @@ import json
 import subprocess
 import sys
 import tarfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +41,21 @@ class Source:
     """Where the package puts the files the source reads, below the packages folder."""
     read: Callable[[Path], Iterator[str]]
     """Documents from that folder."""
+
+
+def grouped(texts: Iterable[str], size: int) -> Iterator[str]:
+    """Consecutive texts joined (a blank line between) into documents of about ``size`` characters:
+    sources whose natural units (dictionary entries, manual paragraphs) are shorter than a document."""
+    group: list[str] = []
+    chars = 0
+    for text in texts:
+        group.append(text)
+        chars += len(text)
+        if chars >= size:
+            yield "\n\n".join(group)
+            group, chars = [], 0
+    if group:
+        yield "\n\n".join(group)
 
 
 def install(sources: tuple[Source, ...], packages: Path) -> None:
