@@ -1,6 +1,8 @@
 """The throughput benchmark: generated shards, per-step FLOP accounting, rate summaries, and the
 sweep end to end on the tiny model."""
 
+import contextlib
+import io
 import json
 from pathlib import Path
 
@@ -169,35 +171,26 @@ def test_loader_rate_counts_what_the_loader_delivered_after_the_first_batch(tmp_
     assert rate == pytest.approx(sum(timed) / 2.0)
 
 
+@pytest.fixture(scope="module")
+def gpu_check_dry_run(tmp_path_factory):
+    """``python -m benchmarks.gpu_check --dry-run``, once: its out dir and what it printed. Its sweep
+    (tiny, seq 32, bf16, ZeRO-0, one rank, micro batch 4, the baseline beside it) is the sweep test's
+    too: a sweep is seconds of launches, and this one goes through run_sweep as any other."""
+    from benchmarks import gpu_check
+
+    out = tmp_path_factory.mktemp("gpu-check")
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        gpu_check.main(["--dry-run", "--out", str(out)])
+    return out, printed.getvalue()
+
+
 @pytest.mark.slow
-def test_sweep_on_tiny_model_writes_valid_results(tmp_path, capsys):
-    main(
-        [
-            "--model",
-            "tiny",
-            "--seq-len",
-            str(SEQ_LEN),
-            "--batch-sizes",
-            "4",  # one point: a point's launch is what costs, and each is checked alike
-            "--vocab-size",
-            str(VOCAB),
-            "--precision",
-            "bf16",
-            "--zero-stage",
-            "0",
-            "--ranks",
-            "1",
-            "--warmup-steps",
-            "1",
-            "--steps",
-            "2",
-            "--baseline",
-            "--out",
-            str(tmp_path),
-        ]
-    )
-    assert len(capsys.readouterr().out.splitlines()) >= 4  # header, one line per point, loader, files
-    (json_path,) = tmp_path.glob("*.json")
+def test_sweep_on_tiny_model_writes_valid_results(gpu_check_dry_run):
+    out, printed = gpu_check_dry_run
+    (json_path,) = out.glob("*gpu-check-blockwise-ce.json")
+    # one line per point, the loader's, the files'
+    assert "micro batch    4 |" in printed and "loader alone:" in printed and f"wrote {json_path}" in printed
     assert json_path.with_suffix(".md").is_file() and json_path.with_suffix(".png").stat().st_size > 0
     result = json.loads(json_path.read_text())
     for key in (
@@ -217,7 +210,7 @@ def test_sweep_on_tiny_model_writes_valid_results(tmp_path, capsys):
         result["precision"],
         result["zero_stage"],
         result["ranks"],
-    ) == ("tiny", SEQ_LEN, "bf16", 0, 1)
+    ) == ("tiny", 32, "bf16", 0, 1)
     assert result["peak_flops"] == max(probe["flops_per_s"] for probe in result["gemm_probes"]) > 1e9
     assert len(result["gemm_probes"]) == 2 and result["loader_samples_per_s"] > 0  # probed before and after
     assert [point["micro_batch_size"] for point in result["points"]] == [4]
@@ -269,13 +262,11 @@ def test_a_failed_point_is_recorded_and_ends_the_sweep(tmp_path):
 
 
 @pytest.mark.slow
-def test_gpu_check_dry_run_runs_every_stage_on_a_cpu(tmp_path, capsys):
-    from benchmarks import gpu_check
+def test_gpu_check_dry_run_runs_every_stage_on_a_cpu(gpu_check_dry_run):
     from pretrain.distributed import precision_problem
 
-    gpu_check.main(["--dry-run", "--out", str(tmp_path)])
-    printed = capsys.readouterr().out
-    (report,) = tmp_path.glob("*-gpu-check-dry-run.json")
+    out, printed = gpu_check_dry_run
+    (report,) = out.glob("*-gpu-check-dry-run.json")
     rows = json.loads(report.read_text())["rows"]
     assert {row["check"] for row in rows} == {"environment", "tests", "pretrain", "sweep", "loader"}
     by_configuration = {row["configuration"]: row for row in rows}
@@ -293,4 +284,4 @@ def test_gpu_check_dry_run_runs_every_stage_on_a_cpu(tmp_path, capsys):
     assert "MFU" in sweep["detail"] and "baseline" in sweep["detail"]
     assert all(row["status"] in ("ok", "skipped") for row in rows), rows
     assert "| check | configuration | status | numbers |" in printed  # the one table
-    assert len(list(tmp_path.glob("*gpu-check-blockwise-ce.json"))) == 1  # each sweep's own report
+    assert len(list(out.glob("*gpu-check-blockwise-ce.json"))) == 1  # each sweep's own report

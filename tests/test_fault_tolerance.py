@@ -8,8 +8,6 @@ import re
 import resource
 import shutil
 import signal
-import subprocess
-import sys
 import time
 
 import numpy as np
@@ -214,13 +212,9 @@ def test_persistent_nan_stops_cleanly_with_the_last_good_checkpoint(tmp_path, da
     assert result.returncode == 1
     assert any("NaN/inf for 3 consecutive micro-steps at step 6" in line for line in _error_lines(result))
     assert _latest(run_dir) == "step00000004"
-    export = subprocess.run(
-        [sys.executable, "-m", "pretrain.export", str(run_dir), "--out", str(tmp_path / "x")],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-    )
-    assert export.returncode == 0, export.stderr
+    from pretrain.export import main as export_cli  # in-process: the launch is seconds of imports
+
+    export_cli([str(run_dir), "--out", str(tmp_path / "x")])
     assert json.loads((tmp_path / "x" / "training_summary.json").read_text())["step"] == 4
 
 
