@@ -38,6 +38,15 @@ def _prefix(tag: str) -> str | None:
     return prefix if dash and len(prefix) == 1 and kind else None
 
 
+def scheme_of(tags: Collection[str]) -> str | None:
+    """The first of SCHEMES whose prefixes hold every entity tag, or None when none does (a tag
+    that is not PREFIX-TYPE, or prefixes of different schemes)."""
+    if any(tag != OUTSIDE and _prefix(tag) is None for tag in tags):
+        return None
+    prefixes = {_prefix(tag) for tag in tags if tag != OUTSIDE}
+    return next((name for name, allowed in SCHEMES.items() if prefixes <= allowed), None)
+
+
 def detect_scheme(tags: Collection[str], source: str, given: str = "auto") -> str:
     """The scheme of a training tag set: ``given`` when it is not "auto" (after checking that the
     tags fit it), else the first of SCHEMES holding every prefix. Anything else is refused in one
@@ -49,7 +58,6 @@ def detect_scheme(tags: Collection[str], source: str, given: str = "auto") -> st
             f"entity tags look like B-PER, I-PER (bio), B/M/E/S-PER (bmes), B/I/E/S-PER (iobes) or "
             f"B/I/L/U-PER (bilou)"
         )
-    prefixes = {_prefix(tag) for tag in tags if tag != OUTSIDE}
     if given != "auto":
         stray = sorted(tag for tag in tags if tag != OUTSIDE and _prefix(tag) not in SCHEMES[given])
         if stray:
@@ -59,9 +67,10 @@ def detect_scheme(tags: Collection[str], source: str, given: str = "auto") -> st
                 f"fix the tags or set tokens.tag_scheme=auto"
             )
         return given
-    for name, allowed in SCHEMES.items():
-        if prefixes <= allowed:
-            return name
+    found = scheme_of(tags)
+    if found:
+        return found
+    prefixes = {_prefix(tag) for tag in tags if tag != OUTSIDE}
     raise InputError(
         f"{source} mixes the tag prefixes of different schemes ({', '.join(sorted(prefixes))}): "
         f"none of bio (B/I), iobes (B/I/E/S), bmes (B/M/E/S), bilou (B/I/L/U) holds them all; "

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from finetune import InputError
 from finetune.model import check_base_dir, first_line, load_tokenizer
-from finetune.tag_schemes import detect_scheme, entity_spans
+from finetune.tag_schemes import entity_spans, scheme_of
 from finetune.tokens import join_words, split_words
 
 TASKS = ("sequence_classification", "regression", "token_classification")
@@ -220,10 +220,7 @@ class Predictor:
         if self.info.task == "token_classification" and self.info.tag_scheme is None:
             # Fine-tunes older than finetune.json's tag_scheme: their labels are the training tags.
             # Labels of no scheme (LABEL_0...: a tagger from elsewhere) are served without spans.
-            try:
-                self.info.tag_scheme = detect_scheme(self.info.labels, "labels")
-            except InputError:
-                self.info.tag_scheme = None
+            self.info.tag_scheme = scheme_of(self.info.labels)
 
     def metadata(self) -> dict:
         return {

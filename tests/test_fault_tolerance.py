@@ -118,7 +118,7 @@ def test_skip_budget_skips_counts_and_then_stops(tmp_path, data_dir):
     # A smaller budget: the stream's first batch is the error the trainer stops on, in one line (the
     # launch path of a data error: test_a_shard_only_rank_0_reads_stops_both_ranks_each_with_one_line).
     beyond = train_stream(broken, seed=1234, micro_batch_size=8, skip_budget=40)
-    first = next(iter(beyond.batches()))
+    first = next(beyond.batches())
     assert "exceed the skip_bad_samples budget (40)" in first["error"] and victim.name in first["error"]
 
 
