@@ -94,6 +94,11 @@ class TokenizerConfig(Section):
     cleaning leaves it), for corpora that keep full-width punctuation distinct."""
     byte_fallback: bool = True
     """Spell uncovered characters as UTF-8 byte pieces instead of [UNK]."""
+    split_ideographs: bool = False
+    """Every Han (CJK ideograph) character a piece of its own, as in Google's Chinese BERT: the
+    vocabulary then holds no multi-character Han pieces (nor a Han piece with the word-start mark),
+    so the running text of pretraining and a character-per-line NER set meet the same pieces.
+    Latin and other scripts still get subwords; the text itself is not changed (no spaces added)."""
     sample_sentences: int = Field(1_000_000, ge=1)
     """Train on at most this many sentences, a uniform sample of the kept documents."""
     num_threads: int = Field(2, ge=1, le=256)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -30,6 +31,11 @@ HF_TOKENIZER_FILE = "tokenizer.json"
 SPECIAL_NAMES = ("pad", "unk", "cls", "sep", "mask")  # in the order of manifest.SPECIAL_TOKENS
 CONTROL_SCORE = -1e9
 NORMALIZATION_RULES = {"nfkc": "nmt_nfkc", "none": "identity"}  # tokenizer.normalization -> SentencePiece's
+# tokenizer.split_ideographs: the trainer's pretokenization delimiter goes around every ideograph of
+# the training sentences (a private-use character: NFKC leaves it alone and text hardly holds it),
+# so no piece can span two of them or join one to the word-start mark.
+IDEOGRAPH_DELIMITER = "\ue000"
+_IDEOGRAPH = re.compile("([\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003ffff])")
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".onnx", ".gguf")
 
 
@@ -55,6 +61,11 @@ def train_sentencepiece(sentences: Iterable[str], config: TokenizerConfig, seed:
 
     model = io.BytesIO()
     spm.set_random_generator_seed(seed)
+    split = {}
+    if config.split_ideographs:
+        marked = rf"{IDEOGRAPH_DELIMITER}\1{IDEOGRAPH_DELIMITER}"
+        sentences = (_IDEOGRAPH.sub(marked, sentence) for sentence in sentences)
+        split = {"pretokenization_delimiter": IDEOGRAPH_DELIMITER}
     try:
         spm.SentencePieceTrainer.train(
             sentence_iterator=iter(sentences),
@@ -78,6 +89,7 @@ def train_sentencepiece(sentences: Iterable[str], config: TokenizerConfig, seed:
             shuffle_input_sentence=False,
             num_threads=config.num_threads,
             minloglevel=2,
+            **split,
         )
     except RuntimeError as err:
         first = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__

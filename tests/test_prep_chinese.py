@@ -180,6 +180,38 @@ def test_normalization_none_keeps_full_width_punctuation(tmp_path):
         assert hf.decode(hf(sentence)["input_ids"], skip_special_tokens=True) == sentence
 
 
+def test_split_ideographs_makes_every_han_character_a_piece_and_keeps_the_text(tmp_path):
+    """Without the option the vocabulary learns multi-character Han words (the check can fail); with
+    it, none, and a Han character encodes alike in running text and alone, as a NER set has it."""
+    from transformers import AutoTokenizer
+
+    clean = CleanConfig(min_chars=1)
+    sentences = [
+        s for t in zh_texts(seed=6, docs=30) for s in split_sentences(clean_document(t, clean).paragraphs)
+    ]
+    han = re.compile(f"[{HAN}]")
+    for split, directory in ((False, tmp_path / "words"), (True, tmp_path / "characters")):
+        config = TokenizerConfig(vocab_size=2500, split_ideographs=split)
+        save_trained_tokenizer(train_sentencepiece(sentences, config, seed=1), directory, seq_len=64)
+        hf = AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
+        multi = [  # several Han characters, or one joined to the word-start mark
+            piece
+            for piece in hf.get_vocab()
+            if len(han.findall(piece)) > 1 or han.match(piece.lstrip("▁")) and piece[0] == "▁"
+        ]
+        if not split:
+            assert len(multi) > 100  # words of the generated text
+            continue
+        assert multi == []
+        text = "中国人民在北京 GPU 与 Python，全角ＡＢＣ𠀀"
+        pieces = hf.tokenize(text)
+        assert pieces[:8] == ["▁", "中", "国", "人", "民", "在", "北", "京"]
+        assert hf.decode(hf(text)["input_ids"], skip_special_tokens=True) == unicodedata.normalize(
+            "NFKC", text
+        )
+        assert [hf.tokenize(character) for character in "中国"] == [["▁", "中"], ["▁", "国"]]
+
+
 def test_finetuning_reads_and_truncates_chinese_like_any_text(zh_prepared, tmp_path):
     from transformers import AutoTokenizer
 
