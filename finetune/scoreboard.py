@@ -109,6 +109,12 @@ def summarize(rows: list[ModelRow], tasks: dict[str, str], records: list[dict]) 
                 "test": mean_std([r["test"][tasks[task]] for r in done]),
                 "failed": sum(r["status"] == "failed" for r in mine),
             }
+            typed = [r["per_type_f1"]["test"] for r in done if "per_type_f1" in r]
+            if typed:
+                cells[task]["test_f1_per_type"] = {
+                    kind: mean_std([scores[kind] for scores in typed if kind in scores])
+                    for kind in sorted({kind for scores in typed for kind in scores})
+                }
         table.append({"model": row.label, "init": row.init, "path": row.path, "cells": cells})
     differences = []
     for row in rows:
@@ -141,6 +147,29 @@ def _difference(stats: dict | None) -> str:
     if stats["low"] is None:
         return f"{stats['mean']:+.3f} (1 seed: no interval)"
     return f"{stats['mean']:+.3f} [{stats['low']:+.3f}, {stats['high']:+.3f}] ({stats['n']})"
+
+
+def _per_type_tables(report: dict) -> list[str]:
+    """For each entity task, test F1 per entity type: the micro F1 is dominated by the frequent types,
+    and a base's gain often shows in a rare one (ORG spans)."""
+    lines = []
+    for task in report["tasks"]:
+        cells = [entry["cells"][task].get("test_f1_per_type") for entry in report["summary"]["table"]]
+        kinds = sorted({kind for typed in cells if typed for kind in typed})
+        if not kinds:
+            continue
+        lines += [
+            "",
+            f"## {task}: test F1 per entity type",
+            "",
+            "| model | " + " | ".join(kinds) + " |",
+            "|" + " --- |" * (len(kinds) + 1),
+        ]
+        for row, typed in zip(report["models"], cells):
+            lines.append(
+                f"| {row['name']} | " + " | ".join(_cell((typed or {}).get(kind), 0) for kind in kinds) + " |"
+            )
+    return lines
 
 
 def render_markdown(report: dict) -> str:
@@ -189,6 +218,7 @@ def render_markdown(report: dict) -> str:
                 + " | ".join(_difference(entry["tasks"][task]) for task in tasks)
                 + " |"
             )
+    lines += _per_type_tables(report)
     lines += [
         "",
         "## Runs",

@@ -185,6 +185,11 @@ def execute(run: PlannedRun, out: Path, overrides: dict[str, Any], fingerprint: 
             dev=_numbers(result["splits"]["valid"]),
             test=_numbers(test),
         )
+        if "per_type" in test:  # entity tasks: F1 of each type, which the micro F1 hides
+            record["per_type_f1"] = {
+                split: {kind: scores["f1"] for kind, scores in report["per_type"].items()}
+                for split, report in (("dev", result["splits"]["valid"]), ("test", test))
+            }
     except Exception as err:  # noqa: BLE001 - a crashed run is a row of the table, the suite goes on
         record.update(status="failed", error=_error_line(err))
     record["wall_time_s"] = round(time.time() - started, 1)

@@ -303,6 +303,10 @@ def test_two_models_two_tasks_two_seeds_killed_and_resumed_with_failed_rows(base
     assert all("stars" in r["error"] for r in failed), failed[0]["error"]
     markdown = (out / "suite.md").read_text()
     assert "Partial" not in markdown and "2 failed" in markdown and "error:" in markdown
+    for record in (r for r in report["runs"] if r["task"] == "ner"):  # entity F1 per type, each split
+        assert set(record["per_type_f1"]["dev"]) == set(record["per_type_f1"]["test"]) == {"LOC", "PER"}
+    ner_table = markdown.split("## ner: test F1 per entity type")[1].split("##")[0]
+    assert "| model | LOC | PER |" in ner_table and ner_table.count(" ± ") == 4  # 2 rows x 2 types, 2 seeds
     assert (out / "suite.png").is_file()
 
 
