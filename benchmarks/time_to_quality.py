@@ -240,6 +240,21 @@ def time_to_reach(points: list[dict[str, Any]], target: float) -> float | None:
     return None
 
 
+def mean_curve(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The seeds' checkpoints averaged step by step (time and referee loss), at the steps every run
+    has: "mean of the seeds" as a curve, which reaches a target even where one seed alone does not."""
+    steps = set.intersection(*({point["step"] for point in run["checkpoints"]} for run in runs))
+    by_step = [{point["step"]: point for point in run["checkpoints"]} for run in runs]
+    return [
+        {
+            "step": step,
+            "at_s": statistics.fmean(points[step]["at_s"] for points in by_step),
+            "referee_loss": statistics.fmean(points[step]["referee_loss"] for points in by_step),
+        }
+        for step in sorted(steps)
+    ]
+
+
 def measure(
     args: argparse.Namespace, side: str, seed: int, referee: Referee, seq_len: int
 ) -> dict[str, Any] | None:
@@ -277,7 +292,8 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Per side the means and spreads; our time to the Trainer's final referee loss (its mean over seeds)."""
+    """Per side the means and spreads; our time to the Trainer's final referee loss (its mean over
+    seeds), per seed and on our seed-mean curve, and as a fraction of the Trainer's mean wall time."""
     sides: dict[str, Any] = {}
     for side in SIDES:
         mine = [run for run in runs if run["side"] == side]
@@ -294,11 +310,16 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
         }
     if "ours" in sides and "hf-trainer" in sides:
         target = sides["hf-trainer"]["final_referee_loss"][0]
-        reached = [time_to_reach(run["checkpoints"], target) for run in runs if run["side"] == "ours"]
+        ours = [run for run in runs if run["side"] == "ours"]
+        reached = [time_to_reach(run["checkpoints"], target) for run in ours]
         sides["ours"]["time_to_hf_final_loss_s"] = reached
+        hf_wall = sides["hf-trainer"]["wall_s"][0]
         if all(value is not None for value in reached):
-            mean = statistics.fmean(reached)
-            sides["ours"]["time_to_hf_final_loss_fraction"] = mean / sides["hf-trainer"]["wall_s"][0]
+            sides["ours"]["time_to_hf_final_loss_fraction"] = statistics.fmean(reached) / hf_wall
+        on_mean = time_to_reach(mean_curve(ours), target)
+        sides["ours"]["mean_curve_time_to_hf_final_loss_s"] = on_mean
+        if on_mean is not None:
+            sides["ours"]["mean_curve_time_to_hf_final_loss_fraction"] = on_mean / hf_wall
     return sides
 
 
@@ -323,6 +344,12 @@ def markdown(result: dict[str, Any]) -> str:
             )
             fraction = row.get("time_to_hf_final_loss_fraction")
             reach = times + (f" ({fraction:.2f} of the Trainer's wall time)" if fraction is not None else "")
+            on_mean = row.get("mean_curve_time_to_hf_final_loss_s")
+            reach += "; the seed-mean curve: " + (
+                "not reached"
+                if on_mean is None
+                else f"{on_mean:.0f} s ({row['mean_curve_time_to_hf_final_loss_fraction']:.2f} of the Trainer's wall time)"
+            )
         lines.append(
             f"| {side} | {len(row['seeds'])} | {row['wall_s'][0]:.0f} ± {row['wall_s'][1]:.0f} | "
             f"{row['tokens_per_s'][0]:,.0f} ± {row['tokens_per_s'][1]:,.0f} | "

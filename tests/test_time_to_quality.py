@@ -9,7 +9,15 @@ from synthetic_data import make_data_dir
 
 from benchmarks.hf_trainer_mlm import PIECE_DONE, mlm_only_layout
 from benchmarks.launching import launch
-from benchmarks.time_to_quality import Referee, _run_time, markdown, plot, summarize, time_to_reach
+from benchmarks.time_to_quality import (
+    Referee,
+    _run_time,
+    markdown,
+    mean_curve,
+    plot,
+    summarize,
+    time_to_reach,
+)
 
 
 @pytest.fixture(scope="module")
@@ -85,6 +93,23 @@ def test_the_report_gives_our_time_to_the_trainers_final_loss(tmp_path):
     assert "| ours | 2 |" in text and "of the Trainer's wall time" in text
     plot(result, tmp_path / "plot.png")
     assert (tmp_path / "plot.png").stat().st_size > 10_000
+
+
+def test_the_seed_mean_curve_reaches_the_target_where_one_seed_does_not():
+    runs = [
+        _run("ours", 1, 90, [6.0, 5.0, 4.0]),
+        _run("ours", 2, 120, [6.0, 5.2, 4.8]),  # never reaches 4.5 alone
+        _run("hf-trainer", 1, 300, [6.5, 5.5, 4.5]),
+    ]
+    curve = mean_curve(runs[:2])
+    assert [p["step"] for p in curve] == [10, 20, 30]
+    assert curve[-1]["at_s"] == pytest.approx(105) and curve[-1]["referee_loss"] == pytest.approx(4.4)
+    sides = summarize(runs)
+    assert sides["ours"]["time_to_hf_final_loss_s"][1] is None
+    assert "time_to_hf_final_loss_fraction" not in sides["ours"]  # no mean over a seed that never got there
+    # the mean curve: 5.1 at 70 s, 4.4 at 105 s; 4.5 is 6/7 of the way
+    assert sides["ours"]["mean_curve_time_to_hf_final_loss_s"] == pytest.approx(70 + 6 / 7 * 35)
+    assert sides["ours"]["mean_curve_time_to_hf_final_loss_fraction"] == pytest.approx((70 + 30) / 300)
 
 
 def test_an_nsp_data_dir_is_refused_in_one_line(tmp_path):
