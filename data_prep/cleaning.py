@@ -38,6 +38,9 @@ CJK_CHARS = (
     "\ua000-\ua4cf\uf900-\ufaff\ufe30-\ufe4f\uff00-\uff9f\uffe0-\uffee\U00020000-\U0003ffff"
 )
 _CJK = re.compile(f"[{CJK_CHARS}]")
+# The Han ideographs among them (CJK Unified Ideographs, Extension A, compatibility ideographs, the
+# supplementary planes): what Chinese BERT's vocabulary, and tokenizer.split_ideographs, keeps apart.
+HAN_CHARS = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003ffff"
 # East-Asian-ambiguous punctuation (curly quotes, ellipsis, dashes) next to a CJK character: no space
 # either (CSS Text 3's second segment-break rule), so "说：“" + "你好" joins as "说：“你好".
 _AMBIGUOUS_PUNCTUATION = re.compile("[\u2010-\u2027]")

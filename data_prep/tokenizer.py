@@ -23,6 +23,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from data_prep.cleaning import HAN_CHARS
 from data_prep.config import TokenizerConfig
 from data_prep.manifest import SPECIAL_TOKENS
 
@@ -35,7 +36,7 @@ NORMALIZATION_RULES = {"nfkc": "nmt_nfkc", "none": "identity"}  # tokenizer.norm
 # the training sentences (a private-use character: NFKC leaves it alone and text hardly holds it),
 # so no piece can span two of them or join one to the word-start mark.
 IDEOGRAPH_DELIMITER = "\ue000"
-_IDEOGRAPH = re.compile("([\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003ffff])")
+_IDEOGRAPH = re.compile(f"([{HAN_CHARS}])")
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".onnx", ".gguf")
 
 
@@ -61,11 +62,11 @@ def train_sentencepiece(sentences: Iterable[str], config: TokenizerConfig, seed:
 
     model = io.BytesIO()
     spm.set_random_generator_seed(seed)
-    split = {}
+    delimiter = {}
     if config.split_ideographs:
         marked = rf"{IDEOGRAPH_DELIMITER}\1{IDEOGRAPH_DELIMITER}"
         sentences = (_IDEOGRAPH.sub(marked, sentence) for sentence in sentences)
-        split = {"pretokenization_delimiter": IDEOGRAPH_DELIMITER}
+        delimiter = {"pretokenization_delimiter": IDEOGRAPH_DELIMITER}
     try:
         spm.SentencePieceTrainer.train(
             sentence_iterator=iter(sentences),
@@ -89,7 +90,7 @@ def train_sentencepiece(sentences: Iterable[str], config: TokenizerConfig, seed:
             shuffle_input_sentence=False,
             num_threads=config.num_threads,
             minloglevel=2,
-            **split,
+            **delimiter,
         )
     except RuntimeError as err:
         first = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
