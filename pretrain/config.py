@@ -122,7 +122,7 @@ class PretrainConfig(Section):
     """Fraction of non-special tokens selected for MLM; of those 80% [MASK], 10% random, 10% kept."""
     masking: Literal["token", "whole_word"] = "token"
     """``whole_word`` chooses all pieces of a word together (BERT-wwm), the same count per sequence;
-    words from the tokenizer's pieces: space-delimited scripts only (pretrain/masking.py)."""
+    words from the tokenizer's pieces; a CJK piece is a word of its own (pretrain/masking.py)."""
     save_every: int = Field(500, ge=1)
     """Checkpoint every this many optimizer steps (and always at the end)."""
     keep_last: int = Field(3, ge=1)

@@ -10,16 +10,22 @@ word at a time, every piece of a word together, in a random order of the words, 
 that would overshoot the count (the rule of ``create_pretraining_data.py --do_whole_word_mask``).
 The count per sequence is exactly the token-level one: when no remaining word fits the last slots
 (rare: every word left is longer than the gap), the next word in the order is masked in part.
-Word boundaries come from the tokenizer's pieces (``word_start_table``), once per vocabulary id,
-so this holds for space-delimited scripts only; Chinese and Japanese need a word segmenter first.
+Word boundaries come from the tokenizer's pieces (``word_start_table``), once per vocabulary id:
+words of space-delimited scripts. Chinese and Japanese mark none (no space, so no word-start piece):
+a piece that begins with a CJK character counts as a word of its own (a character, with a vocabulary
+of one piece per Han character), as Google's BERT masks Chinese; segmenter words would need
+boundaries stored per sample.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from data_prep.cleaning import CJK_CHARS
 
 # How a tokenizer marks words: SentencePiece and byte-level BPE prefix a word's first piece,
 # WordPiece prefixes the pieces that continue a word.
@@ -29,8 +35,10 @@ SENTENCEPIECE_START, BYTE_BPE_START, WORDPIECE_CONTINUATION = "\u2581", "\u0120"
 def word_start_table(tokenizer_dir: str | Path, vocab_size: int) -> tuple[torch.Tensor, str]:
     """[V] bool, True for the ids that begin a word, and the convention found (for the banner).
 
-    Special tokens count as word starts. A tokenizer without any of the three markers (a word-level
-    one) makes every token a word, and whole-word masking the same as token masking.
+    Special tokens count as word starts, and so does a piece that begins with a CJK character: text
+    without spaces has no word-start pieces, and without this a whole run of Chinese would read as
+    one word, continuing the last marked one. A tokenizer without any of the three markers (a
+    word-level one) makes every token a word, and whole-word masking the same as token masking.
     """
     from transformers import AutoTokenizer
 
@@ -46,8 +54,9 @@ def word_start_table(tokenizer_dir: str | Path, vocab_size: int) -> tuple[torch.
     else:
         style, is_start = "no subword markers: every token is a word", lambda p: True
     table = torch.ones(max(vocab_size, max(vocab.values()) + 1), dtype=torch.bool)
+    cjk = re.compile(f"[{CJK_CHARS}]")
     for piece, index in vocab.items():
-        table[index] = is_start(piece)
+        table[index] = is_start(piece) or bool(cjk.match(piece))
     table[list(tokenizer.all_special_ids)] = True
     return table, style
 

@@ -148,6 +148,12 @@ def test_word_start_table_reads_the_tokenizers_convention(tmp_path):
     for pieces, expected, style in (
         (["\u2581the", "\u2581walk", "ing", ","], [True, True, False, False], "SentencePiece"),
         (["the", "walk", "##ing", ","], [True, True, False, True], "WordPiece"),
+        # Chinese and Japanese mark no word start: each CJK piece is a word, not a continuation
+        (
+            ["\u2581在", "中", "国人", "こ", "\u2581A", "pple"],
+            [True, True, True, True, True, False],
+            "SentencePiece",
+        ),
     ):
         vocab = {p: i for i, p in enumerate(specials + pieces)}
         fast = PreTrainedTokenizerFast(
@@ -158,6 +164,6 @@ def test_word_start_table_reads_the_tokenizers_convention(tmp_path):
             sep_token="[SEP]",
             mask_token="[MASK]",
         )
-        fast.save_pretrained(tmp_path / style)
-        table, found = word_start_table(tmp_path / style, len(vocab))
+        fast.save_pretrained(tmp_path / f"{style}-{len(vocab)}")
+        table, found = word_start_table(tmp_path / f"{style}-{len(vocab)}", len(vocab))
         assert found.startswith(style) and table.tolist() == [True] * 5 + expected
