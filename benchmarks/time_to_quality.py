@@ -243,8 +243,8 @@ def time_to_reach(points: list[dict[str, Any]], target: float) -> float | None:
 def mean_curve(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The seeds' checkpoints averaged step by step (time and referee loss), at the steps every run
     has: "mean of the seeds" as a curve, which reaches a target even where one seed alone does not."""
-    steps = set.intersection(*({point["step"] for point in run["checkpoints"]} for run in runs))
     by_step = [{point["step"]: point for point in run["checkpoints"]} for run in runs]
+    steps = set.intersection(*(set(points) for points in by_step))
     return [
         {
             "step": step,

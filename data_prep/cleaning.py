@@ -37,7 +37,7 @@ CJK_CHARS = (
     "\u2e80-\u2fdf\u3000-\u303f\u3040-\u30ff\u3100-\u312f\u3190-\u31ff\u3400-\u4dbf\u4e00-\u9fff"
     "\ua000-\ua4cf\uf900-\ufaff\ufe30-\ufe4f\uff00-\uff9f\uffe0-\uffee\U00020000-\U0003ffff"
 )
-_CJK = re.compile(f"[{CJK_CHARS}]")
+CJK_CHAR = re.compile(f"[{CJK_CHARS}]")  # one character of those scripts
 # The Han ideographs among them (CJK Unified Ideographs, Extension A, compatibility ideographs, the
 # supplementary planes): what Chinese BERT's vocabulary, and tokenizer.split_ideographs, keeps apart.
 HAN_CHARS = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003ffff"
@@ -74,9 +74,9 @@ def joiner(before: str, after: str) -> str:
     Cyrillic, Hangul...)."""
     if before < "\u2010" or after < "\u2010":  # ASCII, Latin, Greek, Cyrillic...: the common case, fast
         return " "
-    if _CJK.match(before):
-        return "" if _CJK.match(after) or _AMBIGUOUS_PUNCTUATION.match(after) else " "
-    return "" if _CJK.match(after) and _AMBIGUOUS_PUNCTUATION.match(before) else " "
+    if CJK_CHAR.match(before):
+        return "" if CJK_CHAR.match(after) or _AMBIGUOUS_PUNCTUATION.match(after) else " "
+    return "" if CJK_CHAR.match(after) and _AMBIGUOUS_PUNCTUATION.match(before) else " "
 
 
 def _join_lines(lines: list[str]) -> str:

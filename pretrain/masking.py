@@ -19,13 +19,12 @@ boundaries stored per sample.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from data_prep.cleaning import CJK_CHARS
+from data_prep.cleaning import CJK_CHAR
 
 # How a tokenizer marks words: SentencePiece and byte-level BPE prefix a word's first piece,
 # WordPiece prefixes the pieces that continue a word.
@@ -54,9 +53,8 @@ def word_start_table(tokenizer_dir: str | Path, vocab_size: int) -> tuple[torch.
     else:
         style, is_start = "no subword markers: every token is a word", lambda p: True
     table = torch.ones(max(vocab_size, max(vocab.values()) + 1), dtype=torch.bool)
-    cjk = re.compile(f"[{CJK_CHARS}]")
     for piece, index in vocab.items():
-        table[index] = is_start(piece) or bool(cjk.match(piece))
+        table[index] = is_start(piece) or bool(CJK_CHAR.match(piece))
     table[list(tokenizer.all_special_ids)] = True
     return table, style
 
