@@ -4,7 +4,8 @@ Statistics, as the papers of the field report them: each task's dev and test met
 std over the seeds that finished (their number shown), and for each base the difference to its
 random-init twin, paired by seed (same seed = same data order, subset and head initialisation), with
 a 95% Student-t interval over the paired differences. The test metric of a run is the one read once,
-for the grid point and checkpoint selected on dev.
+for the grid point and checkpoint selected on dev. A dev-only suite (``--dev-only``: a recipe lever
+measured on dev with test sealed) compares, pairs and plots the dev metric instead.
 """
 
 from __future__ import annotations
@@ -88,16 +89,19 @@ def paired_difference(base: dict[int, float], twin: dict[int, float]) -> dict[st
     return result
 
 
-def _test_by_seed(records: list[dict], label: str, init: str, task: str, metric: str) -> dict[int, float]:
+def _by_seed(
+    records: list[dict], label: str, init: str, task: str, metric: str, split: str
+) -> dict[int, float]:
     return {
-        r["seed"]: r["test"][metric]
+        r["seed"]: r[split][metric]
         for r in records
         if (r["model"], r["init"], r["task"], r["status"]) == (label, init, task, "ok")
     }
 
 
-def summarize(rows: list[ModelRow], tasks: dict[str, str], records: list[dict]) -> dict:
-    """suite.json's body: per row and task the dev/test statistics, per base the paired differences."""
+def summarize(rows: list[ModelRow], tasks: dict[str, str], records: list[dict], split: str = "test") -> dict:
+    """suite.json's body: per row and task the dev/test statistics, per base the paired differences and
+    per entity type the F1, on ``split`` ("dev" for a dev-only suite, whose runs have no test)."""
     table = []
     for row in rows:
         cells = {}
@@ -106,12 +110,12 @@ def summarize(rows: list[ModelRow], tasks: dict[str, str], records: list[dict]) 
             done = [r for r in mine if r["status"] == "ok"]
             cells[task] = {
                 "dev": mean_std([r["dev"][tasks[task]] for r in done]),
-                "test": mean_std([r["test"][tasks[task]] for r in done]),
+                "test": mean_std([r["test"][tasks[task]] for r in done if "test" in r]),
                 "failed": sum(r["status"] == "failed" for r in mine),
             }
-            typed = [r["per_type_f1"]["test"] for r in done if "per_type_f1" in r]
+            typed = [r["per_type_f1"][split] for r in done if "per_type_f1" in r]
             if typed:
-                cells[task]["test_f1_per_type"] = {
+                cells[task][f"{split}_f1_per_type"] = {
                     kind: mean_std([scores[kind] for scores in typed if kind in scores])
                     for kind in sorted({kind for scores in typed for kind in scores})
                 }
@@ -122,8 +126,8 @@ def summarize(rows: list[ModelRow], tasks: dict[str, str], records: list[dict]) 
             continue
         by_task = {
             task: paired_difference(
-                _test_by_seed(records, row.label, "pretrained", task, metric),
-                _test_by_seed(records, row.label, "random", task, metric),
+                _by_seed(records, row.label, "pretrained", task, metric, split),
+                _by_seed(records, row.label, "random", task, metric, split),
             )
             for task, metric in tasks.items()
         }
@@ -149,18 +153,24 @@ def _difference(stats: dict | None) -> str:
     return f"{stats['mean']:+.3f} [{stats['low']:+.3f}, {stats['high']:+.3f}] ({stats['n']})"
 
 
+def compared_split(report: dict) -> str:
+    """The split a report compares rows on: test, or dev where the suite ran with test sealed."""
+    return "dev" if report.get("dev_only") else "test"
+
+
 def _per_type_tables(report: dict) -> list[str]:
-    """For each entity task, test F1 per entity type: the micro F1 is dominated by the frequent types,
-    and a base's gain often shows in a rare one (ORG spans)."""
+    """For each entity task, F1 per entity type: the micro F1 is dominated by the frequent types, and a
+    base's gain often shows in a rare one (ORG spans)."""
+    split = compared_split(report)
     lines = []
     for task in report["tasks"]:
-        cells = [entry["cells"][task].get("test_f1_per_type") for entry in report["summary"]["table"]]
+        cells = [entry["cells"][task].get(f"{split}_f1_per_type") for entry in report["summary"]["table"]]
         kinds = sorted({kind for typed in cells if typed for kind in typed})
         if not kinds:
             continue
         lines += [
             "",
-            f"## {task}: test F1 per entity type",
+            f"## {task}: {split} F1 per entity type",
             "",
             "| model | " + " | ".join(kinds) + " |",
             "|" + " --- |" * (len(kinds) + 1),
@@ -175,6 +185,8 @@ def _per_type_tables(report: dict) -> list[str]:
 def render_markdown(report: dict) -> str:
     tasks, rows = report["tasks"], report["models"]
     progress = report["progress"]
+    split = compared_split(report)
+    splits = ("dev",) if split == "dev" else ("dev", "test")
     lines = ["# Fine-tuning scoreboard", ""]
     if progress["done"] < progress["planned"]:
         lines += [
@@ -185,18 +197,23 @@ def render_markdown(report: dict) -> str:
     lines += [
         f"Seeds {', '.join(map(str, report['seeds']))}. Each cell: the task's metric, mean ± sample std over "
         "the seeds that finished (their number in brackets). Every run selects its grid point and "
-        "checkpoint on dev and reads test once, for the selected model.",
+        "checkpoint on dev and "
+        + (
+            "reads test once, for the selected model."
+            if split == "test"
+            else "**the test split was not read** (`--dev-only`: a recipe lever measured on dev)."
+        ),
         "",
     ]
     head = ["model", "pretraining"] + [
-        f"{task} {spec['metric']} {split}" for task, spec in tasks.items() for split in ("dev", "test")
+        f"{task} {spec['metric']} {name}" for task, spec in tasks.items() for name in splits
     ]
     lines += ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for row, entry in zip(rows, report["summary"]["table"]):
         cells = [
-            _cell(entry["cells"][task][split], entry["cells"][task]["failed"] if split == "test" else 0)
+            _cell(entry["cells"][task][name], entry["cells"][task]["failed"] if name == splits[-1] else 0)
             for task in tasks
-            for split in ("dev", "test")
+            for name in splits
         ]
         lines.append(
             "| " + " | ".join([row["name"], row["pretraining"] or "none (random weights)", *cells]) + " |"
@@ -205,7 +222,7 @@ def render_markdown(report: dict) -> str:
     if differences:
         lines += [
             "",
-            "## Pretrained minus random init (test metric, paired by seed)",
+            f"## Pretrained minus random init ({split} metric, paired by seed)",
             "",
             "Mean difference, 95% Student-t interval over the paired seeds, (number of pairs).",
             "",
@@ -232,7 +249,7 @@ def render_markdown(report: dict) -> str:
         if record["status"] == "ok":
             dev, test, selected = (
                 f"{record['dev'][metric]:.4f}",
-                f"{record['test'][metric]:.4f}",
+                f"{record['test'][metric]:.4f}" if "test" in record else "not read",
                 record["selected"],
             )
         else:
@@ -251,17 +268,18 @@ def render_markdown(report: dict) -> str:
 
 
 def plot(report: dict, path: Path) -> Path:
-    """suite.png: per task, a bar per model row at its test mean with the std over seeds as error bar."""
+    """suite.png: per task, a bar per model row at its test (dev-only: dev) mean, the std over seeds as
+    error bar."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    tasks, rows = list(report["tasks"]), report["models"]
+    tasks, rows, split = list(report["tasks"]), report["models"], compared_split(report)
     width = 0.8 / max(len(rows), 1)
     figure, axes = plt.subplots(figsize=(max(6.0, 2.2 * len(tasks)), 4.0))
     for index, (row, entry) in enumerate(zip(rows, report["summary"]["table"])):
-        stats = [entry["cells"][task]["test"] for task in tasks]
+        stats = [entry["cells"][task][split] for task in tasks]
         axes.bar(
             [position + index * width for position in range(len(tasks))],
             [s["mean"] if s else 0.0 for s in stats],
@@ -271,9 +289,9 @@ def plot(report: dict, path: Path) -> Path:
             label=row["name"],
         )
     axes.set_xticks([position + width * (len(rows) - 1) / 2 for position in range(len(tasks))])
-    axes.set_xticklabels([f"{task}\n{report['tasks'][task]['metric']} (test)" for task in tasks])
+    axes.set_xticklabels([f"{task}\n{report['tasks'][task]['metric']} ({split})" for task in tasks])
     axes.set_ylim(0, 1)
-    axes.set_ylabel("test metric, mean ± std over seeds")
+    axes.set_ylabel(f"{split} metric, mean ± std over seeds")
     axes.legend(fontsize="small")
     figure.tight_layout()
     figure.savefig(path, dpi=120)

@@ -5,7 +5,8 @@ with every seed, in this process, and writes OUT/suite.md, suite.json and suite.
 (finetune/scoreboard.py). A run is (model, init, task, seed): it trains every point of the task's
 grid with the test split unread, keeps the point with the best validation metric, and only then
 reads the test split, once. Its directory OUT/runs/MODEL[-random]/TASK/seed-N/ holds a fine-tune dir
-per grid point and ``suite_run.json``, written last.
+per grid point and ``suite_run.json``, written last. ``--dev-only`` never reads test: for choosing a
+recipe (a pretraining lever, a grid) on dev, with the test split left sealed for the final table.
 
 Rerunning the same command skips every run whose ``suite_run.json`` says it finished with the same
 fingerprint (the task file's keys, the data files' and the model's bytes, the seed); a changed task,
@@ -82,7 +83,7 @@ class Fingerprints:
             if path.is_file() and (with_weights or path.suffix not in WEIGHT_SUFFIXES)
         }
 
-    def run(self, run: PlannedRun, overrides: dict[str, Any]) -> str:
+    def run(self, run: PlannedRun, overrides: dict[str, Any], dev_only: bool = False) -> str:
         data = {}
         for point in run.task.points():
             config = run.task.config_for(point, model=run.row.path, out_dir=".", **overrides)
@@ -98,6 +99,8 @@ class Fingerprints:
             "init": run.row.init,
             "seed": run.seed,
         }
+        if dev_only:  # a dev-only record is never taken for a full run, which must read test
+            identity["dev_only"] = True
         return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
 
@@ -140,8 +143,9 @@ def _numbers(report: dict) -> dict[str, float]:
     return {key: value for key, value in report.items() if isinstance(value, float)}
 
 
-def execute(run: PlannedRun, out: Path, overrides: dict[str, Any], fingerprint: str) -> dict:
-    """Train every grid point with test unread, select on dev, read test once; the run's record."""
+def execute(run: PlannedRun, out: Path, overrides: dict[str, Any], fingerprint: str, dev_only: bool) -> dict:
+    """Train every grid point with test unread, select on dev, read test once (never, ``dev_only``);
+    the run's record."""
     from finetune.train import read_test_once, run_once, setup
 
     directory = out / run.directory
@@ -177,18 +181,19 @@ def execute(run: PlannedRun, out: Path, overrides: dict[str, Any], fingerprint: 
         metric = run.task.metric
         best = max(range(len(tried)), key=lambda index: tried[index][2]["selected"][metric])  # first on ties
         point, job, result = tried[best]
-        test = read_test_once(job)
+        reports = {"dev": result["splits"]["valid"]}
+        if not dev_only:
+            reports["test"] = read_test_once(job)
         record.update(
             status="ok",
             selected=point_label(point),
             grid=[{"point": p, "dev": r["selected"][metric]} for p, _, r in tried],
-            dev=_numbers(result["splits"]["valid"]),
-            test=_numbers(test),
+            **{split: _numbers(report) for split, report in reports.items()},
         )
-        if "per_type" in test:  # entity tasks: F1 of each type, which the micro F1 hides
+        if "per_type" in reports["dev"]:  # entity tasks: F1 of each type, which the micro F1 hides
             record["per_type_f1"] = {
                 split: {kind: scores["f1"] for kind, scores in report["per_type"].items()}
-                for split, report in (("dev", result["splits"]["valid"]), ("test", test))
+                for split, report in reports.items()
             }
     except Exception as err:  # noqa: BLE001 - a crashed run is a row of the table, the suite goes on
         record.update(status="failed", error=_error_line(err))
@@ -215,7 +220,12 @@ def _shown(path: Path) -> str:
 
 
 def build_report(
-    rows: list[ModelRow], tasks: list[Task], seeds: list[int], records: list[dict], planned: int
+    rows: list[ModelRow],
+    tasks: list[Task],
+    seeds: list[int],
+    records: list[dict],
+    planned: int,
+    dev_only: bool = False,
 ) -> dict:
     task_info = {
         task.name: {
@@ -226,8 +236,10 @@ def build_report(
         }
         for task in tasks
     }
+    metrics = {name: info["metric"] for name, info in task_info.items()}
     return {
         "format": REPORT_FORMAT,
+        "dev_only": dev_only,
         "progress": {
             "planned": planned,
             "done": len(records),
@@ -245,7 +257,7 @@ def build_report(
             }
             for row in rows
         ],
-        "summary": summarize(rows, {name: info["metric"] for name, info in task_info.items()}, records),
+        "summary": summarize(rows, metrics, records, split="dev" if dev_only else "test"),
         "runs": records,
     }
 
@@ -258,6 +270,7 @@ def run_suite(
     random_init: bool = False,
     names: list[str] | None = None,
     max_train_samples: int | None = None,
+    dev_only: bool = False,
 ) -> dict:
     """Plan, skip what finished, run the rest, write the reports; returns suite.json's content."""
     from tqdm import tqdm
@@ -267,7 +280,7 @@ def run_suite(
     overrides = {"max_train_samples": max_train_samples} if max_train_samples else {}
     plan = [PlannedRun(row, task, seed) for row in rows for task in tasks for seed in seeds]
     fingerprints = Fingerprints()
-    prints = {run: fingerprints.run(run, overrides) for run in plan}
+    prints = {run: fingerprints.run(run, overrides, dev_only) for run in plan}
     records: dict[PlannedRun, dict] = {}
     for run in plan:
         record = finished_record(out, run, prints[run])
@@ -279,23 +292,26 @@ def run_suite(
         f"suite: {len(plan)} runs ({len(rows)} rows: {len(models)} models"
         + (" and their random-init twins" if random_init else "")
         + f"; x {len(tasks)} tasks x {len(seeds)} seeds); "
-        + f"{len(records)} finished earlier and kept, {len(todo)} to run -> {out}",
+        + f"{len(records)} finished earlier and kept, {len(todo)} to run -> {out}"
+        + ("; dev only, test stays unread" if dev_only else ""),
         flush=True,
     )
 
     def report(final: bool) -> dict:
         done = [records[run] for run in plan if run in records]
-        content = build_report(rows, tasks, seeds, done, len(plan))
+        content = build_report(rows, tasks, seeds, done, len(plan), dev_only)
         write_reports(out, content, with_plot=final)
         return content
 
     bar = tqdm(total=len(todo), unit="run", desc="suite", position=0)
     for run in todo:
         bar.set_postfix_str(run.describe())
-        record = records[run] = execute(run, out, overrides, prints[run])
+        record = records[run] = execute(run, out, overrides, prints[run], dev_only)
         if record["status"] == "ok":
             metric = record["metric"]
-            outcome = f"dev {metric} {record['dev'][metric]:.4f}, test {record['test'][metric]:.4f}"
+            outcome = f"dev {metric} {record['dev'][metric]:.4f}" + (
+                f", test {record['test'][metric]:.4f}" if "test" in record else ""
+            )
         else:
             outcome = f"FAILED: {record['error']}"
         tqdm.write(f"suite: {run.describe()}: {outcome} ({record['wall_time_s'] / 60:.1f} min)")
@@ -359,6 +375,11 @@ def main(argv: list[str] | None = None) -> None:
         help="train every task on a seeded subset of N rows (overrides the task files' budgets)",
     )
     parser.add_argument(
+        "--dev-only",
+        action="store_true",
+        help="never read the test split: the tables compare dev (for choosing a recipe on dev)",
+    )
+    parser.add_argument(
         "--names", type=_name_list, help="comma-separated labels for the models (default: from their paths)"
     )
     parser.add_argument(
@@ -384,6 +405,7 @@ def main(argv: list[str] | None = None) -> None:
             args.random_init,
             args.names,
             args.max_train_samples,
+            args.dev_only,
         )
     except ConfigError as err:
         exit_on_config_error(err)

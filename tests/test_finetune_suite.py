@@ -122,6 +122,7 @@ def test_fingerprint_follows_the_task_the_data_and_the_weights_a_twin_reads(base
     assert after["random"] == before["random"]  # the twin never reads the weights
     assert Fingerprints().run(PlannedRun(random_twin, task, 2), {}) != after["random"]  # the seed counts
     assert Fingerprints().run(PlannedRun(random_twin, task, 1), {"max_train_samples": 50}) != after["random"]
+    assert Fingerprints().run(PlannedRun(random_twin, task, 1), {}, dev_only=True) != after["random"]
     train = Path(task.spec.finetune["train_file"])
     saved = train.read_text()
     try:
@@ -195,6 +196,44 @@ def test_test_split_is_read_once_per_run_after_selection_on_dev(
     assert "4 finished earlier and kept, 2 to run" in capsys.readouterr().out
     assert {path.parent.name for _, path in calls} == {"seed-3"}  # nothing finished is trained again
     assert again["progress"]["done"] == 6
+
+
+@pytest.mark.slow
+def test_dev_only_never_reads_test_and_compares_on_dev(base, tiny_tasks, tmp_path, monkeypatch):  # noqa: F811
+    """--dev-only (a recipe lever chosen on dev): no run evaluates test, the tables and the paired
+    differences are on dev (the fingerprint test shows a full suite does not take its records)."""
+    splits = []
+    evaluate = train_module.evaluate
+
+    def recording_evaluate(model, split, job, place):
+        splits.append(next(key for key, value in job.splits.items() if value is split))
+        return evaluate(model, split, job, place)
+
+    monkeypatch.setattr(train_module, "evaluate", recording_evaluate)
+    out = tmp_path / "suite"
+    report = run_suite(
+        [str(base)], [str(tiny_tasks["cls"]), str(tiny_tasks["ner"])], [1], out, True, dev_only=True
+    )
+
+    assert report["progress"] == {"planned": 4, "done": 4, "failed": 0} and report["dev_only"]
+    assert "valid" in splits and "test" not in splits
+    for record in report["runs"]:
+        assert "test" not in record and record["dev"][record["metric"]] >= 0
+        assert (
+            "test"
+            not in json.loads((out / record["dir"] / record["selected"] / "eval.json").read_text())["splits"]
+        )
+    ner = next(r for r in report["runs"] if r["task"] == "ner" and r["init"] == "pretrained")
+    assert set(ner["per_type_f1"]) == {"dev"}
+    for entry in report["summary"]["table"]:
+        assert entry["cells"]["cls"]["test"] is None and entry["cells"]["cls"]["dev"]["n"] == 1
+        assert set(entry["cells"]["ner"]["dev_f1_per_type"]) == {"LOC", "PER"}
+    difference = report["summary"]["pretrained_minus_random"][0]["tasks"]["cls"]
+    by_init = {r["init"]: r["dev"]["accuracy"] for r in report["runs"] if r["task"] == "cls"}
+    assert difference["mean"] == pytest.approx(by_init["pretrained"] - by_init["random"])
+    markdown = (out / "suite.md").read_text()
+    assert "the test split was not read" in markdown and "cls accuracy test" not in markdown
+    assert "dev metric, paired by seed" in markdown and "## ner: dev F1 per entity type" in markdown
 
 
 @pytest.mark.slow
