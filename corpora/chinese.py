@@ -22,11 +22,12 @@ from pathlib import Path
 
 from corpora.people_daily import read_train_documents
 from corpora.sources import DEBIAN, PYPI, Source, grouped
+from data_prep.cleaning import HAN_CHARS
 
 MIN_HAN = 12  # a kept paragraph has at least this many Han characters...
 MIN_HAN_SHARE = 0.4  # ...making at least this share of its non-space characters
 GROUP_CHARS = 3000  # manual paragraphs are joined into documents of about this many characters
-_HAN = re.compile("[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
+_HAN = re.compile(f"[{HAN_CHARS}]")
 
 
 def is_chinese_prose(paragraph: str) -> bool:
