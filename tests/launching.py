@@ -77,10 +77,16 @@ def run_pretrain(
     else:
         raise ValueError(f"unknown launcher {launcher!r}")
     command += args
-    inherited = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARS}
-    full_env = {**inherited, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", **STRICT, **(env or {})}
+    full_env = {**fresh_world_env(), "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", **STRICT, **(env or {})}
     # bounded: a hung rank ends the whole launch with every rank's stack, and nothing survives it
     return run_bounded(command, cwd=REPO, env=full_env, timeout=timeout, preexec_fn=preexec_fn)
+
+
+def fresh_world_env() -> dict[str, str]:
+    """This process's environment without the launcher variables, for a child that must make its own
+    process group: an in-process test's rank-0 group sets RANK, MASTER_PORT... here and keeps
+    listening on that port, so a child inheriting them would fail to bind it (EADDRINUSE)."""
+    return {key: value for key, value in os.environ.items() if key not in LAUNCHER_VARS}
 
 
 def metrics(run_dir: Path, kind: str = "train") -> list[dict]:

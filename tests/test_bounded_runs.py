@@ -8,7 +8,7 @@ import sys
 import psutil
 import pytest
 from bounded import CommandHung, run_bounded
-from launching import BIN, LAUNCHER_VARS, REPO
+from launching import BIN, REPO, fresh_world_env
 
 from pretrain.distributed import free_port
 
@@ -37,7 +37,7 @@ def test_hung_ranks_fail_their_test_with_stacks_and_leave_nothing_running(tmp_pa
     inner = tmp_path / "test_inner_hang.py"
     script = str(REPO / "tests" / "hanging_ranks.py")
     inner.write_text(INNER.format(deepspeed=str(BIN / "deepspeed"), script=script, hang_s=HANG_S))
-    env = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARS}
+    env = fresh_world_env()
     env["PYTHONPATH"] = os.pathsep.join([str(REPO / "tests"), str(REPO)])
     for name in ("OWN_LIMIT", "PYTEST_LIMIT"):
         (tmp_path / name).mkdir()

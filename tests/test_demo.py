@@ -1,13 +1,12 @@
 """`make demo` end to end (python -m pretrain.demo), with small step counts and a small corpus."""
 
 import json
-import os
 import sys
 
 import pytest
 import yaml
 from bounded import run_bounded
-from launching import LAUNCHER_VARS, REPO
+from launching import REPO, fresh_world_env
 
 from pretrain.docstring_task import split_of
 
@@ -16,7 +15,7 @@ pytestmark = pytest.mark.slow
 
 def test_demo_runs_every_stage_and_reports(tmp_path):
     out = tmp_path / "demo"
-    env = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARS}
+    env = fresh_world_env()
     result = run_bounded(
         [
             sys.executable,

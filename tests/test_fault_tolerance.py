@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from bounded import end_unfinished, finish_bounded, start_bounded
 from exports import ZERO2_MLM
-from launching import BIN, LAUNCHER_VARS, REPO, explain, metrics, run_pretrain
+from launching import BIN, REPO, explain, fresh_world_env, metrics, run_pretrain
 from synthetic_data import CLS, SEP, make_data_dir, npy_bytes, train_stream, write_shard
 
 from data_prep.atomic import write_json_atomic
@@ -308,7 +308,7 @@ def _node(rank, hostfile, data_dir, run_dir, port, *overrides, env=None):
         *FAST,
         *overrides,
     ]
-    clean = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARS}
+    clean = fresh_world_env()
     node_env = {
         **clean,
         "NODE_RANK": str(rank),

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from bounded import run_bounded
-from launching import LAUNCHER_VARS
+from launching import fresh_world_env
 from test_finetune import SPECIAL, base, write_tsv  # noqa: F401
 
 from benchmarks.synthetic_shards import local_bert_tokenizer
@@ -311,9 +311,7 @@ def test_two_models_two_tasks_two_seeds_killed_and_resumed_with_failed_rows(base
         str(out),
     ]
     # A fresh process group: not this process's (the in-process suites above left RANK, MASTER_PORT...).
-    env = {key: value for key, value in os.environ.items() if key not in LAUNCHER_VARS} | {
-        "HF_HUB_OFFLINE": "1"
-    }
+    env = fresh_world_env() | {"HF_HUB_OFFLINE": "1"}
     first = subprocess.Popen(
         command,
         cwd=REPO,

@@ -8,11 +8,10 @@ the loss scaler itself is tested on every CPU (test_fault_tolerance's overflow s
 """
 
 import json
-import os
 
 import pytest
 from bounded import run_bounded
-from launching import LAUNCHER_VARS, REPO
+from launching import REPO, explain, fresh_world_env
 
 from benchmarks.synthetic_shards import write_synthetic_data_dir
 from benchmarks.train_check import command_line
@@ -27,15 +26,12 @@ def test_fp16_zero1_and_zero2_save_resume_and_export_exactly(tmp_path):
     out = tmp_path / "result.json"
     overrides = ["seq_len=32", "micro_batch_size=4", "loader.workers=0", "threads=1"]
     command = command_line(data, "tiny", "fp16:1,fp16:2", 6, tmp_path / "runs", out, overrides)
-    # A fresh world of its own: an earlier in-process test's rank-0 group set these in this process,
-    # and its MASTER_PORT is still held here (inherited, the check would fail with EADDRINUSE).
-    env = {key: value for key, value in os.environ.items() if key not in LAUNCHER_VARS}
-    done = run_bounded(command, cwd=REPO, timeout=480, env=env)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    done = run_bounded(command, cwd=REPO, timeout=480, env=fresh_world_env())
+    assert done.returncode == 0, explain(done)
     results = json.loads(out.read_text())
     assert [(r["precision"], r["zero_stage"]) for r in results] == [("fp16", 1), ("fp16", 2)]
     for result in results:
-        assert result["status"] == "ok", (result, done.stderr[-3000:])
+        assert result["status"] == "ok", (result, explain(done))
         assert result["resumed_from"] == "step00000003", result  # the middle checkpoint, not a fresh start
         assert result["losses_bitwise_equal"] and result["export_max_weight_diff"] == 0.0, result
         assert result["export_loads"], result

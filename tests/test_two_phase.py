@@ -1,12 +1,11 @@
 """launch/two_phase.sh end to end on the tiny model: prep at 128 and 512, phase 1, phase 2 from its export."""
 
 import json
-import os
 import sys
 
 import pytest
 from bounded import run_bounded
-from launching import LAUNCHER_VARS, REPO, explain, metrics
+from launching import REPO, explain, fresh_world_env, metrics
 from test_prep_pipeline import write_corpus
 
 pytestmark = pytest.mark.slow
@@ -36,7 +35,7 @@ TINY = [
 def test_phase_two_continues_phase_one_at_seq_512(tmp_path):
     corpus = write_corpus(tmp_path / "corpus", docs=120)
     out = tmp_path / "out"
-    env = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARS}
+    env = fresh_world_env()
     env.update(
         PYTHON=sys.executable,
         LAUNCH=f"{sys.executable} -m pretrain",
